@@ -1,0 +1,54 @@
+# Two commands on a fresh Debian/Ubuntu machine:
+#   make demo   set up (system library, .venv, package) and run the main job
+#   make test   same set-up, then the test suite
+# Every step is idempotent: a second run skips what is already done.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CHOLMOD_HEADER := /usr/include/suitesparse/cholmod.h
+# apt-get as root, through sudo otherwise.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test bench examples system venv clean
+
+demo: $(STAMP)
+	$(BIN)/sparsegauss demo --out demo-output
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+examples: $(STAMP)
+	cd examples && for f in plot_*.py; do echo "== $$f"; MPLBACKEND=Agg ../$(BIN)/python $$f || exit 1; done
+
+# scikit-sparse compiles against CHOLMOD (SuiteSparse); it also needs a C compiler,
+# the Python headers and venv. Install only what is missing.
+system:
+	@missing=""; \
+	[ -f $(CHOLMOD_HEADER) ] || missing="$$missing libsuitesparse-dev"; \
+	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc"; \
+	inc=$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])'); \
+	[ -f "$$inc/Python.h" ] || missing="$$missing python3-dev"; \
+	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing system packages:$$missing"; \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	fi
+
+$(BIN)/python:
+	$(MAKE) system
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): setup.cfg pyproject.toml | $(BIN)/python
+	$(MAKE) system
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test,plot]"
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) demo-output *.egg-info

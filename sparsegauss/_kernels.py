@@ -1,0 +1,187 @@
+"""Numba kernels: all of the library's per-sample and per-factor-entry loops.
+
+Conventions (see STYLE.md): arrays in, arrays out; no validation here (the public
+callers validate once); ``prange`` only over outer loops whose writes are disjoint;
+no ``fastmath`` (it makes ``np.isnan`` lie). Kernels that call each other stay in this
+file because Numba's cache does not see edits elsewhere.
+
+The stencil layout (see :mod:`sparsegauss.grid`) is ``(n_terms, D)`` with term ``k``
+pairing pixel ``p`` with ``p + shifts[k]``; ``shifts[0] == 0`` is the diagonal and every
+other shift is positive. Kernels compute every pair ``p < D - shift`` and leave it to the
+caller to zero the pairs that wrap around a grid row.
+"""
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["pattern_moments", "quadratic_forms", "takahashi_inverse", "lower_positions"]
+
+
+@njit(parallel=True, cache=True)
+def pattern_moments(X, center, weights, shifts, n_chunks):
+    """Weighted second moments on the stencil pattern.
+
+    ``out[k, p] = Σ_n w_n (x_np − c_p)(x_n,p+δ_k − c_{p+δ_k})`` for ``p < D − δ_k``.
+
+    Parameters
+    ----------
+    X : ndarray, shape (n, D), float32 or float64, C-contiguous
+    center : ndarray, shape (D,), float64
+    weights : ndarray, shape (n,), float64
+    shifts : ndarray, shape (n_terms,), int64
+    n_chunks : int
+        Number of sample chunks processed in parallel, each with its own accumulator
+        (so no two threads write the same memory, and no (n × n_params) temporary).
+
+    Returns
+    -------
+    ndarray, shape (n_terms, D), float64
+    """
+    n, d = X.shape
+    n_terms = shifts.size
+    acc = np.zeros((n_chunks, n_terms, d))
+    for chunk in prange(n_chunks):
+        start = chunk * n // n_chunks
+        stop = (chunk + 1) * n // n_chunks
+        y = np.empty(d)
+        mine = acc[chunk]
+        for i in range(start, stop):
+            w = weights[i]
+            for p in range(d):
+                y[p] = X[i, p] - center[p]
+            for k in range(n_terms):
+                s = shifts[k]
+                row = mine[k]
+                for p in range(d - s):
+                    row[p] += w * y[p] * y[p + s]
+    out = np.zeros((n_terms, d))
+    for chunk in range(n_chunks):
+        out += acc[chunk]
+    return out
+
+
+@njit(parallel=True, cache=True)
+def quadratic_forms(X, center, fields, shifts, multiplicity):
+    """Batched quadratic forms ``q_n = (x_n − c)ᵀ Λ (x_n − c)`` from the stencil weights.
+
+    ``q_n = Σ_k m_k Σ_p F[k, p] (x_np − c_p)(x_n,p+δ_k − c_{p+δ_k})``; ``fields`` must
+    be zero on pairs that wrap around a grid row.
+
+    Returns
+    -------
+    ndarray, shape (n,), float64
+    """
+    n, d = X.shape
+    n_terms = shifts.size
+    out = np.empty(n)
+    for i in prange(n):
+        total = 0.0
+        for k in range(n_terms):
+            s = shifts[k]
+            f = fields[k]
+            acc = 0.0
+            for p in range(d - s):
+                acc += f[p] * (X[i, p] - center[p]) * (X[i, p + s] - center[p + s])
+            total += multiplicity[k] * acc
+        out[i] = total
+    return out
+
+
+@njit(cache=True)
+def takahashi_inverse(indptr, indices, ldata):
+    """Selected inverse: entries of ``Z = (L Lᵀ)⁻¹`` on the pattern of ``L``.
+
+    Takahashi's recursion, with ``L = L̃ D^{1/2}`` (``L̃`` unit lower triangular) and
+    columns processed from last to first::
+
+        Z_ij = − Σ_{k > j, k ∈ 𝓛_j} L̃_kj Z_ik              (i ∈ 𝓛_j, i > j)
+        Z_jj = 1 / d_j − Σ_{k > j, k ∈ 𝓛_j} L̃_kj Z_kj
+
+    where ``𝓛_j`` is the row structure of column ``j``. Every ``Z_ik`` needed lies on
+    ``L``'s pattern (the filled graph is chordal), so the cost is of the order of the
+    factorization's flops and no dense inverse or per-column solve is formed. ``Z_ik``
+    for ``i > k`` is found by merging ``𝓛_j`` with column ``k`` (both sorted); the
+    mirrored term ``Z_ki L̃_ij`` is added in the same pass.
+
+    Parameters
+    ----------
+    indptr, indices, ldata : ndarray
+        Lower-triangular Cholesky factor ``L`` (``L Lᵀ = A``) in CSC form, row indices
+        sorted within each column, the diagonal first.
+
+    Returns
+    -------
+    ndarray, like ``ldata``
+        ``Z`` in the same CSC layout as ``L``.
+    """
+    n = indptr.size - 1
+    z_out = np.zeros_like(ldata)
+    max_len = 0
+    for j in range(n):
+        max_len = max(max_len, indptr[j + 1] - indptr[j])
+    acc = np.empty(max_len)
+    unit = np.empty(max_len)
+    for j in range(n - 1, -1, -1):
+        first = indptr[j] + 1          # first below-diagonal entry of column j
+        m = indptr[j + 1] - first      # number of below-diagonal entries
+        pivot = ldata[indptr[j]]
+        for a in range(m):
+            acc[a] = 0.0
+            unit[a] = ldata[first + a] / pivot
+        for a in range(m):
+            k = indices[first + a]
+            l_kj = unit[a]
+            b = a
+            q = indptr[k]
+            q_end = indptr[k + 1]
+            while b < m:
+                if q >= q_end:
+                    raise ValueError("factor pattern is not closed under elimination")
+                i = indices[q]
+                target = indices[first + b]
+                if i < target:
+                    q += 1
+                elif i == target:
+                    z_ik = z_out[q]
+                    acc[b] += z_ik * l_kj
+                    if b != a:
+                        acc[a] += z_ik * unit[b]
+                    b += 1
+                    q += 1
+                else:
+                    raise ValueError("factor pattern is not closed under elimination")
+        diag = 1.0 / (pivot * pivot)
+        for a in range(m):
+            z_out[first + a] = -acc[a]
+            diag += unit[a] * acc[a]
+        z_out[indptr[j]] = diag
+    return z_out
+
+
+@njit(parallel=True, cache=True)
+def lower_positions(indptr, indices, rows, cols):
+    """Positions in a lower-triangular CSC structure of the entries ``(rows, cols)``.
+
+    Each pair is looked up as ``(max, min)`` by binary search in column ``min``.
+    A pair that is not in the structure gets ``-1``.
+    """
+    out = np.empty(rows.size, dtype=np.int64)
+    for t in prange(rows.size):
+        r = max(rows[t], cols[t])
+        c = min(rows[t], cols[t])
+        lo = indptr[c]
+        hi = indptr[c + 1]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if indices[mid] < r:
+                lo = mid + 1
+            else:
+                hi = mid
+        out[t] = lo if (lo < indptr[c + 1] and indices[lo] == r) else -1
+    return out
+
+
+def default_chunks(n_samples):
+    """Number of parallel accumulators for :func:`pattern_moments`."""
+    return max(1, min(numba.get_num_threads(), n_samples))

@@ -1,0 +1,193 @@
+"""Sparse Cholesky engine: the only module that imports scikit-sparse (CHOLMOD).
+
+One :class:`SparseCholesky` holds the symbolic analysis (fill-reducing ordering and the
+factor's structure) of one sparsity pattern; :meth:`SparseCholesky.factorize` refactors
+it numerically for new values on the same pattern, which is what every iteration of a
+fit does. From a factorization ``P A Pᵀ = L Lᵀ`` it gives
+
+* ``log det A = Σ_j log d_j`` with ``d_j = L_jj²``;
+* solves ``A x = b``;
+* exact samples ``x = Pᵀ L⁻ᵀ ε``, ``ε ~ N(0, I)``, whose covariance is ``A⁻¹``;
+* the selected inverse: entries of ``Σ = A⁻¹`` on a requested pattern, by Takahashi's
+  recursion over ``L`` (:func:`sparsegauss._kernels.takahashi_inverse`).
+
+scikit-sparse 0.4.x's simplicial LDLᵀ factorization "succeeds" on an indefinite matrix
+(``logdet()`` is then nan), so every factorization's pivots are checked here.
+"""
+
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+from sksparse.cholmod import CholmodNotPositiveDefiniteError, analyze
+
+from . import _kernels
+from .exceptions import NotPositiveDefiniteError
+
+__all__ = ["SparseCholesky", "CholeskyFactor"]
+
+
+class SparseCholesky:
+    """Symbolic Cholesky analysis of one symmetric sparsity pattern.
+
+    Parameters
+    ----------
+    pattern : scipy.sparse matrix, shape (D, D)
+        Symmetric matrix whose nonzero structure (both triangles, or the lower one)
+        every later matrix shares.
+    mode : {"auto", "simplicial", "supernodal"}, default="auto"
+        CHOLMOD's factorization algorithm (see scikit-sparse's ``analyze``).
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp
+    >>> from sparsegauss.cholesky import SparseCholesky
+    >>> A = sp.diags([[-1.0] * 3, [2.5] * 4, [-1.0] * 3], [-1, 0, 1], format="csc")
+    >>> factor = SparseCholesky(A).factorize(A)
+    >>> round(factor.logdet(), 6)
+    3.079623
+    """
+
+    def __init__(self, pattern, mode="auto"):
+        pattern = sp.csc_matrix(pattern, dtype=np.float64)
+        if pattern.shape[0] != pattern.shape[1]:
+            raise ValueError(f"The pattern must be square. Got shape {pattern.shape} instead.")
+        pattern.sort_indices()
+        self.n = pattern.shape[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._factor = analyze(pattern, mode=mode)
+        self.permutation = np.asarray(self._factor.P(), dtype=np.int64)
+        self.inverse_permutation = np.empty_like(self.permutation)
+        self.inverse_permutation[self.permutation] = np.arange(self.n)
+        self._lookup = None
+
+    def factorize(self, matrix):
+        """Refactor numerically for a matrix on the analyzed pattern.
+
+        Parameters
+        ----------
+        matrix : scipy.sparse.csc_matrix, shape (D, D)
+            Symmetric; only the lower triangle is read.
+
+        Returns
+        -------
+        CholeskyFactor
+            Valid until the next call of ``factorize`` on this object (the numeric
+            factor is updated in place to avoid reallocating it every iteration).
+
+        Raises
+        ------
+        NotPositiveDefiniteError
+            When a pivot is not positive (or not finite); ``column`` names the pixel.
+        """
+        if not np.all(np.isfinite(matrix.data)):
+            raise ValueError("The matrix to factorize contains NaN or inf entries.")
+        try:
+            self._factor.cholesky_inplace(matrix)
+        except CholmodNotPositiveDefiniteError:
+            # CHOLMOD's supernodal code stops at the first bad pivot; ask the pivots which.
+            self._raise_not_pd(self._factor.D())
+        pivots = self._factor.D()
+        if not np.all(pivots > 0) or not np.all(np.isfinite(pivots)):
+            self._raise_not_pd(pivots)
+        return CholeskyFactor(self, pivots)
+
+    def _raise_not_pd(self, pivots):
+        bad = np.flatnonzero(~(np.isfinite(pivots) & (pivots > 0)))
+        column = int(self.permutation[bad[0]]) if bad.size else None
+        where = f" (first failing pivot at pixel {column})" if column is not None else ""
+        raise NotPositiveDefiniteError(
+            f"The precision matrix is not positive definite{where}: its Cholesky "
+            "factorization has a pivot <= 0. The parameters lie outside the cone of valid "
+            "Gaussian models.", column=column)
+
+    def _positions(self, lower, rows, cols):
+        """Positions of the original entries (rows, cols) in the permuted factor ``lower``.
+
+        The factor's structure is fixed by the analysis, so the lookup for the same
+        ``rows``/``cols`` arrays is computed once and reused by every refactorization.
+        """
+        cached = self._lookup
+        if cached is not None and cached[0] is rows and cached[1] is cols:
+            return cached[2]
+        positions = _kernels.lower_positions(
+            lower.indptr.astype(np.int64), lower.indices.astype(np.int64),
+            self.inverse_permutation[rows], self.inverse_permutation[cols])
+        if np.any(positions < 0):
+            raise ValueError("Requested entries lie outside the factor's pattern; "
+                             "the selected inverse covers only the analyzed pattern.")
+        self._lookup = (rows, cols, positions)
+        return positions
+
+
+class CholeskyFactor:
+    """A numeric factorization ``P A Pᵀ = L Lᵀ`` of a positive-definite matrix.
+
+    Obtained from :meth:`SparseCholesky.factorize`; it shares the factor's memory, so use
+    it before the next refactorization.
+    """
+
+    def __init__(self, analysis, pivots):
+        self._analysis = analysis
+        self._factor = analysis._factor
+        self.pivots = pivots
+        self._lower = None
+
+    def logdet(self):
+        """``log det A``, the sum of the log pivots."""
+        return float(np.sum(np.log(self.pivots)))
+
+    def solve(self, b):
+        """Solve ``A x = b`` for a vector or a (D, k) array."""
+        return self._factor.solve_A(np.asarray(b, dtype=np.float64))
+
+    def sample(self, n_samples, random_state=None):
+        """Exact draws from ``N(0, A⁻¹)``.
+
+        ``x = Pᵀ L⁻ᵀ ε`` with ``ε ~ N(0, I)``: then ``Cov(P x) = (L Lᵀ)⁻¹ = (P A Pᵀ)⁻¹``.
+
+        Parameters
+        ----------
+        n_samples : int
+        random_state : None, int or numpy.random.Generator
+
+        Returns
+        -------
+        ndarray, shape (n_samples, D)
+        """
+        rng = np.random.default_rng(random_state)
+        eps = rng.standard_normal((self._analysis.n, n_samples))
+        permuted = self._factor.solve_Lt(eps, use_LDLt_decomposition=False)
+        out = np.empty((n_samples, self._analysis.n))
+        out[:, self._analysis.permutation] = permuted.T
+        return out
+
+    def lower(self):
+        """The factor ``L`` (of the permuted matrix) as CSC with sorted indices."""
+        if self._lower is None:
+            lower = self._factor.L()
+            if not lower.has_sorted_indices:
+                lower.sort_indices()
+            self._lower = lower
+        return self._lower
+
+    def selected_inverse(self, rows, cols):
+        """Entries ``Σ[rows[t], cols[t]]`` of ``Σ = A⁻¹`` for pairs on ``A``'s pattern.
+
+        Runs Takahashi's recursion over the whole factor (cost of the order of the
+        factorization) and reads the requested entries.
+
+        Parameters
+        ----------
+        rows, cols : ndarray of int64, shape (m,)
+            Original (unpermuted) indices; each pair must lie on the analyzed pattern
+            (or anywhere on the factor's filled pattern).
+
+        Returns
+        -------
+        ndarray, shape (m,)
+        """
+        lower = self.lower()
+        inverse = _kernels.takahashi_inverse(lower.indptr, lower.indices, lower.data)
+        return inverse[self._analysis._positions(lower, rows, cols)]

@@ -1,0 +1,216 @@
+"""Data: MNIST (IDX files, checksums, cache, download) and preprocessing.
+
+``load_mnist`` looks for the canonical file names (gzip or raw, e.g.
+``train-images-idx3-ubyte.gz``) in, in order: ``data_home``; ``$SPARSEGAUSS_DATA``;
+the user cache (``$XDG_CACHE_HOME/sparsegauss/mnist``, default ``~/.cache/...``); for the
+test set, the copy bundled in the package (so the main job runs offline). Failing those,
+it downloads from a public mirror into ``data_home`` (or the cache). Every file's
+*decompressed* content is checked against its SHA-256 (the same for every correct copy
+of MNIST, whatever its compression); a corrupt or truncated download is never cached.
+"""
+
+import gzip
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["load_mnist", "preprocess", "MNIST_SHA256"]
+
+#: SHA-256 of the decompressed IDX files.
+MNIST_SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+_SUBSETS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+            "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+#: Public mirrors serving the gzip files under their canonical names.
+MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+_BUNDLED = Path(__file__).parent / "data"
+
+
+class DataError(ValueError):
+    """A data file is missing, corrupt or not in the expected format."""
+
+
+def _cache_dir():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sparsegauss" / "mnist"
+
+
+def _candidate_dirs(data_home, subset):
+    dirs = []
+    if data_home is not None:
+        dirs.append(Path(data_home))
+    if os.environ.get("SPARSEGAUSS_DATA"):
+        dirs.append(Path(os.environ["SPARSEGAUSS_DATA"]))
+    dirs.append(_cache_dir())
+    if subset == "test":
+        dirs.append(_BUNDLED)
+    return dirs
+
+
+def _read_verified(path, name):
+    """Decompressed bytes of ``path``, or ``DataError`` if they fail the checksum."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as handle:
+                content = handle.read()
+        else:
+            content = path.read_bytes()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"Could not read MNIST file {path}: {exc}. The file is damaged or "
+                        "truncated; delete it so that a good copy can be fetched.") from exc
+    digest = hashlib.sha256(content).hexdigest()
+    if digest != MNIST_SHA256[name]:
+        raise DataError(f"MNIST file {path} is corrupt: the SHA-256 of its content is "
+                        f"{digest}, expected {MNIST_SHA256[name]}. Delete it so that a good "
+                        "copy can be fetched.")
+    return content
+
+
+def _download(name, target_dir, mirrors):
+    """Fetch ``name.gz`` into ``target_dir`` atomically, verifying it before it lands."""
+    target_dir.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for mirror in mirrors:
+        url = mirror + name + ".gz"
+        handle, tmp = tempfile.mkstemp(dir=target_dir, prefix=f".{name}.", suffix=".part.gz")
+        os.close(handle)
+        tmp = Path(tmp)
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+                shutil.copyfileobj(response, out)
+            content = _read_verified(tmp, name)
+            final = target_dir / (name + ".gz")
+            os.replace(tmp, final)
+            return content
+        except (OSError, DataError) as exc:
+            errors.append(f"{url}: {exc}")
+        finally:
+            tmp.unlink(missing_ok=True)
+    raise DataError(f"Could not download MNIST file {name}. Tried:\n  " + "\n  ".join(errors)
+                    + "\nPut the canonical IDX files in a directory and pass it as "
+                    "data_home or set SPARSEGAUSS_DATA.")
+
+
+def _parse_idx(content, name):
+    """Array from IDX bytes (magic ``0x0000 08 ndim``, big-endian int32 dims, uint8 data)."""
+    if len(content) < 4 or content[:3] != b"\x00\x00\x08":
+        raise DataError(f"MNIST file {name} is not an IDX file of unsigned bytes.")
+    ndim = content[3]
+    header = 4 + 4 * ndim
+    dims = tuple(int(d) for d in np.frombuffer(content[4:header], dtype=">i4"))
+    data = np.frombuffer(content, dtype=np.uint8, offset=header)
+    if data.size != int(np.prod(dims)):
+        raise DataError(f"MNIST file {name} is truncated: expected {int(np.prod(dims))} "
+                        f"values for shape {dims}, found {data.size}.")
+    return data.reshape(dims).copy()
+
+
+def _load_file(name, subset, data_home, download, mirrors):
+    for directory in _candidate_dirs(data_home, subset):
+        for candidate in (directory / (name + ".gz"), directory / name):
+            if candidate.is_file():
+                return _parse_idx(_read_verified(candidate, name), name)
+    if not download:
+        raise DataError(f"MNIST file {name}(.gz) was not found in "
+                        f"{[str(d) for d in _candidate_dirs(data_home, subset)]} and "
+                        "download=False. Pass data_home or set SPARSEGAUSS_DATA.")
+    target = Path(data_home) if data_home is not None else _cache_dir()
+    return _parse_idx(_download(name, target, mirrors), name)
+
+
+def load_mnist(subset="train", data_home=None, *, download=True, mirrors=MNIST_MIRRORS):
+    """Load MNIST images and labels.
+
+    Parameters
+    ----------
+    subset : {"train", "test"}, default="train"
+        60,000 training or 10,000 test images.
+    data_home : str or Path, optional
+        Directory searched first, and where a download is stored.
+    download : bool, default=True
+        Whether to fetch missing files from a public mirror.
+    mirrors : sequence of str
+        Base URLs tried in turn.
+
+    Returns
+    -------
+    images : ndarray of uint8, shape (n, 28, 28)
+    labels : ndarray of uint8, shape (n,)
+
+    Raises
+    ------
+    DataError
+        A file is missing (and cannot be downloaded), corrupt or truncated.
+
+    Examples
+    --------
+    >>> from sparsegauss.datasets import load_mnist
+    >>> images, labels = load_mnist("test")   # bundled, works offline
+    >>> images.shape
+    (10000, 28, 28)
+    """
+    if subset not in _SUBSETS:
+        raise ValueError("The 'subset' parameter of load_mnist must be 'train' or 'test'. "
+                         f"Got {subset!r} instead.")
+    image_name, label_name = _SUBSETS[subset]
+    images = _load_file(image_name, subset, data_home, download, mirrors)
+    labels = _load_file(label_name, subset, data_home, download, mirrors)
+    if images.ndim != 3 or labels.shape != images.shape[:1]:
+        raise DataError(f"MNIST {subset} files disagree: images {images.shape}, "
+                        f"labels {labels.shape}.")
+    return images, labels
+
+
+def preprocess(images, noise_std=0.1, random_state=None):
+    """Scale images to [0, 1], add pixel noise and subtract the empirical mean.
+
+    Parameters
+    ----------
+    images : array-like, shape (n, H, W) or (n, D)
+        Integer images (divided by their dtype's maximum, 255 for uint8) or floats
+        already in [0, 1].
+    noise_std : float, default=0.1
+        Standard deviation of the independent N(0, noise_std²) noise added to every pixel
+        (it makes the data's covariance full rank: MNIST's border pixels are always 0).
+    random_state : None, int or numpy.random.Generator
+
+    Returns
+    -------
+    X : ndarray of float64, shape (n, D)
+        Centred data, one flattened image per row.
+    mean : ndarray of float64, shape (D,)
+        The subtracted empirical mean (of the noisy, scaled images).
+    """
+    images = np.asarray(images)
+    if images.ndim not in (2, 3) or images.shape[0] < 1:
+        raise ValueError("images must have shape (n, H, W) or (n, D). "
+                         f"Got shape {images.shape} instead.")
+    if not np.isfinite(noise_std) or noise_std < 0:
+        raise ValueError("The 'noise_std' parameter of preprocess must be >= 0. "
+                         f"Got {noise_std!r} instead.")
+    if np.issubdtype(images.dtype, np.integer):
+        X = images.reshape(len(images), -1) / float(np.iinfo(images.dtype).max)
+    elif np.issubdtype(images.dtype, np.floating):
+        X = images.reshape(len(images), -1).astype(np.float64)
+        if not np.all(np.isfinite(X)) or X.min() < 0 or X.max() > 1:
+            raise ValueError("Float images must be finite and lie in [0, 1]; scale them "
+                             "first or pass the raw integer images.")
+    else:
+        raise TypeError(f"images must be integer or float. Got dtype {images.dtype}.")
+    rng = np.random.default_rng(random_state)
+    X = X + noise_std * rng.standard_normal(X.shape)
+    mean = X.mean(axis=0)
+    X -= mean
+    return X, mean
