@@ -11,6 +11,14 @@ and ``history`` (one dict per iteration: ``iteration, loss, time, residual``);
 long": it halves the step and tries again, so iterates never leave the domain (the
 positive-definite cone for likelihoods that need ``log det Λ``). SciPy's L-BFGS-B cannot
 do that: a non-finite value aborts its line search.
+
+``"newton-cg"`` is a truncated Newton method (Nash 2000; Nocedal & Wright, Alg. 7.2):
+each outer iteration solves ``H d = −g`` approximately by preconditioned conjugate
+gradients, to a relative residual ``η = min(0.5, √‖g‖)`` (Eisenstat–Walker's choice, for
+superlinear convergence), then takes the same domain-safe line search. Hessian-vector
+products default to a forward difference of the gradient, ``(g(x + εv) − g(x)) / ε``,
+which costs one gradient evaluation and is accurate to ``O(ε)``; only the Newton step,
+never the gradient that decides convergence, carries that error.
 """
 
 import time
@@ -23,7 +31,7 @@ from .exceptions import NotPositiveDefiniteError, SparseGaussError
 
 __all__ = ["minimize", "METHODS"]
 
-METHODS = ("lbfgs",)
+METHODS = ("newton-cg", "lbfgs")
 
 # Armijo's sufficient-decrease constant; the usual value (Nocedal & Wright, §3.1).
 _ARMIJO = 1e-4
@@ -33,7 +41,7 @@ _LOSS_RESOLUTION = 1e-10
 
 
 def minimize(fun, x0, *, method="lbfgs", tol=1e-8, maxiter=500, callback=None,
-             convergence=None, memory=10, precondition=None):
+             convergence=None, memory=10, precondition=None, hessp=None, max_cg=200):
     """Minimize ``fun`` from ``x0``.
 
     Parameters
@@ -42,7 +50,7 @@ def minimize(fun, x0, *, method="lbfgs", tol=1e-8, maxiter=500, callback=None,
         ``fun(x) -> (loss, gradient)``; may raise ``NotPositiveDefiniteError`` where the
         objective is undefined.
     x0 : ndarray, shape (n,)
-    method : {"lbfgs"}, default="lbfgs"
+    method : {"lbfgs", "newton-cg"}, default="lbfgs"
     tol : float, default=1e-8
         Stop when ``convergence(x, loss, gradient) <= tol``.
     maxiter : int, default=500
@@ -56,7 +64,13 @@ def minimize(fun, x0, *, method="lbfgs", tol=1e-8, maxiter=500, callback=None,
         Number of correction pairs L-BFGS keeps.
     precondition : callable, optional
         ``precondition(x)`` returns a function applying an SPD approximation of the
-        inverse Hessian at ``x`` to a vector; used as L-BFGS's initial matrix ``H₀``.
+        inverse Hessian at ``x`` to a vector: L-BFGS's initial matrix ``H₀``, and the
+        preconditioner of Newton-CG's inner iterations.
+    hessp : callable, optional
+        ``hessp(x, v) -> H(x) v`` for Newton-CG; default a forward difference of the
+        gradient.
+    max_cg : int, default=200
+        Most conjugate-gradient iterations per Newton step.
 
     Returns
     -------
@@ -74,8 +88,12 @@ def minimize(fun, x0, *, method="lbfgs", tol=1e-8, maxiter=500, callback=None,
     if convergence is None:
         def convergence(x, loss, grad):
             return float(np.max(np.abs(grad)))
-    return _lbfgs(fun, np.array(x0, dtype=np.float64), tol, int(maxiter), callback,
-                  convergence, int(memory), precondition)
+    x0 = np.array(x0, dtype=np.float64)
+    if method == "newton-cg":
+        return _newton_cg(fun, x0, tol, int(maxiter), callback, convergence, precondition,
+                          hessp, int(max_cg))
+    return _lbfgs(fun, x0, tol, int(maxiter), callback, convergence, int(memory),
+                  precondition)
 
 
 def _checked(fun, x, iteration):
@@ -108,72 +126,160 @@ def _two_loop(grad, pairs, precondition):
     return -q
 
 
-def _lbfgs(fun, x, tol, maxiter, callback, convergence, memory, precondition):
-    start = time.perf_counter()
-    try:
-        loss, grad = _checked(fun, x, 0)
-    except NotPositiveDefiniteError as exc:
-        raise SparseGaussError(f"The starting point is outside the objective's domain: "
-                               f"{exc}") from exc
-    nfev = 1
-    pairs = deque(maxlen=memory)
-    residual = convergence(x, loss, grad)
-    history = [dict(iteration=0, loss=loss, time=0.0, residual=residual)]
-    success, message, iteration = residual <= tol, "converged", 0
-    while not success and iteration < maxiter:
-        iteration += 1
-        direction = _two_loop(grad, pairs, precondition and precondition(x))
-        slope = grad @ direction
-        if slope >= 0:                       # not a descent direction: restart
-            pairs.clear()
-            direction, slope = -grad, -(grad @ grad)
-        # Without curvature information, take a first step of unit length in max-norm.
-        step = 1.0 if (pairs or precondition) else min(1.0, 1.0 / max(np.max(np.abs(grad)), 1e-300))
+class _Run:
+    """Book-keeping shared by the methods: evaluations, history, callback, stopping."""
+
+    def __init__(self, fun, x, tol, callback, convergence):
+        self.fun, self.tol, self.callback, self.convergence = fun, tol, callback, convergence
+        self.start = time.perf_counter()
+        try:
+            self.loss, self.grad = _checked(fun, x, 0)
+        except NotPositiveDefiniteError as exc:
+            raise SparseGaussError("The starting point is outside the objective's domain: "
+                                   f"{exc}") from exc
+        self.x, self.nfev, self.iteration = x, 1, 0
+        self.residual = convergence(x, self.loss, self.grad)
+        self.history = [dict(iteration=0, loss=self.loss, time=0.0, residual=self.residual,
+                             nfev=1)]
+        self.success = self.residual <= tol
+        self.message = "converged" if self.success else ""
+
+    def evaluate(self, x):
+        self.nfev += 1
+        return _checked(self.fun, x, self.iteration)
+
+    def line_search(self, direction):
+        """Backtracking from a unit step; returns the accepted (x, loss, grad) or None."""
+        slope = self.grad @ direction
+        step = 1.0
         for _ in range(_MAX_BACKTRACKS):
-            trial = x + step * direction
+            trial = self.x + step * direction
             try:
-                new_loss, new_grad = _checked(fun, trial, iteration)
+                loss, grad = self.evaluate(trial)
             except NotPositiveDefiniteError:
-                nfev += 1
                 step *= 0.5
                 continue
-            nfev += 1
-            if new_loss <= loss + _ARMIJO * step * slope:
-                break
+            if loss <= self.loss + _ARMIJO * step * slope:
+                return trial, loss, grad
             # Near the optimum the loss cannot resolve the decrease (it is below its
             # rounding error); accept on the slope instead: Hager & Zhang's (2005)
             # approximate Wolfe condition, φ'(α) ≤ (2δ − 1) φ'(0), with δ = 0.1.
-            if (abs(new_loss - loss) <= _LOSS_RESOLUTION * abs(loss)
-                    and new_grad @ direction <= (2 * _HZ_DELTA - 1) * slope):
-                break
-            # Minimizer of the quadratic through loss, slope and new_loss, kept in
+            if (abs(loss - self.loss) <= _LOSS_RESOLUTION * abs(self.loss)
+                    and grad @ direction <= (2 * _HZ_DELTA - 1) * slope):
+                return trial, loss, grad
+            # Minimizer of the quadratic through loss, slope and the trial loss, kept in
             # [0.1, 0.5] of the current step so backtracking always makes progress.
-            curvature = new_loss - loss - slope * step
+            curvature = loss - self.loss - slope * step
             guess = -slope * step * step / (2.0 * curvature) if curvature > 0 else 0.5 * step
             step = min(max(guess, 0.1 * step), 0.5 * step)
-        else:
-            message = (f"line search failed at iteration {iteration}: no step along the "
-                       "search direction decreased the loss (the tolerance may be below "
-                       "what floating point can resolve)")
+        self.message = (f"line search failed at iteration {self.iteration}: no step along "
+                        "the search direction decreased the loss (the tolerance may be "
+                        "below what floating point can resolve)")
+        return None
+
+    def accept(self, x, loss, grad):
+        """Move to a new iterate; returns False when the run should stop."""
+        self.x, self.loss, self.grad = x, loss, grad
+        self.residual = self.convergence(x, loss, grad)
+        self.history.append(dict(iteration=self.iteration, loss=loss,
+                                 time=time.perf_counter() - self.start,
+                                 residual=self.residual, nfev=self.nfev))
+        self.success = self.residual <= self.tol
+        if self.success:
+            self.message = "converged"
+        if self.callback is not None:
+            try:
+                self.callback(OptimizeResult(x=x, fun=loss, jac=grad, nit=self.iteration,
+                                             residual=self.residual))
+            except StopIteration:
+                self.message = f"stopped by the callback at iteration {self.iteration}"
+                return False
+        return not self.success
+
+    def result(self, maxiter):
+        if not self.message:
+            self.message = (f"reached maxiter={maxiter} with residual {self.residual:.3g} "
+                            f"> tol={self.tol:g}")
+        return OptimizeResult(x=self.x, fun=self.loss, jac=self.grad, nit=self.iteration,
+                              nfev=self.nfev, success=bool(self.success),
+                              message=self.message, residual=self.residual,
+                              history=self.history)
+
+
+def _lbfgs(fun, x, tol, maxiter, callback, convergence, memory, precondition):
+    run = _Run(fun, x, tol, callback, convergence)
+    pairs = deque(maxlen=memory)
+    while not run.success and run.iteration < maxiter:
+        run.iteration += 1
+        direction = _two_loop(run.grad, pairs, precondition and precondition(run.x))
+        if run.grad @ direction >= 0:          # not a descent direction: restart
+            pairs.clear()
+            direction = -run.grad
+        if not pairs and precondition is None:
+            # No curvature information yet: a first step of unit length in max-norm.
+            direction = direction / max(1.0, np.max(np.abs(direction)))
+        accepted = run.line_search(direction)
+        if accepted is None:
             break
-        s, y = trial - x, new_grad - grad
+        s, y = accepted[0] - run.x, accepted[2] - run.grad
         sy = s @ y
         if sy > 1e-12 * np.sqrt((s @ s) * (y @ y)):   # keep the inverse Hessian SPD
             pairs.append((s, y, 1.0 / sy))
-        x, loss, grad = trial, new_loss, new_grad
-        residual = convergence(x, loss, grad)
-        history.append(dict(iteration=iteration, loss=loss,
-                            time=time.perf_counter() - start, residual=residual))
-        success = residual <= tol
-        if callback is not None:
-            try:
-                callback(OptimizeResult(x=x, fun=loss, jac=grad, nit=iteration,
-                                        residual=residual))
-            except StopIteration:
-                message = f"stopped by the callback at iteration {iteration}"
-                break
-    if not success and message == "converged":
-        message = f"reached maxiter={maxiter} with residual {residual:.3g} > tol={tol:g}"
-    return OptimizeResult(x=x, fun=loss, jac=grad, nit=iteration, nfev=nfev,
-                          success=bool(success), message=message, residual=residual,
-                          history=history)
+        if not run.accept(*accepted):
+            break
+    return run.result(maxiter)
+
+
+def _forward_difference_hessp(run):
+    def hessp(x, vector):
+        # ε balances truncation O(ε‖v‖²) against rounding O(eps/ε): √eps in x's scale.
+        eps = np.sqrt(np.finfo(float).eps) * (1.0 + np.linalg.norm(x)) / np.linalg.norm(vector)
+        _, shifted = run.evaluate(x + eps * vector)
+        return (shifted - run.grad) / eps
+    return hessp
+
+
+def _newton_cg(fun, x, tol, maxiter, callback, convergence, precondition, hessp, max_cg):
+    run = _Run(fun, x, tol, callback, convergence)
+    hessp = _forward_difference_hessp(run) if hessp is None else hessp
+    while not run.success and run.iteration < maxiter:
+        run.iteration += 1
+        apply_m = precondition(run.x) if precondition is not None else (lambda v: v)
+        direction = _truncated_pcg(lambda v: hessp(run.x, v), run.grad, apply_m, max_cg)
+        accepted = run.line_search(direction)
+        if accepted is None:
+            break
+        if not run.accept(*accepted):
+            break
+    return run.result(maxiter)
+
+
+def _truncated_pcg(hessp, grad, apply_m, max_cg):
+    """Approximate solution of ``H d = −g`` by preconditioned CG, truncated.
+
+    Stops at relative residual ``min(0.5, √‖g‖)``, at ``max_cg`` iterations, or on
+    non-positive curvature (then returns the last descent iterate, or the preconditioned
+    gradient step when there is none).
+    """
+    grad_norm = np.linalg.norm(grad)
+    forcing = min(0.5, np.sqrt(grad_norm)) * grad_norm
+    direction = np.zeros_like(grad)
+    residual = -grad
+    z = apply_m(residual)
+    search = z.copy()
+    rz = residual @ z
+    for _ in range(max_cg):
+        h_search = hessp(search)
+        curvature = search @ h_search
+        if curvature <= 0:
+            return direction if np.any(direction) else search
+        alpha = rz / curvature
+        direction += alpha * search
+        residual -= alpha * h_search
+        if np.linalg.norm(residual) <= forcing:
+            break
+        z = apply_m(residual)
+        rz_next = residual @ z
+        search = z + (rz_next / rz) * search
+        rz = rz_next
+    return direction
