@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_mnist", "preprocess", "MNIST_SHA256"]
+__all__ = ["DataError", "MNIST_SHA256", "load_mnist", "preprocess", "scale_and_noise"]
 
 #: SHA-256 of the decompressed IDX files.
 MNIST_SHA256 = {
@@ -173,6 +173,41 @@ def load_mnist(subset="train", data_home=None, *, download=True, mirrors=MNIST_M
     return images, labels
 
 
+def scale_and_noise(images, noise_std=0.1, random_state=None):
+    """Scale images to [0, 1] and add independent N(0, noise_std²) noise to every pixel.
+
+    Parameters
+    ----------
+    images : array-like, shape (n, H, W) or (n, D)
+        Integer images (divided by their dtype's maximum, 255 for uint8) or floats
+        already in [0, 1].
+    noise_std : float, default=0.1
+    random_state : None, int or numpy.random.Generator
+
+    Returns
+    -------
+    ndarray of float64, shape (n, D)
+    """
+    images = np.asarray(images)
+    if images.ndim not in (2, 3) or images.shape[0] < 1:
+        raise ValueError("images must have shape (n, H, W) or (n, D). "
+                         f"Got shape {images.shape} instead.")
+    if not (np.isfinite(noise_std) and noise_std >= 0):
+        raise ValueError("The 'noise_std' parameter must be >= 0. "
+                         f"Got {noise_std!r} instead.")
+    if np.issubdtype(images.dtype, np.integer):
+        X = images.reshape(len(images), -1) / float(np.iinfo(images.dtype).max)
+    elif np.issubdtype(images.dtype, np.floating):
+        X = images.reshape(len(images), -1).astype(np.float64)
+        if not np.all(np.isfinite(X)) or X.min() < 0 or X.max() > 1:
+            raise ValueError("Float images must be finite and lie in [0, 1]; scale them "
+                             "first or pass the raw integer images.")
+    else:
+        raise TypeError(f"images must be integer or float. Got dtype {images.dtype}.")
+    rng = np.random.default_rng(random_state)
+    return X + noise_std * rng.standard_normal(X.shape)
+
+
 def preprocess(images, noise_std=0.1, random_state=None):
     """Scale images to [0, 1], add pixel noise and subtract the empirical mean.
 
@@ -192,25 +227,16 @@ def preprocess(images, noise_std=0.1, random_state=None):
         Centred data, one flattened image per row.
     mean : ndarray of float64, shape (D,)
         The subtracted empirical mean (of the noisy, scaled images).
+
+    Examples
+    --------
+    >>> from sparsegauss.datasets import load_mnist, preprocess
+    >>> images, _ = load_mnist("test")
+    >>> X, mean = preprocess(images[:100], random_state=0)
+    >>> X.shape, abs(X.mean()) < 1e-12
+    ((100, 784), True)
     """
-    images = np.asarray(images)
-    if images.ndim not in (2, 3) or images.shape[0] < 1:
-        raise ValueError("images must have shape (n, H, W) or (n, D). "
-                         f"Got shape {images.shape} instead.")
-    if not np.isfinite(noise_std) or noise_std < 0:
-        raise ValueError("The 'noise_std' parameter of preprocess must be >= 0. "
-                         f"Got {noise_std!r} instead.")
-    if np.issubdtype(images.dtype, np.integer):
-        X = images.reshape(len(images), -1) / float(np.iinfo(images.dtype).max)
-    elif np.issubdtype(images.dtype, np.floating):
-        X = images.reshape(len(images), -1).astype(np.float64)
-        if not np.all(np.isfinite(X)) or X.min() < 0 or X.max() > 1:
-            raise ValueError("Float images must be finite and lie in [0, 1]; scale them "
-                             "first or pass the raw integer images.")
-    else:
-        raise TypeError(f"images must be integer or float. Got dtype {images.dtype}.")
-    rng = np.random.default_rng(random_state)
-    X = X + noise_std * rng.standard_normal(X.shape)
+    X = scale_and_noise(images, noise_std, random_state)
     mean = X.mean(axis=0)
     X -= mean
     return X, mean

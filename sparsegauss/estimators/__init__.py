@@ -1,0 +1,1 @@
+"""Objectives, one module each: pure functions of (θ, data statistics, ...) → (loss, grad)."""

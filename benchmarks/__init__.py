@@ -1,0 +1,1 @@
+"""sparsegauss benchmarks: asv-style classes runnable without asv (``python -m benchmarks``)."""

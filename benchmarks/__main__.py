@@ -1,0 +1,122 @@
+"""Run the benchmarks without asv: ``python -m benchmarks [--quick] [--filter TEXT]``.
+
+For every class in ``benchmarks/bench_*.py`` and every parameter combination: ``setup``
+(which warms up the JIT), then each ``time_*`` method ``--repeat`` times (the median is
+reported) and each ``track_*`` method once. Writes ``results.json`` and ``results.md``.
+"""
+
+import argparse
+import datetime
+import importlib
+import inspect
+import itertools
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+import scipy
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return dict(cpu=cpu, cores=os.cpu_count(), numba_threads=numba.get_num_threads(),
+                python=platform.python_version(), numpy=np.__version__,
+                scipy=scipy.__version__, numba=numba.__version__,
+                date=datetime.date.today().isoformat())
+
+
+def discover(selected=None):
+    folder = Path(__file__).parent
+    for path in sorted(folder.glob("bench_*.py")):
+        module = importlib.import_module(f"benchmarks.{path.stem}")
+        if selected and path.stem not in selected:
+            continue
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ == module.__name__ and any(
+                    m.startswith(("time_", "track_")) for m in dir(cls)):
+                yield module, cls
+
+
+def run_class(cls, quick, repeat, pattern, log):
+    params = getattr(cls, "quick_params", None) if quick else None
+    params = params or getattr(cls, "params", [[]])
+    names = getattr(cls, "param_names", [])
+    methods = sorted(m for m in dir(cls) if m.startswith(("time_", "track_")))
+    for combo in itertools.product(*params):
+        label = ", ".join(f"{n}={v}" for n, v in zip(names, combo))
+        wanted = [m for m in methods if not pattern or pattern in f"{cls.__name__}.{m}"]
+        if not wanted:
+            continue
+        bench = cls()
+        log(f"  {cls.__name__}({label}): setup and warm-up ...")
+        bench.setup(*combo)
+        for method in (m for m in wanted if m.startswith("time_")):
+            samples = []
+            for _ in range(repeat):
+                start = time.perf_counter()
+                getattr(bench, method)(*combo)
+                samples.append(time.perf_counter() - start)
+            yield dict(benchmark=f"{cls.__name__}.{method}", params=label, unit="s",
+                       median=float(np.median(samples)), samples=samples)
+            log(f"    {method}: median {np.median(samples):.4f} s of {repeat}")
+        for method in (m for m in wanted if m.startswith("track_")):
+            value = float(getattr(bench, method)(*combo))
+            yield dict(benchmark=f"{cls.__name__}.{method}", params=label, unit="",
+                       median=value, samples=[value])
+
+
+def markdown(results, info, summaries):
+    lines = [f"Machine: {info['cpu']}, {info['cores']} cores ({info['numba_threads']} Numba "
+             f"threads); Python {info['python']}, NumPy {info['numpy']}, SciPy "
+             f"{info['scipy']}, Numba {info['numba']}; {info['date']}.", "",
+             "| benchmark | parameters | median |", "|---|---|---|"]
+    for r in results:
+        value = f"{r['median']:.4f} s" if r["unit"] == "s" else f"{r['median']:.6g}"
+        lines.append(f"| {r['benchmark']} | {r['params']} | {value} |")
+    if summaries:
+        lines += ["", *summaries]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for CI (seconds)")
+    parser.add_argument("--repeat", type=int, default=None, help="timings per benchmark (default 5, quick 2)")
+    parser.add_argument("--filter", default="", help="run only benchmarks whose name contains this")
+    parser.add_argument("--module", action="append", help="only these bench_* modules")
+    parser.add_argument("--out", type=Path, default=Path("benchmark-results"))
+    args = parser.parse_args(argv)
+    repeat = args.repeat or (2 if args.quick else 5)
+    info = machine()
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    results, summaries = [], []
+    for module, cls in discover(args.module):
+        log(f"{module.__name__}.{cls.__name__}")
+        results.extend(run_class(cls, args.quick, repeat, args.filter, log))
+    for module in {m for m, _ in discover(args.module)}:
+        if hasattr(module, "summarize"):
+            text = module.summarize(results)
+            if text:
+                summaries.append(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(dict(machine=info, results=results), indent=1))
+    report = markdown(results, info, summaries)
+    (args.out / "results.md").write_text(report)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

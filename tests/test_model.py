@@ -1,0 +1,162 @@
+import numpy as np
+import pytest
+from scipy.stats import multivariate_normal
+
+from sparsegauss import ConvergenceWarning, GridGaussian, NotPositiveDefiniteError
+from sparsegauss.grid import GridParameterization
+from sparsegauss.normalization import GridNormalizer
+from conftest import random_spd_theta
+
+
+@pytest.fixture
+def data(rng):
+    grid = GridParameterization((5, 4), 8)
+    truth = random_spd_theta(grid, rng, margin=0.5)
+    X = GridNormalizer(grid).factorize(truth).sample(3000, rng) + rng.normal(size=20)
+    return X
+
+
+def test_params_protocol():
+    model = GridGaussian((5, 4), stencil=8, tol=1e-6)
+    params = model.get_params()
+    assert params["stencil"] == 8 and params["tol"] == 1e-6 and params["shape"] == (5, 4)
+    assert model.set_params(stencil=4) is model and model.stencil == 4
+    with pytest.raises(ValueError, match="Invalid parameter"):
+        model.set_params(nu=1.0)
+    assert "stencil" not in repr(GridGaussian((2, 2)))
+    with pytest.raises(TypeError):
+        GridGaussian((5, 4), 8)           # keyword-only beyond shape
+
+
+@pytest.mark.parametrize("stencil", [4, 8])
+@pytest.mark.parametrize("tying", ["untied", "tied"])
+def test_fit_score_against_dense_gaussian(data, stencil, tying):
+    model = GridGaussian((5, 4), stencil=stencil, tying=tying).fit(data)
+    assert model.converged_ and model.kkt_residual_ <= 1e-8
+    dense_cov = np.linalg.inv(model.precision_.toarray())
+    reference = multivariate_normal(model.location_, dense_cov).logpdf(data[:50])
+    np.testing.assert_allclose(model.score_samples(data[:50]), reference, rtol=1e-9)
+    np.testing.assert_allclose(model.score(data[:50]), reference.mean(), rtol=1e-9)
+    np.testing.assert_allclose(model.location_, data.mean(axis=0))
+    np.testing.assert_allclose(
+        model.log_partition_, 0.5 * 20 * np.log(2 * np.pi) + 0.5 * np.linalg.slogdet(dense_cov)[1])
+    assert model.history_[-1]["residual"] == model.kkt_residual_
+
+
+def test_image_shaped_input_and_float32(data):
+    a = GridGaussian((5, 4)).fit(data)
+    b = GridGaussian((5, 4)).fit(data.reshape(-1, 5, 4).astype(np.float32))
+    np.testing.assert_allclose(a.theta_, b.theta_, rtol=1e-4)
+    np.testing.assert_allclose(a.score_samples(data[:3]), a.score_samples(data[:3].reshape(3, 5, 4)))
+
+
+def test_assume_centered(data):
+    model = GridGaussian((5, 4), assume_centered=True).fit(data - data.mean(axis=0))
+    assert np.all(model.location_ == 0)
+    np.testing.assert_allclose(model.theta_, GridGaussian((5, 4)).fit(data).theta_, rtol=1e-7)
+
+
+def test_sample_is_reproducible_and_has_the_model_covariance(data):
+    model = GridGaussian((5, 4), random_state=3).fit(data)
+    np.testing.assert_array_equal(model.sample(4), model.sample(4))
+    np.testing.assert_array_equal(model.sample(4, random_state=9), model.sample(4, random_state=9))
+    samples = model.sample(40_000, random_state=1)
+    refit = GridGaussian((5, 4)).fit(samples)
+    # A refit on the model's own samples recovers it to O(1/√n).
+    np.testing.assert_allclose(refit.theta_, model.theta_, atol=0.08 * np.abs(model.theta_).max())
+
+
+def test_save_load_round_trip(data, tmp_path):
+    model = GridGaussian((5, 4), stencil=8, random_state=0).fit(data)
+    path = model.save(tmp_path / "model.npz")
+    loaded = GridGaussian.load(path)
+    assert loaded.get_params()["stencil"] == 8
+    np.testing.assert_array_equal(loaded.theta_, model.theta_)
+    np.testing.assert_array_equal(loaded.score_samples(data[:5]), model.score_samples(data[:5]))
+    np.testing.assert_array_equal(loaded.sample(3, random_state=1), model.sample(3, random_state=1))
+    assert loaded.history_ == model.history_
+    assert (loaded.precision_ != model.precision_).nnz == 0
+
+
+def test_save_never_corrupts_an_existing_file(data, tmp_path):
+    model = GridGaussian((5, 4)).fit(data)
+    path = model.save(tmp_path / "model.npz")
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=".npz"):
+        model.save(tmp_path / "model.pkl")
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]
+
+
+def test_load_rejects_foreign_and_damaged_files(tmp_path):
+    np.savez(tmp_path / "other.npz", a=np.ones(3))
+    with pytest.raises(ValueError, match="not a sparsegauss"):
+        GridGaussian.load(tmp_path / "other.npz")
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04garbage")
+    with pytest.raises(ValueError, match="Could not read"):
+        GridGaussian.load(tmp_path / "broken.npz")
+
+
+@pytest.mark.parametrize("X, error, match", [
+    (np.full((10, 20), np.nan), ValueError, "NaN or inf"),
+    (np.full((10, 20), np.inf), ValueError, "NaN or inf"),
+    (np.ones((10, 21)), ValueError, "shape"),
+    (np.ones((10, 4, 5)), ValueError, "shape"),
+    (np.ones((1, 20)), ValueError, "at least 2"),
+    (np.ones((10, 20), dtype=np.uint8), TypeError, "integer dtype"),
+    (np.array([["a"] * 20] * 3), TypeError, "floats"),
+])
+def test_bad_data(X, error, match):
+    with pytest.raises(error, match=match):
+        GridGaussian((5, 4)).fit(X)
+
+
+def test_zero_variance_pixels_are_named(rng):
+    X = rng.normal(size=(50, 20))
+    X[:, 6] = 0.5
+    with pytest.raises(ValueError, match=r"1 pixel\(s\) with zero variance.*\(1, 2\)"):
+        GridGaussian((5, 4)).fit(X)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(stencil=6), "'stencil' parameter"), (dict(tying="x"), "'tying' parameter"),
+    (dict(method="magic"), "'method' parameter"), (dict(tol=-1.0), "'tol' parameter"),
+    (dict(max_iter=0), "'max_iter' parameter"),
+])
+def test_bad_parameters(kwargs, match, data):
+    with pytest.raises(ValueError, match=match):
+        GridGaussian((5, 4), **kwargs).fit(data)
+
+
+def test_not_fitted_and_bad_sample_arguments(data):
+    with pytest.raises(AttributeError, match="not fitted"):
+        GridGaussian((5, 4)).sample(2)
+    model = GridGaussian((5, 4)).fit(data)
+    with pytest.raises(ValueError, match="n_samples"):
+        model.sample(0)
+
+
+def test_non_converged_fit_warns(data):
+    with pytest.warns(ConvergenceWarning, match="did not converge"):
+        model = GridGaussian((5, 4), max_iter=1).fit(data)
+    assert not model.converged_
+
+
+def test_indefinite_model_refuses_density_and_sampling(data):
+    model = GridGaussian((5, 4)).fit(data)
+    theta = model.theta_.copy()
+    theta[:20] = -1.0          # negative diagonal: not a Gaussian
+    model._set_fitted(model._grid, theta, model.location_)
+    assert not model.is_positive_definite_
+    for call in (lambda: model.log_partition_, lambda: model.sample(1),
+                 lambda: model.score_samples(data[:2])):
+        with pytest.raises(NotPositiveDefiniteError, match="not positive definite"):
+            call()
+
+
+def test_couplings_are_image_shaped(data):
+    maps = GridGaussian((5, 4), stencil=8).fit(data).couplings()
+    assert list(maps) == ["diagonal", "horizontal", "vertical", "diagonal down-right",
+                          "diagonal down-left"]
+    assert all(m.shape == (5, 4) for m in maps.values())
+    assert np.all(maps["horizontal"][:, -1] == 0)     # no right neighbour in the last column

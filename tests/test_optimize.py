@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+
+from sparsegauss.exceptions import NotPositiveDefiniteError, SparseGaussError
+from sparsegauss.optimize import minimize
+
+METHODS = ["lbfgs", "newton-cg"]
+
+
+def rosenbrock(x):
+    a, b = x
+    loss = (1 - a) ** 2 + 100 * (b - a * a) ** 2
+    grad = np.array([-2 * (1 - a) - 400 * a * (b - a * a), 200 * (b - a * a)])
+    return loss, grad
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_rosenbrock(method):
+    result = minimize(rosenbrock, [-1.2, 1.0], method=method, tol=1e-8, maxiter=500)
+    assert result.success, result.message
+    np.testing.assert_allclose(result.x, [1.0, 1.0], atol=1e-6)
+    assert [h["iteration"] for h in result.history] == list(range(result.nit + 1))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_ill_conditioned_quadratic_with_preconditioner(method, rng):
+    scales = np.logspace(-4, 4, 50)
+    target = rng.normal(size=50)
+
+    def fun(x):
+        return 0.5 * np.sum(scales * (x - target) ** 2), scales * (x - target)
+
+    result = minimize(fun, np.zeros(50), method=method, tol=1e-10, maxiter=50,
+                      precondition=lambda x: (lambda v: v / scales))
+    assert result.success and result.nit <= 3
+    np.testing.assert_allclose(result.x, target, atol=1e-10)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_iterates_never_leave_the_domain(method):
+    """-log(1 - x²) style barrier: fun raises outside (-1, 1); the minimum sits near the edge."""
+    seen = []
+
+    def fun(x):
+        seen.append(x.copy())
+        if np.any(np.abs(x) >= 1):
+            raise NotPositiveDefiniteError("outside")
+        return float(np.sum(-np.log(1 - x ** 2) - 3 * x)), -(-2 * x / (1 - x ** 2)) - 3
+
+    result = minimize(fun, np.zeros(3), method=method, tol=1e-9, maxiter=200)
+    assert result.success
+    assert np.all(np.abs(result.x) < 1)
+    np.testing.assert_allclose(result.x, (-2 + np.sqrt(4 + 36)) / 6, rtol=1e-8)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_nonfinite_loss_names_the_iteration(method):
+    def fun(x):
+        if x[0] > 0.5:
+            return np.nan, np.full_like(x, np.nan)
+        return float(-x[0]), -np.ones_like(x)
+
+    with pytest.raises(SparseGaussError, match="non-finite at iteration 1"):
+        minimize(fun, np.zeros(1), method=method)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_callback_can_stop_the_run(method):
+    def stop(state):
+        if state.nit == 2:
+            raise StopIteration
+
+    result = minimize(rosenbrock, [-1.2, 1.0], method=method, callback=stop)
+    assert result.nit == 2 and not result.success and "callback" in result.message
+
+
+def test_start_outside_the_domain_is_an_error():
+    def fun(x):
+        raise NotPositiveDefiniteError("bad start")
+
+    with pytest.raises(SparseGaussError, match="starting point"):
+        minimize(fun, np.zeros(2))
+
+
+def test_unknown_method():
+    with pytest.raises(ValueError, match="'method' parameter"):
+        minimize(rosenbrock, [0.0, 0.0], method="bfgs")
+
+
+def test_maxiter_is_reported():
+    result = minimize(rosenbrock, [-1.2, 1.0], method="lbfgs", maxiter=3)
+    assert not result.success and "maxiter=3" in result.message

@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+
+from sparsegauss.grid import GridParameterization
+from sparsegauss.stats import pattern_moments, quadratic_forms
+from conftest import SHAPES, dense_precision
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("stencil", [4, 8])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pattern_moments_match_dense_products(shape, stencil, dtype, rng):
+    grid = GridParameterization(shape, stencil)
+    X = rng.normal(size=(37, grid.n_pixels)).astype(dtype)
+    center = rng.normal(size=grid.n_pixels)
+    weights = rng.uniform(0, 2, size=37)
+    moments = pattern_moments(X, grid, center=center, weights=weights)
+    Y = X.astype(np.float64) - center
+    dense = (Y * weights[:, None]).T @ Y
+    rows, cols = grid.pair_indices()
+    np.testing.assert_allclose(moments[grid.valid], dense[rows, cols], rtol=1e-10, atol=1e-10)
+    assert np.all(moments[~grid.valid] == 0)
+
+
+@pytest.mark.parametrize("stencil", [4, 8])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_quadratic_forms_match_dense(stencil, dtype, rng):
+    grid = GridParameterization((5, 4), stencil)
+    theta = rng.normal(size=grid.n_params)
+    X = rng.normal(size=(23, grid.n_pixels)).astype(dtype)
+    center = rng.normal(size=grid.n_pixels)
+    quad = quadratic_forms(X, grid, grid.fields(theta), center=center)
+    Y = X.astype(np.float64) - center
+    np.testing.assert_allclose(quad, np.einsum("ni,ij,nj->n", Y, dense_precision(grid, theta), Y),
+                               rtol=1e-10, atol=1e-10)
+
+
+def test_trace_identity(rng):
+    """Σ_n xᵀΛx = Σ_k m_k Σ_p F[k,p] T[k,p]: the identity the likelihood relies on."""
+    grid = GridParameterization((6, 5), 8)
+    theta = rng.normal(size=grid.n_params)
+    X = rng.normal(size=(40, grid.n_pixels))
+    moments = pattern_moments(X, grid)
+    lhs = quadratic_forms(X, grid, grid.fields(theta)).sum()
+    rhs = np.sum(grid.multiplicity[:, None] * grid.fields(theta) * moments)
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-12)
+
+
+def test_many_samples_chunked_like_one(rng):
+    grid = GridParameterization((4, 4), 4)
+    X = rng.normal(size=(1001, grid.n_pixels))
+    whole = pattern_moments(X, grid)
+    parts = pattern_moments(X[:500], grid) + pattern_moments(X[500:], grid)
+    np.testing.assert_allclose(whole, parts, rtol=1e-12)
