@@ -7,7 +7,8 @@ Each class follows asv's conventions (``params``, ``setup`` that warms up the JI
 import numpy as np
 from numba import njit, prange
 
-from sparsegauss.estimators.mle import fit_mle, mle_loss_grad
+from sparsegauss.estimators.mle import fit_mle
+from sparsegauss.exceptions import NotPositiveDefiniteError
 from sparsegauss.grid import GridParameterization
 from sparsegauss.normalization import LOG_2PI, GridNormalizer
 from sparsegauss.stats import pattern_moments, quadratic_forms
@@ -66,7 +67,10 @@ class DenseNormalizer:
 
     def value_and_grad(self, theta):
         precision = self.grid.precision(theta).toarray()
-        chol = np.linalg.cholesky(precision)          # raises LinAlgError if not PD
+        try:
+            chol = np.linalg.cholesky(precision)
+        except np.linalg.LinAlgError as exc:      # the line search backtracks on this
+            raise NotPositiveDefiniteError(str(exc)) from exc
         logdet = 2.0 * np.sum(np.log(np.diag(chol)))
         sigma = np.linalg.inv(precision)
         covariance = self.grid.scatter_pairs(sigma[self.rows, self.cols])

@@ -242,10 +242,17 @@ def _forward_difference_hessp(run):
 def _newton_cg(fun, x, tol, maxiter, callback, convergence, precondition, hessp, max_cg):
     run = _Run(fun, x, tol, callback, convergence)
     hessp = _forward_difference_hessp(run) if hessp is None else hessp
+    initial_norm = max(np.linalg.norm(run.grad), np.finfo(float).tiny)
     while not run.success and run.iteration < maxiter:
         run.iteration += 1
         apply_m = precondition(run.x) if precondition is not None else (lambda v: v)
-        direction = _truncated_pcg(lambda v: hessp(run.x, v), run.grad, apply_m, max_cg)
+        # Eisenstat & Walker's forcing term, made scale-free with the first gradient, and
+        # floored so that the last steps do not solve more accurately than ``tol`` needs
+        # (a relative reduction of the residual by ``tol / residual``, with 10x margin).
+        forcing = max(min(0.5, np.sqrt(np.linalg.norm(run.grad) / initial_norm)),
+                      0.1 * tol / run.residual)
+        direction = _truncated_pcg(lambda v: hessp(run.x, v), run.grad, apply_m, max_cg,
+                                   min(forcing, 0.5))
         accepted = run.line_search(direction)
         if accepted is None:
             break
@@ -254,15 +261,14 @@ def _newton_cg(fun, x, tol, maxiter, callback, convergence, precondition, hessp,
     return run.result(maxiter)
 
 
-def _truncated_pcg(hessp, grad, apply_m, max_cg):
+def _truncated_pcg(hessp, grad, apply_m, max_cg, forcing):
     """Approximate solution of ``H d = −g`` by preconditioned CG, truncated.
 
-    Stops at relative residual ``min(0.5, √‖g‖)``, at ``max_cg`` iterations, or on
-    non-positive curvature (then returns the last descent iterate, or the preconditioned
-    gradient step when there is none).
+    Stops at relative residual ``forcing``, at ``max_cg`` iterations, or on non-positive
+    curvature (then returns the last descent iterate, or the preconditioned gradient step
+    when there is none).
     """
-    grad_norm = np.linalg.norm(grad)
-    forcing = min(0.5, np.sqrt(grad_norm)) * grad_norm
+    forcing = forcing * np.linalg.norm(grad)
     direction = np.zeros_like(grad)
     residual = -grad
     z = apply_m(residual)
