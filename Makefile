@@ -11,7 +11,7 @@ CHOLMOD_HEADER := /usr/include/suitesparse/cholmod.h
 # apt-get as root, through sudo otherwise.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench examples system venv clean
+.PHONY: demo test bench system clean
 
 demo: $(STAMP)
 	$(BIN)/sparsegauss demo --out demo-output
@@ -21,9 +21,6 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
-
-examples: $(STAMP)
-	cd examples && for f in plot_*.py; do echo "== $$f"; MPLBACKEND=Agg ../$(BIN)/python $$f || exit 1; done
 
 # scikit-sparse compiles against CHOLMOD (SuiteSparse); it also needs a C compiler,
 # the Python headers and venv. Install only what is missing.

@@ -1,0 +1,125 @@
+"""Noise distributions for noise-contrastive estimation.
+
+NCE learns by telling data from noise. Its gradient comes from the samples the classifier
+gets wrong, so noise far from the data (the classifier wins at once) gives vanishing
+gradients and a noisy, slowly converging estimate; noise close to the data keeps the
+problem hard and the estimate efficient (Gutmann & Hyvärinen 2012, §2.4). All noises here
+are zero-mean Gaussians fitted to the (centred) data, from far to near:
+
+* ``"isotropic"``  N(0, s² I) with s² the mean pixel variance;
+* ``"diagonal"``   N(0, diag(S_pp));
+* ``"empirical"``  N(0, S), the data's full covariance (dense; D ≤ 4096);
+* ``"grid"``       a tied (stationary) grid Gaussian fitted by exact MLE: captures the
+  neighbour correlations, scales to any grid (sparse Cholesky), the default.
+
+Any object with ``sample(n, random_state)`` and ``score_samples(X)`` can be passed
+instead.
+"""
+
+import numpy as np
+
+__all__ = ["NOISES", "DiagonalNoise", "EmpiricalNoise", "GridNoise", "IsotropicNoise",
+           "make_noise"]
+
+NOISES = ("isotropic", "diagonal", "empirical", "grid")
+_LOG_2PI = float(np.log(2.0 * np.pi))
+#: Largest D for which the dense "empirical" noise is allowed (a 4096² matrix is 128 MiB).
+EMPIRICAL_MAX_PIXELS = 4096
+
+
+class DiagonalNoise:
+    """Zero-mean Gaussian with independent pixels, ``N(0, diag(variances))``."""
+
+    def __init__(self, variances):
+        self.variances = np.asarray(variances, dtype=np.float64)
+
+    def sample(self, n_samples, random_state=None):
+        rng = np.random.default_rng(random_state)
+        return rng.standard_normal((n_samples, self.variances.size)) * np.sqrt(self.variances)
+
+    def score_samples(self, X):
+        return -0.5 * (np.einsum("ij,ij->i", X, X / self.variances)
+                       + np.sum(np.log(self.variances)) + self.variances.size * _LOG_2PI)
+
+
+class IsotropicNoise(DiagonalNoise):
+    """``N(0, s² I)``."""
+
+    def __init__(self, variance, n_pixels):
+        super().__init__(np.full(n_pixels, float(variance)))
+
+
+class EmpiricalNoise:
+    """Zero-mean Gaussian with a dense covariance (the data's own)."""
+
+    def __init__(self, covariance):
+        covariance = np.asarray(covariance, dtype=np.float64)
+        self.chol = np.linalg.cholesky(covariance)
+        self.logdet = 2.0 * np.sum(np.log(np.diag(self.chol)))
+
+    def sample(self, n_samples, random_state=None):
+        rng = np.random.default_rng(random_state)
+        return rng.standard_normal((n_samples, self.chol.shape[0])) @ self.chol.T
+
+    def score_samples(self, X):
+        from scipy.linalg import solve_triangular
+        white = solve_triangular(self.chol, np.asarray(X, dtype=np.float64).T, lower=True)
+        return -0.5 * (np.sum(white ** 2, axis=0) + self.logdet + self.chol.shape[0] * _LOG_2PI)
+
+
+class GridNoise:
+    """A fitted zero-mean grid Gaussian used as noise (tied by default)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def sample(self, n_samples, random_state=None):
+        return self.model.sample(n_samples, random_state=random_state)
+
+    def score_samples(self, X):
+        return self.model.score_samples(X)
+
+
+def make_noise(noise, X, shape, *, stencil=4):
+    """Build a noise distribution fitted to centred data ``X``.
+
+    Parameters
+    ----------
+    noise : {"isotropic", "diagonal", "empirical", "grid"} or object
+        An object with ``sample(n, random_state)`` and ``score_samples(X)`` is returned
+        as it is.
+    X : ndarray, shape (n_samples, D)
+        Centred data.
+    shape : tuple of int
+        Grid shape, for ``"grid"``.
+    stencil : {4, 8}, default=4
+        Stencil of the ``"grid"`` noise.
+    """
+    if not isinstance(noise, str):
+        if not (callable(getattr(noise, "sample", None))
+                and callable(getattr(noise, "score_samples", None))):
+            raise TypeError("The 'noise' parameter must be one of "
+                            f"{NOISES} or an object with sample(n, random_state) and "
+                            f"score_samples(X). Got {noise!r} instead.")
+        return noise
+    if noise not in NOISES:
+        raise ValueError(f"The 'noise' parameter must be one of {NOISES} or a "
+                         f"distribution object. Got {noise!r} instead.")
+    n_pixels = X.shape[1]
+    variances = np.einsum("ij,ij->j", X, X) / len(X)
+    if noise == "isotropic":
+        return IsotropicNoise(variances.mean(), n_pixels)
+    if noise == "diagonal":
+        return DiagonalNoise(variances)
+    if noise == "empirical":
+        if n_pixels > EMPIRICAL_MAX_PIXELS:
+            raise ValueError(f"The 'empirical' noise needs a dense {n_pixels}x{n_pixels} "
+                             f"covariance; it is limited to D <= {EMPIRICAL_MAX_PIXELS}. "
+                             "Use noise='grid' for large images.")
+        covariance = X.T @ X / len(X)
+        # A tiny ridge keeps the Cholesky factor defined when n_samples < D.
+        covariance[np.diag_indices(n_pixels)] += 1e-10 * np.mean(variances)
+        return EmpiricalNoise(covariance)
+    from .model import GridGaussian
+    return GridNoise(GridGaussian(shape, stencil=stencil, tying="tied",
+                                  assume_centered=True).fit(X))
