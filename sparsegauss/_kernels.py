@@ -2,13 +2,13 @@
 
 Conventions (see STYLE.md): arrays in, arrays out; no validation here (the public
 callers validate once); ``prange`` only over outer loops whose writes are disjoint;
-no ``fastmath`` (it makes ``np.isnan`` lie). Kernels that call each other stay in this
+never ``fastmath=True`` (it makes ``np.isnan`` lie) — only reassociation, see below. Kernels that call each other stay in this
 file because Numba's cache does not see edits elsewhere.
 
 The stencil layout (see :mod:`sparsegauss.grid`) is ``(n_terms, D)`` with term ``k``
 pairing pixel ``p`` with ``p + shifts[k]``; ``shifts[0] == 0`` is the diagonal and every
-other shift is positive. Kernels compute every pair ``p < D - shift`` and leave it to the
-caller to zero the pairs that wrap around a grid row.
+other shift is positive. Kernels compute every pair (a partner past the end of the row
+counts as zero) and leave it to the caller to zero the pairs that wrap around a grid row.
 """
 
 import numba
@@ -19,18 +19,35 @@ __all__ = ["lower_positions", "pattern_moments", "quadratic_forms", "supernode_s
            "takahashi_inverse", "takahashi_supernodal"]
 
 
-@njit(parallel=True, cache=True)
+# Reassociation (and FMA contraction) lets LLVM vectorize the floating-point sums below;
+# unlike ``fastmath=True`` it keeps NaN/inf semantics ("nnan"/"ninf" stay off), so
+# ``np.isnan`` still tells the truth. Results differ from sequential sums by rounding only.
+_REASSOC = {"reassoc", "contract"}
+# Samples per pass over a thread's accumulator in ``pattern_moments``: the accumulator is
+# loaded and stored once per block instead of once per sample.
+_BLOCK = 4
+
+
+@njit(fastmath=_REASSOC, inline="always")
+def _center_into(y, x, center, d):
+    for p in range(d):
+        y[p] = x[p] - center[p]
+
+
+@njit(parallel=True, fastmath=_REASSOC, cache=True)
 def pattern_moments(X, center, weights, shifts, n_chunks):
     """Weighted second moments on the stencil pattern.
 
-    ``out[k, p] = Σ_n w_n (x_np − c_p)(x_n,p+δ_k − c_{p+δ_k})`` for ``p < D − δ_k``.
+    ``out[k, p] = Σ_n w_n (x_np − c_p)(x_n,p+δ_k − c_{p+δ_k})`` for every ``p``, where a
+    partner index ``p + δ_k ≥ D`` contributes zero (the caller zeroes the pairs that wrap
+    around a grid row).
 
     Parameters
     ----------
     X : ndarray, shape (n, D), float32 or float64, C-contiguous
     center : ndarray, shape (D,), float64
     weights : ndarray, shape (n,), float64
-    shifts : ndarray, shape (n_terms,), int64
+    shifts : ndarray, shape (n_terms,), int64; 3 or 5 terms, ``shifts[0] == 0``
     n_chunks : int
         Number of sample chunks processed in parallel, each with its own accumulator
         (so no two threads write the same memory, and no (n × n_params) temporary).
@@ -41,33 +58,44 @@ def pattern_moments(X, center, weights, shifts, n_chunks):
     """
     n, d = X.shape
     n_terms = shifts.size
+    pad = 0
+    for k in range(n_terms):
+        pad = max(pad, shifts[k])
     acc = np.zeros((n_chunks, n_terms, d))
     for chunk in prange(n_chunks):
         start = chunk * n // n_chunks
         stop = (chunk + 1) * n // n_chunks
-        y = np.empty(d)
-        mine = acc[chunk]
-        for i in range(start, stop):
-            w = weights[i]
-            for p in range(d):
-                y[p] = X[i, p] - center[p]
+        y = np.zeros((_BLOCK, d + pad))      # zero padding: partners past D contribute 0
+        w = np.zeros(_BLOCK)
+        rows = acc[chunk]
+        for first in range(start, stop, _BLOCK):
+            for b in range(_BLOCK):
+                if first + b < stop:
+                    w[b] = weights[first + b]
+                    _center_into(y[b], X[first + b], center, d)
+                else:
+                    w[b] = 0.0
             for k in range(n_terms):
                 s = shifts[k]
-                row = mine[k]
-                for p in range(d - s):
-                    row[p] += w * y[p] * y[p + s]
+                row = rows[k]
+                for p in range(d):
+                    total = 0.0
+                    for b in range(_BLOCK):
+                        total += w[b] * y[b, p] * y[b, p + s]
+                    row[p] += total
     out = np.zeros((n_terms, d))
     for chunk in range(n_chunks):
         out += acc[chunk]
     return out
 
 
-@njit(parallel=True, cache=True)
-def quadratic_forms(X, center, fields, shifts, multiplicity):
+@njit(parallel=True, fastmath=_REASSOC, cache=True)
+def quadratic_forms(X, center, fields, shifts, multiplicity, n_chunks):
     """Batched quadratic forms ``q_n = (x_n − c)ᵀ Λ (x_n − c)`` from the stencil weights.
 
     ``q_n = Σ_k m_k Σ_p F[k, p] (x_np − c_p)(x_n,p+δ_k − c_{p+δ_k})``; ``fields`` must
-    be zero on pairs that wrap around a grid row.
+    be zero on pairs that leave the grid. All terms are summed in one fused pass over a
+    zero-padded, centred copy of the row (3 or 5 terms: the 4- and 8-neighbour stencils).
 
     Returns
     -------
@@ -75,17 +103,44 @@ def quadratic_forms(X, center, fields, shifts, multiplicity):
     """
     n, d = X.shape
     n_terms = shifts.size
+    pad = 0
+    for k in range(n_terms):
+        pad = max(pad, shifts[k])
     out = np.empty(n)
-    for i in prange(n):
-        total = 0.0
-        for k in range(n_terms):
-            s = shifts[k]
-            f = fields[k]
-            acc = 0.0
-            for p in range(d - s):
-                acc += f[p] * (X[i, p] - center[p]) * (X[i, p + s] - center[p + s])
-            total += multiplicity[k] * acc
-        out[i] = total
+    f0, f1, f2 = fields[0], fields[1], fields[2]
+    s1, s2 = shifts[1], shifts[2]
+    five = n_terms == 5
+    f3 = fields[3] if five else fields[0]
+    f4 = fields[4] if five else fields[0]
+    s3 = shifts[3] if five else 0
+    s4 = shifts[4] if five else 0
+    m0, m1, m2 = multiplicity[0], multiplicity[1], multiplicity[2]
+    m3 = multiplicity[3] if five else 0.0
+    m4 = multiplicity[4] if five else 0.0
+    for chunk in prange(n_chunks):
+        y = np.zeros(d + pad)
+        for i in range(chunk * n // n_chunks, (chunk + 1) * n // n_chunks):
+            _center_into(y, X[i], center, d)
+            a0 = 0.0
+            a1 = 0.0
+            a2 = 0.0
+            a3 = 0.0
+            a4 = 0.0
+            if five:
+                for p in range(d):
+                    yp = y[p]
+                    a0 += f0[p] * yp * yp
+                    a1 += f1[p] * yp * y[p + s1]
+                    a2 += f2[p] * yp * y[p + s2]
+                    a3 += f3[p] * yp * y[p + s3]
+                    a4 += f4[p] * yp * y[p + s4]
+            else:
+                for p in range(d):
+                    yp = y[p]
+                    a0 += f0[p] * yp * yp
+                    a1 += f1[p] * yp * y[p + s1]
+                    a2 += f2[p] * yp * y[p + s2]
+            out[i] = m0 * a0 + m1 * a1 + m2 * a2 + m3 * a3 + m4 * a4
     return out
 
 

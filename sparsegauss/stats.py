@@ -70,4 +70,5 @@ def quadratic_forms(X, grid, fields, *, center=None):
     center = (np.zeros(grid.n_pixels) if center is None
               else np.ascontiguousarray(center, dtype=np.float64))
     return _kernels.quadratic_forms(X, center, np.ascontiguousarray(fields, dtype=np.float64),
-                                    grid.shifts, grid.multiplicity)
+                                    grid.shifts, grid.multiplicity,
+                                    _kernels.default_chunks(X.shape[0]))
