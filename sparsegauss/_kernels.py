@@ -15,7 +15,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["lower_positions", "pattern_moments", "quadratic_forms", "supernode_starts",
+__all__ = ["apply_stencil", "gibbs_sweeps", "lower_positions", "pattern_cross_moments", "pattern_moments", "quadratic_forms", "supernode_starts",
            "takahashi_inverse", "takahashi_supernodal"]
 
 
@@ -142,6 +142,100 @@ def quadratic_forms(X, center, fields, shifts, multiplicity, n_chunks):
                     a2 += f2[p] * yp * y[p + s2]
             out[i] = m0 * a0 + m1 * a1 + m2 * a2 + m3 * a3 + m4 * a4
     return out
+
+
+@njit(parallel=True, cache=True)
+def apply_stencil(X, fields, shifts):
+    """``U = X Λ`` row by row (Λ symmetric): ``u_p = Σ_q Λ_pq x_q`` from the stencil layout.
+
+    ``u_p = F[0, p] x_p + Σ_{k ≥ 1} (F[k, p] x_{p+δ_k} + F[k, p−δ_k] x_{p−δ_k})``;
+    ``fields`` must be zero on pairs that leave the grid.
+
+    Returns
+    -------
+    ndarray, shape (n, D), float64
+    """
+    n, d = X.shape
+    n_terms = shifts.size
+    out = np.empty((n, d))
+    for i in prange(n):
+        for p in range(d):
+            out[i, p] = fields[0, p] * X[i, p]
+        for k in range(1, n_terms):
+            s = shifts[k]
+            for p in range(d - s):
+                f = fields[k, p]
+                out[i, p] += f * X[i, p + s]
+                out[i, p + s] += f * X[i, p]
+    return out
+
+
+@njit(parallel=True, fastmath=_REASSOC, cache=True)
+def pattern_cross_moments(X, U, weights, shifts, n_chunks):
+    """Symmetrized cross moments ``Σ_n w_n (x_np u_n,p+δ + u_np x_n,p+δ)`` per stencil term.
+
+    Term 0 gives ``2 Σ_n w_n x_np u_np``. Partners past the end of the row count as zero.
+
+    Returns
+    -------
+    ndarray, shape (n_terms, D), float64
+    """
+    n, d = X.shape
+    n_terms = shifts.size
+    acc = np.zeros((n_chunks, n_terms, d))
+    for chunk in prange(n_chunks):
+        rows = acc[chunk]
+        for i in range(chunk * n // n_chunks, (chunk + 1) * n // n_chunks):
+            w = weights[i]
+            for k in range(n_terms):
+                s = shifts[k]
+                row = rows[k]
+                for p in range(d - s):
+                    row[p] += w * (X[i, p] * U[i, p + s] + U[i, p] * X[i, p + s])
+    out = np.zeros((n_terms, d))
+    for chunk in range(n_chunks):
+        out += acc[chunk]
+    return out
+
+
+@njit(parallel=True, cache=True)
+def gibbs_sweeps(X, fields, shifts, colours, n_colours, normals):
+    """Chromatic Gibbs sampling for ``N(0, Λ⁻¹)``, in place on the rows of ``X``.
+
+    One sweep updates every colour class in turn; pixels of one colour share no edge, so
+    each class is an exact block update: ``x_p ~ N(−Σ_{q∼p} Λ_pq x_q / Λ_pp, 1 / Λ_pp)``.
+    Rows (chains) are independent and run in parallel.
+
+    Parameters
+    ----------
+    X : ndarray, shape (n, D), float64, modified in place
+    fields, shifts : stencil layout of Λ (zero off the grid); ``fields[0] > 0``
+    colours : ndarray of int64, shape (D,)
+        Colour of each pixel (checkerboard for 4 neighbours, 2×2 for 8).
+    n_colours : int
+    normals : ndarray, shape (n_sweeps, n, D)
+        Standard normal draws (drawn in NumPy, so results follow ``random_state``).
+    """
+    n_sweeps = normals.shape[0]
+    n, d = X.shape
+    n_terms = shifts.size
+    for i in prange(n):
+        x = X[i]
+        for sweep in range(n_sweeps):
+            z = normals[sweep, i]
+            for colour in range(n_colours):
+                for p in range(d):
+                    if colours[p] != colour:
+                        continue
+                    total = 0.0
+                    for k in range(1, n_terms):
+                        s = shifts[k]
+                        if p + s < d:
+                            total += fields[k, p] * x[p + s]
+                        if p - s >= 0:
+                            total += fields[k, p - s] * x[p - s]
+                    precision = fields[0, p]
+                    x[p] = -total / precision + z[p] / np.sqrt(precision)
 
 
 @njit(cache=True)

@@ -19,6 +19,16 @@ superlinear convergence), then takes the same domain-safe line search. Hessian-v
 products default to a forward difference of the gradient, ``(g(x + εv) − g(x)) / ε``,
 which costs one gradient evaluation and is accurate to ``O(ε)``; only the Newton step,
 never the gradient that decides convergence, carries that error.
+
+``"scipy-lbfgs"`` is SciPy's L-BFGS-B, for objectives defined everywhere (a
+``NotPositiveDefiniteError`` from ``fun`` ends its run with an error).
+
+``"adam"``, ``"sgd"`` (with momentum) and ``"rmsprop"`` are stochastic: ``fun`` is called
+once per step and is expected to draw a fresh minibatch (and fresh noise) itself. The
+step size follows ``learning_rate × schedule(t)``; a step that leaves the domain is
+retried from the previous point with half the step. They stop after ``maxiter`` steps or
+when the mean loss over a window of ``window`` steps improves on the previous window's by
+less than ``tol`` relative to its size (a plateau; ``tol=-inf`` disables the test).
 """
 
 import time
@@ -31,7 +41,10 @@ from .exceptions import NotPositiveDefiniteError, SparseGaussError
 
 __all__ = ["minimize", "METHODS"]
 
-METHODS = ("newton-cg", "lbfgs")
+METHODS = ("newton-cg", "lbfgs", "scipy-lbfgs", "adam", "sgd", "rmsprop")
+#: Methods that call ``fun`` once per step on a fresh minibatch.
+STOCHASTIC = ("adam", "sgd", "rmsprop")
+SCHEDULES = ("constant", "cosine", "inverse-sqrt")
 
 # Armijo's sufficient-decrease constant; the usual value (Nocedal & Wright, §3.1).
 _ARMIJO = 1e-4
@@ -41,7 +54,9 @@ _LOSS_RESOLUTION = 1e-10
 
 
 def minimize(fun, x0, *, method="lbfgs", tol=1e-8, maxiter=500, callback=None,
-             convergence=None, memory=10, precondition=None, hessp=None, max_cg=200):
+             convergence=None, memory=10, precondition=None, hessp=None, max_cg=200,
+             learning_rate=1e-2, schedule="constant", momentum=0.9, betas=(0.9, 0.999),
+             window=50):
     """Minimize ``fun`` from ``x0``.
 
     Parameters
@@ -71,6 +86,17 @@ def minimize(fun, x0, *, method="lbfgs", tol=1e-8, maxiter=500, callback=None,
         gradient.
     max_cg : int, default=200
         Most conjugate-gradient iterations per Newton step.
+    learning_rate : float, default=1e-2
+        Step size of the stochastic methods.
+    schedule : {"constant", "cosine", "inverse-sqrt"}, default="constant"
+        Learning-rate multiplier at step ``t`` of ``T = maxiter``: 1, ``½(1 + cos(πt/T))``
+        or ``1/√(1 + 10 t/T)``.
+    momentum : float, default=0.9
+        SGD's momentum.
+    betas : (float, float), default=(0.9, 0.999)
+        Adam's decay rates of the first and second moments (RMSProp uses the second).
+    window : int, default=50
+        Steps per window of the stochastic methods' plateau test.
 
     Returns
     -------
@@ -89,6 +115,17 @@ def minimize(fun, x0, *, method="lbfgs", tol=1e-8, maxiter=500, callback=None,
         def convergence(x, loss, grad):
             return float(np.max(np.abs(grad)))
     x0 = np.array(x0, dtype=np.float64)
+    if method in STOCHASTIC:
+        if schedule not in SCHEDULES:
+            raise ValueError(f"The 'schedule' parameter of minimize must be one of "
+                             f"{SCHEDULES}. Got {schedule!r} instead.")
+        if not learning_rate > 0:
+            raise ValueError("The 'learning_rate' parameter of minimize must be > 0. "
+                             f"Got {learning_rate!r} instead.")
+        return _stochastic(fun, x0, method, tol, int(maxiter), callback, learning_rate,
+                           schedule, momentum, betas, int(window))
+    if method == "scipy-lbfgs":
+        return _scipy_lbfgs(fun, x0, tol, int(maxiter), callback, convergence, int(memory))
     if method == "newton-cg":
         return _newton_cg(fun, x0, tol, int(maxiter), callback, convergence, precondition,
                           hessp, int(max_cg))
@@ -289,3 +326,105 @@ def _truncated_pcg(hessp, grad, apply_m, max_cg, forcing):
         search = z + (rz_next / rz) * search
         rz = rz_next
     return direction
+
+
+def _scipy_lbfgs(fun, x, tol, maxiter, callback, convergence, memory):
+    """SciPy's L-BFGS-B, reporting through the same history and callback."""
+    from scipy.optimize import minimize as scipy_minimize
+
+    run = _Run(fun, x, tol, callback, convergence)
+    if run.success:
+        return run.result(maxiter)
+    stopped = []
+
+    def objective(z):
+        return run.evaluate(z)
+
+    def each_step(intermediate_result):
+        run.iteration += 1
+        z = intermediate_result.x
+        loss, grad = run.evaluate(z)     # SciPy does not hand the gradient to callbacks
+        if not run.accept(z.copy(), loss, grad):
+            stopped.append(True)
+            raise StopIteration
+
+    scipy_minimize(objective, x, jac=True, method="L-BFGS-B", callback=each_step,
+                   options=dict(maxiter=maxiter, maxcor=memory, gtol=0.0, ftol=0.0))
+    if not stopped and not run.success and not run.message:
+        run.message = (f"SciPy's L-BFGS-B stopped at iteration {run.iteration} "
+                       f"with residual {run.residual:.3g} > tol={tol:g}")
+    return run.result(maxiter)
+
+
+def _learning_rate_factor(schedule, step, maxiter):
+    if schedule == "cosine":
+        return 0.5 * (1.0 + np.cos(np.pi * min(step, maxiter) / maxiter))
+    if schedule == "inverse-sqrt":
+        return 1.0 / np.sqrt(1.0 + 10.0 * step / maxiter)
+    return 1.0
+
+
+def _stochastic(fun, x, method, tol, maxiter, callback, learning_rate, schedule, momentum,
+                betas, window):
+    start = time.perf_counter()
+    try:
+        loss, grad = _checked(fun, x, 0)
+    except NotPositiveDefiniteError as exc:
+        raise SparseGaussError("The starting point is outside the objective's domain: "
+                               f"{exc}") from exc
+    first = np.zeros_like(x)      # momentum (SGD) or first moment (Adam)
+    second = np.zeros_like(x)     # second moment (Adam, RMSProp)
+    beta1, beta2 = betas
+    losses = [loss]
+    history = [dict(iteration=0, loss=loss, time=0.0, residual=np.inf, nfev=1)]
+    nfev, success, message, residual = 1, False, "", np.inf
+    iteration = 0
+    while iteration < maxiter:
+        iteration += 1
+        rate = learning_rate * _learning_rate_factor(schedule, iteration, maxiter)
+        if method == "sgd":
+            first = momentum * first - rate * grad
+            step = first
+        elif method == "rmsprop":
+            second = beta2 * second + (1 - beta2) * grad * grad
+            step = -rate * grad / (np.sqrt(second) + 1e-8)
+        else:
+            first = beta1 * first + (1 - beta1) * grad
+            second = beta2 * second + (1 - beta2) * grad * grad
+            corrected = np.sqrt(second / (1 - beta2 ** iteration)) + 1e-8
+            step = -rate * (first / (1 - beta1 ** iteration)) / corrected
+        for _ in range(_MAX_BACKTRACKS):
+            try:
+                new_loss, new_grad = _checked(fun, x + step, iteration)
+                nfev += 1
+                break
+            except NotPositiveDefiniteError:
+                nfev += 1
+                step = 0.5 * step
+        else:
+            message = f"no step stayed in the objective's domain at iteration {iteration}"
+            break
+        x, loss, grad = x + step, new_loss, new_grad
+        losses.append(loss)
+        if iteration % window == 0 and iteration >= 2 * window:
+            current = np.mean(losses[-window:])
+            previous = np.mean(losses[-2 * window:-window])
+            residual = (previous - current) / max(abs(current), 1e-300)
+        history.append(dict(iteration=iteration, loss=loss, time=time.perf_counter() - start,
+                            residual=residual, nfev=nfev))
+        if residual <= tol:
+            success, message = True, "converged (the windowed mean loss stopped improving)"
+        if callback is not None:
+            try:
+                callback(OptimizeResult(x=x, fun=loss, jac=grad, nit=iteration,
+                                        residual=residual))
+            except StopIteration:
+                message = f"stopped by the callback at iteration {iteration}"
+                break
+        if success:
+            break
+    if not message:
+        message = f"reached maxiter={maxiter}"
+    return OptimizeResult(x=x, fun=loss, jac=grad, nit=iteration, nfev=nfev,
+                          success=success, message=message, residual=residual,
+                          history=history)

@@ -90,3 +90,51 @@ def test_unknown_method():
 def test_maxiter_is_reported():
     result = minimize(rosenbrock, [-1.2, 1.0], method="lbfgs", maxiter=3)
     assert not result.success and "maxiter=3" in result.message
+
+
+@pytest.mark.parametrize("method", ["adam", "sgd", "rmsprop"])
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "inverse-sqrt"])
+def test_stochastic_methods_on_a_noisy_quadratic(method, schedule):
+    """Minibatch-style noise on the gradient: the iterate settles near the minimum."""
+    rng = np.random.default_rng(0)
+    target = np.array([1.0, -2.0, 0.5])
+
+    def fun(x):
+        noise = 0.01 * rng.standard_normal(3)
+        return float(0.5 * np.sum((x - target) ** 2)), x - target + noise
+
+    rate = {"adam": 0.05, "sgd": 0.05, "rmsprop": 0.02}[method]
+    result = minimize(fun, np.zeros(3), method=method, learning_rate=rate, maxiter=1500,
+                      schedule=schedule, tol=-np.inf)
+    np.testing.assert_allclose(result.x, target, atol=0.05)
+    assert result.nit == 1500 and len(result.history) == 1501
+
+
+def test_stochastic_plateau_stops_early():
+    result = minimize(lambda x: (float(x @ x) + 1.0, 2 * x), np.ones(2), method="adam",
+                      learning_rate=0.1, maxiter=5000, tol=1e-6, window=20)
+    assert result.success and result.nit < 5000 and "stopped improving" in result.message
+
+
+def test_stochastic_step_outside_the_domain_is_halved():
+    def fun(x):
+        if np.any(np.abs(x) >= 1):
+            raise NotPositiveDefiniteError("outside")
+        return float(-np.sum(x)), -np.ones_like(x)
+
+    result = minimize(fun, np.zeros(2), method="sgd", learning_rate=0.5, maxiter=50, tol=-np.inf)
+    assert np.all(np.abs(result.x) < 1) and np.all(result.x > 0.9)
+
+
+def test_scipy_lbfgs_reports_history_and_converges():
+    result = minimize(rosenbrock, [-1.2, 1.0], method="scipy-lbfgs", tol=1e-8, maxiter=500)
+    assert result.success
+    np.testing.assert_allclose(result.x, [1.0, 1.0], atol=1e-6)
+    assert result.history[-1]["iteration"] == result.nit
+
+
+def test_bad_schedule_and_rate():
+    with pytest.raises(ValueError, match="schedule"):
+        minimize(rosenbrock, [0.0, 0.0], method="adam", schedule="linear")
+    with pytest.raises(ValueError, match="learning_rate"):
+        minimize(rosenbrock, [0.0, 0.0], method="sgd", learning_rate=0)
