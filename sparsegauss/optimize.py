@@ -28,7 +28,9 @@ once per step and is expected to draw a fresh minibatch (and fresh noise) itself
 step size follows ``learning_rate × schedule(t)``; a step that leaves the domain is
 retried from the previous point with half the step. They stop after ``maxiter`` steps or
 when the mean loss over a window of ``window`` steps improves on the previous window's by
-less than ``tol`` relative to its size (a plateau; ``tol=-inf`` disables the test).
+less than ``tol`` relative to its size, after discounting two standard errors of the
+difference (a plateau: no progress the minibatch noise can show; ``tol <= 0`` disables
+the test, and the run takes all ``maxiter`` steps).
 """
 
 import time
@@ -407,12 +409,16 @@ def _stochastic(fun, x, method, tol, maxiter, callback, learning_rate, schedule,
         x, loss, grad = x + step, new_loss, new_grad
         losses.append(loss)
         if iteration % window == 0 and iteration >= 2 * window:
-            current = np.mean(losses[-window:])
-            previous = np.mean(losses[-2 * window:-window])
-            residual = (previous - current) / max(abs(current), 1e-300)
+            current, previous = losses[-window:], losses[-2 * window:-window]
+            # Improvement of the windowed mean, less two standard errors of the
+            # difference: a minibatch loss is noisy, and a drop within the noise is not
+            # progress.
+            noise = 2.0 * np.sqrt((np.var(current) + np.var(previous)) / window)
+            residual = ((np.mean(previous) - np.mean(current) - noise)
+                        / max(abs(np.mean(current)), 1e-300))
         history.append(dict(iteration=iteration, loss=loss, time=time.perf_counter() - start,
                             residual=residual, nfev=nfev))
-        if residual <= tol:
+        if tol > 0 and residual <= tol:
             success, message = True, "converged (the windowed mean loss stopped improving)"
         if callback is not None:
             try:
@@ -424,7 +430,10 @@ def _stochastic(fun, x, method, tol, maxiter, callback, learning_rate, schedule,
         if success:
             break
     if not message:
-        message = f"reached maxiter={maxiter}"
+        if tol > 0:
+            message = f"reached maxiter={maxiter} before the loss reached a plateau"
+        else:   # no plateau test was asked for: the run is the requested budget
+            success, message = True, f"completed the requested {maxiter} steps"
     return OptimizeResult(x=x, fun=loss, jac=grad, nit=iteration, nfev=nfev,
                           success=success, message=message, residual=residual,
                           history=history)

@@ -22,7 +22,7 @@ def test_params_protocol():
     assert params["stencil"] == 8 and params["tol"] == 1e-6 and params["shape"] == (5, 4)
     assert model.set_params(stencil=4) is model and model.stencil == 4
     with pytest.raises(ValueError, match="Invalid parameter"):
-        model.set_params(nu=1.0)
+        model.set_params(alpha=1.0)
     assert "stencil" not in repr(GridGaussian((2, 2)))
     with pytest.raises(TypeError):
         GridGaussian((5, 4), 8)           # keyword-only beyond shape

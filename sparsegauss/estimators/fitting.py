@@ -1,0 +1,209 @@
+"""Run any estimator of an unnormalized grid Gaussian with any optimizer.
+
+Every estimator starts at the independent model ``Λ₀ = diag(1/S_pp)`` and works in
+parameters rescaled by ``1/√diag(H)``, with ``H`` the log-likelihood's Hessian there
+(see :func:`sparsegauss.estimators.mle.hessian_diagonal`): pixel scales that differ by
+orders of magnitude would otherwise stall every first-order method. Full-batch optimizers
+(``"lbfgs"``, ``"scipy-lbfgs"``, ``"newton-cg"``) see all the data and one fixed noise
+sample; stochastic ones (``"adam"``, ``"sgd"``, ``"rmsprop"``) a fresh minibatch and fresh
+noise at every step.
+"""
+
+import numpy as np
+from scipy.optimize import OptimizeResult
+
+from ..exceptions import SparseGaussError
+from ..noise import make_noise
+from ..normalization import GridNormalizer
+from ..optimize import STOCHASTIC, minimize
+from ..stats import pattern_moments
+from .cd import cd_gradient, gibbs_sample
+from .cnce import cnce_loss_grad, default_perturbation_std
+from .mle import hessian_diagonal, independent_start
+from .nce import nce_loss_grad
+from .rnce import rnce_loss_grad
+from .score_matching import fit_score_matching, fit_score_matching_barrier, sm_loss_grad
+
+__all__ = ["fit_estimator", "METHODS", "DEFAULT_OPTIMIZER"]
+
+METHODS = ("nce", "rnce", "cnce", "sm", "cd")
+#: The optimizer each method uses unless told otherwise.
+DEFAULT_OPTIMIZER = {"nce": "lbfgs", "rnce": "lbfgs", "cnce": "lbfgs", "sm": "lbfgs",
+                     "cd": "adam"}
+
+
+def _scaling(X, grid):
+    """Start θ₀, the variance per pixel, and the Jacobi scale of θ at θ₀."""
+    moments = pattern_moments(X, grid) / len(X)
+    theta0 = independent_start(moments, grid)
+    covariance = np.zeros_like(moments)
+    covariance[0] = 1.0 / grid.fields(theta0)[0]
+    return theta0, moments[0], 1.0 / np.sqrt(hessian_diagonal(covariance, grid))
+
+
+def _antithetic_normals(rng, n, k, d):
+    """Standard normals for k perturbations per sample, in ± pairs.
+
+    The perturbation density is symmetric, so ``x − ε`` is as valid a partner of ``x`` as
+    ``x + ε``. Using both cancels the log-ratio's odd term ``xᵀΛε`` between the two, the
+    main source of CNCE's sampling noise (on an 8×8 grid with 20,000 samples the KL to
+    the truth fell from 0.096 to 0.063 with K = 5, and from 0.024 to 0.017 with K = 20).
+    """
+    half = rng.standard_normal((n, (k + 1) // 2, d))
+    return np.concatenate([half, -half], axis=1)[:, :k].reshape(n * k, d)
+
+
+class _Batches:
+    """Minibatches of rows of X: a fresh permutation every epoch."""
+
+    def __init__(self, X, batch_size, rng):
+        self.X, self.batch_size, self.rng = X, batch_size, rng
+        self.order, self.position = rng.permutation(len(X)), 0
+
+    def next(self):
+        if self.position + self.batch_size > len(self.X):
+            self.order, self.position = self.rng.permutation(len(self.X)), 0
+        rows = self.order[self.position:self.position + self.batch_size]
+        self.position += self.batch_size
+        return self.X[np.sort(rows)]
+
+
+def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-6,
+                  max_iter=500, callback=None, learning_rate=1e-2, schedule="cosine",
+                  batch_size=256, nu=1.0, noise="grid", normalization="learned",
+                  n_noise=10, perturbation_std=None, cd_steps=1, sampler="gibbs",
+                  persistent=False, sm_solver="closed-form", noise_stencil=4):
+    """Fit θ (and NCE's log Z) to centred data ``X`` with one estimator.
+
+    Parameters are those of :class:`sparsegauss.GridGaussian` (validated there).
+
+    Returns
+    -------
+    scipy.optimize.OptimizeResult
+        ``x`` is θ̂; also ``log_partition_estimate`` (NCE with learned normalization),
+        ``noise`` (NCE, ranking NCE), ``perturbation_std`` (CNCE), ``history``.
+    """
+    rng = np.random.default_rng(random_state)
+    optimizer = optimizer or DEFAULT_OPTIMIZER[method]
+    stochastic = optimizer in STOCHASTIC
+    n_samples = len(X)
+    theta0, variances, scale = _scaling(X, grid)
+    extras = {}
+
+    if method == "sm" and sm_solver != "gradient":
+        if sm_solver == "closed-form":
+            theta, loss = fit_score_matching(X, grid)
+            return OptimizeResult(x=theta, fun=loss, nit=1, success=True, residual=0.0,
+                                  message="solved the score-matching system exactly",
+                                  history=[dict(iteration=1, loss=loss, time=0.0,
+                                                residual=0.0, nfev=1)])
+        return fit_score_matching_barrier(X, grid, theta0=theta0, tol=tol,
+                                          max_iter=max_iter, callback=callback)
+    if method == "cd" and not stochastic:
+        raise ValueError("Contrastive divergence has a stochastic gradient and no loss to "
+                         f"line-search; use optimizer 'adam', 'sgd' or 'rmsprop', not "
+                         f"{optimizer!r}.")
+
+    normalizer = GridNormalizer(grid) if method in ("nce", "cd") else None
+    x0 = theta0
+    if method in ("nce", "rnce"):
+        noise_model = make_noise(noise, X, grid.shape, stencil=noise_stencil)
+        extras["noise"] = noise_model
+    if method == "nce" and normalization == "learned":
+        # ζ (log Z) is in nats and its gradient is O(1): no rescaling.
+        x0 = np.append(theta0, normalizer.log_partition(theta0))
+        scale = np.append(scale, 1.0)
+    if method == "cnce":
+        sigma = (default_perturbation_std(variances) if perturbation_std is None
+                 else float(perturbation_std))
+        extras["perturbation_std"] = sigma
+
+    batches = _Batches(X, min(batch_size, n_samples), rng) if stochastic else None
+    chains = {}
+
+    def draw(batch):
+        """The random part of one objective: noise, pairs or negative samples."""
+        n = len(batch)
+        if method == "nce":
+            samples = noise_model.sample(max(1, int(round(nu * n))), rng)
+            return (samples, noise_model.score_samples(batch), noise_model.score_samples(samples))
+        if method == "rnce":
+            samples = noise_model.sample(n * n_noise, rng)
+            return (samples, noise_model.score_samples(batch), noise_model.score_samples(samples))
+        if method == "cnce":
+            return (np.repeat(batch, n_noise, axis=0)
+                    + sigma * _antithetic_normals(rng, n, n_noise, batch.shape[1]),)
+        return ()
+
+    def objective(theta_and_more, batch, drawn):
+        if method == "nce":
+            return nce_loss_grad(theta_and_more, grid, batch, *drawn,
+                                 normalization=normalization, normalizer=normalizer)
+        if method == "rnce":
+            return rnce_loss_grad(theta_and_more, grid, batch, *drawn)
+        if method == "cnce":
+            return cnce_loss_grad(theta_and_more, grid, batch, *drawn)
+        if method == "sm":
+            return sm_loss_grad(theta_and_more, grid, batch)
+        return _cd_objective(theta_and_more, batch)
+
+    def _cd_objective(theta, batch):
+        normalizer.factorize(theta)          # raises outside the cone before sampling
+        if sampler == "exact":
+            negatives = normalizer.factorize(theta).sample(len(batch), rng)
+        elif persistent:
+            start = chains.get("state")
+            if start is None or len(start) != len(batch):
+                start = batch
+            negatives = gibbs_sample(start, grid, theta, cd_steps, rng)
+            chains["state"] = negatives
+        else:
+            negatives = gibbs_sample(batch, grid, theta, cd_steps, rng)
+        return cd_gradient(theta, grid, batch, negatives, normalizer)
+
+    if stochastic:
+        def fun(u):
+            batch = batches.next()
+            loss, grad = objective(scale * u, batch, draw(batch))
+            return loss, scale * grad
+    else:
+        fixed = draw(X)
+
+        def fun(u):
+            loss, grad = objective(scale * u, X, fixed)
+            return loss, scale * grad
+
+    estimates = []
+
+    def record(state):
+        if method == "nce" and normalization == "learned":
+            estimates.append(float(scale[-1] * state.x[-1]))
+        if callback is not None:
+            callback(state)
+
+    first_gradient = []
+
+    def relative_gradient(u, loss, grad):
+        # Scale-free: the objectives' gradients differ by orders of magnitude (CNCE's is
+        # O(σ²)), so full-batch fits stop when the largest rescaled gradient entry has
+        # fallen by the factor ``tol`` from its value at the start.
+        size = float(np.max(np.abs(grad)))
+        if not first_gradient:
+            first_gradient.append(max(size, np.finfo(float).tiny))
+        return size / first_gradient[0]
+
+    result = minimize(fun, x0 / scale, method=optimizer, tol=tol, maxiter=max_iter,
+                      callback=record, learning_rate=learning_rate, schedule=schedule,
+                      convergence=relative_gradient)
+    params = scale * result.x
+    if not np.all(np.isfinite(params)):
+        raise SparseGaussError(f"The {method} fit produced non-finite parameters.")
+    result.x = params
+    if method == "nce" and normalization == "learned":
+        result.x = params[:-1]
+        extras["log_partition_estimate"] = float(params[-1])
+        values = [float(x0[-1])] + estimates
+        for row, value in zip(result.history, values):
+            row["log_partition_estimate"] = value
+    result.update(extras)
+    return result
