@@ -148,6 +148,9 @@ class GridGaussian:
         ``score_samples`` raise ``NotPositiveDefiniteError``.
     log_partition_estimate_ : float
         NCE with learned normalization only: the estimated log Z.
+    log_partition_stderr_ : float
+        Its standard error (sandwich estimate from NCE's estimating equation for log Z):
+        the scale of its expected gap to the exact ``log_partition_``.
     noise_ : object
         NCE and ranking NCE: the fitted noise distribution.
 
@@ -358,13 +361,14 @@ class GridGaussian:
         self.history_ = result.history
         self.residual_ = float(result.residual)
         self.converged_ = bool(result.success)
-        for name in ("kkt_residual_", "log_partition_estimate_", "noise_",
-                     "perturbation_std_"):
+        for name in ("kkt_residual_", "log_partition_estimate_", "log_partition_stderr_",
+                     "noise_", "perturbation_std_"):
             self.__dict__.pop(name, None)
         if self.method == "mle":
             self.kkt_residual_ = float(result.residual)
         if "log_partition_estimate" in result:
             self.log_partition_estimate_ = result.log_partition_estimate
+            self.log_partition_stderr_ = result.log_partition_stderr
         if "noise" in result:
             self.noise_ = result.noise
         if "perturbation_std" in result:
@@ -507,7 +511,8 @@ class GridGaussian:
             history=np.array([[row[k] for k in history_keys] for row in self.history_],
                              dtype=np.float64).reshape(len(self.history_), len(history_keys)),
         )
-        for name in ("kkt_residual_", "log_partition_estimate_", "perturbation_std_"):
+        for name in ("kkt_residual_", "log_partition_estimate_", "log_partition_stderr_",
+                     "perturbation_std_"):
             if hasattr(self, name):
                 arrays[name.rstrip("_")] = np.array(getattr(self, name))
         for name in self._param_names():
@@ -561,7 +566,8 @@ class GridGaussian:
         model.n_iter_ = int(content["n_iter"])
         model.residual_ = float(content["residual"])
         model.converged_ = bool(content["converged"])
-        for name in ("kkt_residual", "log_partition_estimate", "perturbation_std"):
+        for name in ("kkt_residual", "log_partition_estimate", "log_partition_stderr",
+                     "perturbation_std"):
             if name in content:
                 setattr(model, name + "_", float(content[name]))
         keys = [str(k) for k in content["history_keys"]]

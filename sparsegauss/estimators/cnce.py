@@ -10,7 +10,14 @@ normalizing constant: ``G(x, y) = log φ(x) − log φ(y)``. The loss is
 Default σ. The classification should be neither trivial nor hopeless: at the independent
 model Λ₀ = diag(1/S_pp), ``E_ε[G] = ½ σ² tr Λ₀``; :func:`default_perturbation_std` picks
 ``σ = √(2 / tr Λ₀)`` so that this expected log-ratio is 1 (the log-ratios' spread is then
-of order one too). Smaller σ makes CNCE approach score matching; larger, a noisier fit.
+of order one too). Larger σ quickly costs accuracy (3x the default: twice the KL to the
+truth on a 10×10 grid); smaller changes little.
+
+Efficiency. For small σ, with perturbations in ± pairs, ``softplus(−G₊) + softplus(−G₋)``
+expands to ``2 log 2 + σ² (−tr Λ + ½ xᵀΛ²x)/2 + …``: CNCE becomes score matching plus the
+noise of the random ε, whose cross terms ``ε_p ε_q`` add relative variance ≈ D/K. Its KL to
+the truth is then ≈ (1 + D/K) × score matching's (measured: 4.3x for D = 64, K = 20;
+11.6x for D = 100, K = 10). In high dimension CNCE needs many perturbations per sample.
 """
 
 import numpy as np

@@ -20,7 +20,7 @@ from ..stats import pattern_moments
 from .cd import cd_gradient, gibbs_sample
 from .cnce import cnce_loss_grad, default_perturbation_std
 from .mle import hessian_diagonal, independent_start
-from .nce import nce_loss_grad
+from .nce import log_partition_standard_error, nce_loss_grad
 from .rnce import rnce_loss_grad
 from .score_matching import fit_score_matching, fit_score_matching_barrier, sm_loss_grad
 
@@ -80,7 +80,8 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
     Returns
     -------
     scipy.optimize.OptimizeResult
-        ``x`` is θ̂; also ``log_partition_estimate`` (NCE with learned normalization),
+        ``x`` is θ̂; also ``log_partition_estimate`` and ``log_partition_stderr`` (NCE
+        with learned normalization),
         ``noise`` (NCE, ranking NCE), ``perturbation_std`` (CNCE), ``history``.
     """
     rng = np.random.default_rng(random_state)
@@ -202,6 +203,11 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
     if method == "nce" and normalization == "learned":
         result.x = params[:-1]
         extras["log_partition_estimate"] = float(params[-1])
+        # Its standard error, on all the data and a fresh noise sample of ν N.
+        noise_sample = noise_model.sample(max(1, int(round(nu * n_samples))), rng)
+        extras["log_partition_stderr"] = log_partition_standard_error(
+            params[:-1], params[-1], grid, X, noise_sample, noise_model.score_samples(X),
+            noise_model.score_samples(noise_sample))
         values = [float(x0[-1])] + estimates
         for row, value in zip(result.history, values):
             row["log_partition_estimate"] = value

@@ -1,0 +1,137 @@
+"""Objectives of the unnormalized estimators against finite differences and dense NumPy."""
+
+import numpy as np
+import pytest
+
+from sparsegauss.estimators.cd import cd_gradient, colouring, gibbs_sample
+from sparsegauss.estimators.cnce import cnce_loss_grad
+from sparsegauss.estimators.nce import nce_loss_grad
+from sparsegauss.estimators.rnce import rnce_loss_grad
+from sparsegauss.estimators.score_matching import (fit_score_matching, score_matching_system,
+                                                   sm_loss_grad)
+from sparsegauss.grid import GridParameterization
+from sparsegauss.normalization import GridNormalizer
+from conftest import dense_precision, random_spd_theta
+
+GRIDS = [(stencil, tying) for stencil in (4, 8) for tying in ("untied", "tied")]
+
+
+def central_differences(fun, x, step=1e-6):
+    return np.array([(fun(x + step * e)[0] - fun(x - step * e)[0]) / (2 * step)
+                     for e in np.eye(len(x))])
+
+
+def check_gradient(fun, x):
+    """Central differences: truncation O(step²) + rounding O(eps·|f|/step) ≈ 1e-9 here."""
+    loss, grad = fun(x)
+    np.testing.assert_allclose(grad, central_differences(fun, x), rtol=1e-5, atol=1e-7)
+
+
+@pytest.fixture
+def problem(rng, request):
+    stencil, tying = request.param
+    grid = GridParameterization((3, 4), stencil, tying)
+    theta = random_spd_theta(grid, rng, margin=0.4)
+    data = rng.normal(size=(40, grid.n_pixels))
+    noise = rng.normal(size=(60, grid.n_pixels)) * 1.2
+    return grid, theta, data, noise
+
+
+@pytest.mark.parametrize("problem", GRIDS, indirect=True)
+def test_nce_learned_gradient(problem, rng):
+    grid, theta, data, noise = problem
+    log_pn = lambda Y: -0.5 * np.sum(Y ** 2, axis=1) / 1.44   # noqa: E731
+    fun = lambda p: nce_loss_grad(p, grid, data, noise, log_pn(data), log_pn(noise))  # noqa: E731
+    check_gradient(fun, np.append(theta, 3.0))
+
+
+@pytest.mark.parametrize("problem", GRIDS, indirect=True)
+def test_nce_exact_gradient_and_loss(problem):
+    grid, theta, data, noise = problem
+    normalizer = GridNormalizer(grid)
+    log_pn_data, log_pn_noise = -0.3 * np.sum(data ** 2, 1), -0.3 * np.sum(noise ** 2, 1)
+
+    def fun(t):
+        return nce_loss_grad(t, grid, data, noise, log_pn_data, log_pn_noise,
+                             normalization="exact", normalizer=normalizer)
+
+    check_gradient(fun, theta)
+    # Dense oracle of the loss: logistic loss with ν = 60/40.
+    dense = dense_precision(grid, theta)
+    log_z = 0.5 * grid.n_pixels * np.log(2 * np.pi) - 0.5 * np.linalg.slogdet(dense)[1]
+    g = lambda Y, lpn: -0.5 * np.einsum("ni,ij,nj->n", Y, dense, Y) - log_z - lpn - np.log(1.5)  # noqa: E731
+    expected = (np.sum(np.log1p(np.exp(-g(data, log_pn_data))))
+                + np.sum(np.log1p(np.exp(g(noise, log_pn_noise))))) / 40
+    np.testing.assert_allclose(fun(theta)[0], expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("problem", GRIDS, indirect=True)
+def test_rnce_gradient(problem):
+    grid, theta, data, noise = problem
+    noise = noise[:40 * 1].repeat(3, axis=0) * 0.9      # K = 3 per data sample
+    check_gradient(lambda t: rnce_loss_grad(t, grid, data, noise, -0.2 * np.sum(data ** 2, 1),
+                                            -0.2 * np.sum(noise ** 2, 1)), theta)
+
+
+@pytest.mark.parametrize("problem", GRIDS, indirect=True)
+def test_cnce_gradient(problem, rng):
+    grid, theta, data, _ = problem
+    perturbed = np.repeat(data, 4, axis=0) + 0.3 * rng.normal(size=(160, grid.n_pixels))
+    check_gradient(lambda t: cnce_loss_grad(t, grid, data, perturbed), theta)
+
+
+@pytest.mark.parametrize("problem", GRIDS, indirect=True)
+def test_score_matching_gradient_form_and_system(problem):
+    grid, theta, data, _ = problem
+    check_gradient(lambda t: sm_loss_grad(t, grid, data), theta)
+    A, b = score_matching_system(data, grid)
+    dense = dense_precision(grid, theta)
+    S = data.T @ data / len(data)
+    dense_loss = -np.trace(dense) + 0.5 * np.trace(dense @ S @ dense)
+    np.testing.assert_allclose(0.5 * theta @ (A @ theta) - b @ theta, dense_loss, rtol=1e-12)
+    np.testing.assert_allclose(sm_loss_grad(theta, grid, data)[0], dense_loss, rtol=1e-12)
+
+
+@pytest.mark.parametrize("problem", GRIDS, indirect=True)
+def test_score_matching_closed_form_is_the_gradient_form_minimizer(problem):
+    grid, _, data, _ = problem
+    theta, loss = fit_score_matching(data, grid)
+    loss_at, grad_at = sm_loss_grad(theta, grid, data)
+    np.testing.assert_allclose(grad_at, 0, atol=1e-9)
+    np.testing.assert_allclose(loss_at, loss, rtol=1e-12)
+
+
+@pytest.mark.parametrize("problem", GRIDS, indirect=True)
+def test_cd_gradient_is_the_moment_difference(problem, rng):
+    grid, theta, data, noise = problem
+    loss, grad = cd_gradient(theta, grid, data, noise, GridNormalizer(grid))
+    dense = dense_precision(grid, theta)
+    log_z = 0.5 * grid.n_pixels * np.log(2 * np.pi) - 0.5 * np.linalg.slogdet(dense)[1]
+    np.testing.assert_allclose(loss, log_z + 0.5 * np.mean(np.einsum("ni,ij,nj->n", data, dense, data)))
+    # ½ tr((S_data − S_neg) ∂Λ/∂θ_j) by dense products.
+    diff = data.T @ data / len(data) - noise.T @ noise / len(noise)
+    expected = [0.5 * np.sum(diff * dense_precision(grid, e)) for e in np.eye(grid.n_params)]
+    np.testing.assert_allclose(grad, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("stencil", [4, 8])
+def test_colouring_separates_neighbours(stencil):
+    grid = GridParameterization((5, 6), stencil)
+    colours, n_colours = colouring(grid)
+    assert n_colours == (2 if stencil == 4 else 4)
+    rows, cols = grid.pair_indices()
+    off_diagonal = rows != cols
+    assert np.all(colours[rows[off_diagonal]] != colours[cols[off_diagonal]])
+
+
+@pytest.mark.parametrize("stencil", [4, 8])
+def test_gibbs_sampler_has_the_model_covariance(stencil, rng):
+    grid = GridParameterization((3, 3), stencil)
+    theta = random_spd_theta(grid, rng, margin=0.6)
+    inverse = np.linalg.inv(dense_precision(grid, theta))
+    n = 100_000
+    # Chains started far from equilibrium; 30 sweeps mix a 3x3 grid completely.
+    samples = gibbs_sample(np.full((n, 9), 3.0), grid, theta, 30, rng)
+    empirical = samples.T @ samples / n
+    se = np.sqrt((np.outer(np.diag(inverse), np.diag(inverse)) + inverse ** 2) / n)
+    assert np.all(np.abs(empirical - inverse) < 5 * se)
