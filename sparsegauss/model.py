@@ -106,11 +106,13 @@ class GridGaussian:
         Minibatch size of the stochastic optimizers.
     nu : float, default=1.0
         NCE's noise ratio ν = M/N.
-    noise : {"isotropic", "diagonal", "empirical", "grid"} or object, default="grid"
-        Noise distribution of NCE and ranking NCE (see :mod:`sparsegauss.noise`): the
-        closer to the data, the harder the classification and the better the estimate;
-        "grid" (a tied grid Gaussian fitted by exact MLE) is closest among those that
-        scale to large grids.
+    noise : {"auto", "isotropic", "diagonal", "empirical", "grid", "grid-untied"} or object, default="auto"
+        Noise distribution of NCE and ranking NCE (see :mod:`sparsegauss.noise`). It must
+        be close to the data, or the classifier wins too easily and the gradient
+        vanishes: on MNIST isotropic, diagonal and tied-grid noise are separable from the
+        data (no finite estimate), and the empirical one saturates the loss. "auto" is
+        "grid-untied", the untied grid Gaussian fitted by exact MLE, which matches the
+        data's second moments on the pattern and scales to any grid.
     normalization : {"learned", "exact"}, default="learned"
         NCE's log Z: a free parameter (reported as ``log_partition_estimate_``) or the
         exact value from the Cholesky factor.
@@ -177,7 +179,7 @@ class GridGaussian:
     def __init__(self, shape, *, stencil=4, tying="untied", method="mle",
                  assume_centered=False, tol=None, max_iter=None, random_state=None,
                  verbose=False, optimizer=None, learning_rate=1e-2, schedule="cosine",
-                 batch_size=256, nu=1.0, noise="grid", normalization="learned", n_noise=10,
+                 batch_size=256, nu=1.0, noise="auto", normalization="learned", n_noise=10,
                  perturbation_std=None, cd_steps=1, sampler="gibbs", persistent=False,
                  sm_solver="closed-form"):
         self.shape = shape

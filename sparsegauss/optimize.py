@@ -151,16 +151,20 @@ def _two_loop(grad, pairs, precondition):
     """
     q = grad.copy()
     alphas = []
-    for s, y, rho in reversed(pairs):
+    for s, y, rho, _ in reversed(pairs):
         alpha = rho * (s @ q)
         q -= alpha * y
         alphas.append(alpha)
     if precondition is not None:
         q = precondition(q)
+        if pairs:
+            # Rescale H₀ by sᵀy / yᵀH₀y of the newest pair: a preconditioner that is right
+            # up to a constant factor (a Fisher metric for NCE) then stays right.
+            q *= pairs[-1][3]
     elif pairs:
-        s, y, _ = pairs[-1]
+        s, y, _, _ = pairs[-1]
         q *= (s @ y) / (y @ y)
-    for (s, y, rho), alpha in zip(pairs, reversed(alphas)):
+    for (s, y, rho, _), alpha in zip(pairs, reversed(alphas)):
         q += (alpha - rho * (y @ q)) * s
     return -q
 
@@ -250,7 +254,8 @@ def _lbfgs(fun, x, tol, maxiter, callback, convergence, memory, precondition):
     pairs = deque(maxlen=memory)
     while not run.success and run.iteration < maxiter:
         run.iteration += 1
-        direction = _two_loop(run.grad, pairs, precondition and precondition(run.x))
+        apply_h0 = precondition(run.x) if precondition is not None else None
+        direction = _two_loop(run.grad, pairs, apply_h0)
         if run.grad @ direction >= 0:          # not a descent direction: restart
             pairs.clear()
             direction = -run.grad
@@ -263,7 +268,8 @@ def _lbfgs(fun, x, tol, maxiter, callback, convergence, memory, precondition):
         s, y = accepted[0] - run.x, accepted[2] - run.grad
         sy = s @ y
         if sy > 1e-12 * np.sqrt((s @ s) * (y @ y)):   # keep the inverse Hessian SPD
-            pairs.append((s, y, 1.0 / sy))
+            gamma = sy / (y @ apply_h0(y)) if apply_h0 is not None else 1.0
+            pairs.append((s, y, 1.0 / sy, gamma))
         if not run.accept(*accepted):
             break
     return run.result(maxiter)

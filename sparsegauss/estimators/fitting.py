@@ -19,7 +19,7 @@ from ..optimize import STOCHASTIC, minimize
 from ..stats import pattern_moments
 from .cd import cd_gradient, gibbs_sample
 from .cnce import cnce_loss_grad, default_perturbation_std
-from .mle import hessian_diagonal, independent_start
+from .mle import fit_mle, hessian_diagonal, independent_start
 from .nce import log_partition_standard_error, nce_loss_grad
 from .rnce import rnce_loss_grad
 from .score_matching import fit_score_matching, fit_score_matching_barrier, sm_loss_grad
@@ -27,6 +27,8 @@ from .score_matching import fit_score_matching, fit_score_matching_barrier, sm_l
 __all__ = ["fit_estimator", "METHODS", "DEFAULT_OPTIMIZER"]
 
 METHODS = ("nce", "rnce", "cnce", "sm", "cd")
+# A final NCE loss below this fraction of the starting one means separation.
+_SEPARATED = 1e-3
 #: The optimizer each method uses unless told otherwise.
 DEFAULT_OPTIMIZER = {"nce": "lbfgs", "rnce": "lbfgs", "cnce": "lbfgs", "sm": "lbfgs",
                      "cd": "adam"}
@@ -70,7 +72,7 @@ class _Batches:
 
 def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-6,
                   max_iter=500, callback=None, learning_rate=1e-2, schedule="cosine",
-                  batch_size=256, nu=1.0, noise="grid", normalization="learned",
+                  batch_size=256, nu=1.0, noise="auto", normalization="learned",
                   n_noise=10, perturbation_std=None, cd_steps=1, sampler="gibbs",
                   persistent=False, sm_solver="closed-form", noise_stencil=4):
     """Fit θ (and NCE's log Z) to centred data ``X`` with one estimator.
@@ -89,6 +91,7 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
     stochastic = optimizer in STOCHASTIC
     n_samples = len(X)
     theta0, variances, scale = _scaling(X, grid)
+    independent = theta0
     extras = {}
 
     if method == "sm" and sm_solver != "gradient":
@@ -110,6 +113,13 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
     if method in ("nce", "rnce"):
         noise_model = make_noise(noise, X, grid.shape, stencil=noise_stencil)
         extras["noise"] = noise_model
+        # NCE's loss is convex in (θ, ζ) (G is linear in them), so the start only sets the
+        # speed. From the independent model the log-ratios of 784-pixel images are in the
+        # hundreds and the logistic loss saturates (L-BFGS did not converge in 1000 steps
+        # on MNIST); the grid MLE, a few Newton steps, starts the classifier near balance.
+        moments = pattern_moments(X, grid) / n_samples
+        theta0 = x0 = fit_mle(moments, grid, theta0=theta0,
+                              normalizer=normalizer or GridNormalizer(grid)).x
     if method == "nce" and normalization == "learned":
         # ζ (log Z) is in nats and its gradient is O(1): no rescaling.
         x0 = np.append(theta0, normalizer.log_partition(theta0))
@@ -187,18 +197,34 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
     def relative_gradient(u, loss, grad):
         # Scale-free: the objectives' gradients differ by orders of magnitude (CNCE's is
         # O(σ²)), so full-batch fits stop when the largest rescaled gradient entry has
-        # fallen by the factor ``tol`` from its value at the start.
+        # fallen by the factor ``tol`` below its value at the independent model.
         size = float(np.max(np.abs(grad)))
         if not first_gradient:
             first_gradient.append(max(size, np.finfo(float).tiny))
         return size / first_gradient[0]
 
+    if not stochastic and x0.size and not np.array_equal(x0[:independent.size], independent):
+        # Started elsewhere than the independent model (NCE at the grid MLE): the gradient
+        # there is the reference scale, so that "relative" means the same for every start.
+        reference = x0.copy()
+        reference[:independent.size] = independent
+        first_gradient.append(max(float(np.max(np.abs(fun(reference / scale)[1]))),
+                                  np.finfo(float).tiny))
     result = minimize(fun, x0 / scale, method=optimizer, tol=tol, maxiter=max_iter,
                       callback=record, learning_rate=learning_rate, schedule=schedule,
                       convergence=relative_gradient)
     params = scale * result.x
     if not np.all(np.isfinite(params)):
         raise SparseGaussError(f"The {method} fit produced non-finite parameters.")
+    if method in ("nce", "rnce") and result.fun < _SEPARATED * result.history[0]["loss"]:
+        # The loss of a convex classifier only approaches 0 when the data and the noise
+        # are separable: then no finite estimate exists and θ̂ is wherever it stopped.
+        result.success = False
+        result.message = (
+            f"the classifier separates the data from the noise (loss {result.fun:.3g}, "
+            f"from {result.history[0]['loss']:.3g}): {method.upper()} has no finite "
+            "estimate with this noise. Use noise closer to the data ('empirical' matches "
+            "all second moments)")
     result.x = params
     if method == "nce" and normalization == "learned":
         result.x = params[:-1]

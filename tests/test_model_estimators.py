@@ -1,0 +1,96 @@
+"""GridGaussian with the unnormalized estimators: MNIST behaviour, errors, persistence."""
+
+import numpy as np
+import pytest
+
+from sparsegauss import GridGaussian, NotPositiveDefiniteError
+from sparsegauss.datasets import load_mnist, scale_and_noise
+from sparsegauss.estimators.score_matching import sm_loss_grad
+
+
+@pytest.fixture(scope="module")
+def mnist_images(mnist_dir):
+    images, _ = load_mnist("test", data_home=mnist_dir)
+    return scale_and_noise(images[:4000], noise_std=0.1, random_state=0)
+
+
+@pytest.mark.parametrize("stencil", [4, 8])
+def test_score_matching_on_mnist_is_indefinite_and_the_barrier_fixes_it(mnist_images, stencil):
+    with pytest.warns(UserWarning, match="not positive definite.*sm_solver='barrier'"):
+        closed = GridGaussian((28, 28), stencil=stencil, method="sm").fit(mnist_images)
+    assert not closed.is_positive_definite_
+    assert closed.precision_.shape == (784, 784)          # the estimate is still returned
+    for call in (lambda: closed.sample(1), lambda: closed.log_partition_,
+                 lambda: closed.score_samples(mnist_images[:2])):
+        with pytest.raises(NotPositiveDefiniteError, match="not positive definite"):
+            call()
+    # An independent check that it is indefinite: a negative eigenvalue.
+    assert np.linalg.eigvalsh(closed.precision_.toarray())[0] < 0
+
+    barrier = GridGaussian((28, 28), stencil=stencil, method="sm",
+                           sm_solver="barrier").fit(mnist_images)
+    assert barrier.is_positive_definite_ and barrier.converged_
+    assert np.linalg.eigvalsh(barrier.precision_.toarray())[0] > 0
+    centred = mnist_images - mnist_images.mean(axis=0)
+    j_closed = sm_loss_grad(closed.theta_, closed._grid, centred)[0]
+    j_barrier = sm_loss_grad(barrier.theta_, barrier._grid, centred)[0]
+    # Constrained to the cone, the barrier estimate cannot beat the unconstrained minimum.
+    assert j_barrier >= j_closed
+    assert np.isfinite(barrier.score(mnist_images))
+    assert barrier.history_[-1]["barrier_weight"] < 1e-3 * barrier.history_[0]["barrier_weight"]
+
+
+def test_nce_on_mnist_reports_log_partition_and_saves_it(mnist_images, tmp_path):
+    """With the default (untied grid) noise NCE on MNIST is positive definite and its log Z
+    gap stays within the finite-sample bias (≈ p/N, large here: p = 2,296, N = 4,000) plus
+    sampling error. tol=1e-4: the loss agrees with a tol=1e-6 fit to 6 digits."""
+    model = GridGaussian((28, 28), method="nce", tol=1e-4, random_state=0).fit(mnist_images)
+    assert model.is_positive_definite_ and model.converged_
+    gap = abs(model.log_partition_estimate_ - model.log_partition_)
+    assert gap < 4 * model._grid.n_params / len(mnist_images) + 4 * model.log_partition_stderr_
+    loaded = GridGaussian.load(model.save(tmp_path / "nce.npz"))
+    assert loaded.log_partition_estimate_ == model.log_partition_estimate_
+    assert loaded.log_partition_stderr_ == model.log_partition_stderr_
+    assert loaded.get_params()["method"] == "nce" and loaded.get_params()["noise"] == "auto"
+    assert [r["log_partition_estimate"] for r in loaded.history_] == \
+        [r["log_partition_estimate"] for r in model.history_]
+
+
+def test_cd_needs_a_stochastic_optimizer(rng):
+    X = rng.normal(size=(100, 9))
+    with pytest.raises(ValueError, match="stochastic gradient"):
+        GridGaussian((3, 3), method="cd", optimizer="lbfgs").fit(X)
+
+
+def test_mle_rejects_stochastic_optimizers(rng):
+    with pytest.raises(ValueError, match="'mle' method uses optimizer"):
+        GridGaussian((3, 3), optimizer="adam").fit(rng.normal(size=(100, 9)))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(method="nce", nu=0), "'nu' parameter"), (dict(method="nce", noise="laplace"), "'noise'"),
+    (dict(method="nce", normalization="none"), "'normalization'"),
+    (dict(method="rnce", n_noise=0), "'n_noise'"), (dict(method="cnce", perturbation_std=-1.0), "perturbation_std"),
+    (dict(method="cd", cd_steps=0), "'cd_steps'"), (dict(method="cd", sampler="hmc"), "'sampler'"),
+    (dict(method="sm", sm_solver="cg"), "'sm_solver'"), (dict(optimizer="newton"), "'optimizer'"),
+    (dict(method="cd", learning_rate=0), "'learning_rate'"), (dict(method="cd", schedule="linear"), "'schedule'"),
+    (dict(method="cd", batch_size=1), "'batch_size'"),
+])
+def test_bad_estimator_parameters(kwargs, match, rng):
+    with pytest.raises(ValueError, match=match):
+        GridGaussian((3, 3), **kwargs).fit(rng.normal(size=(50, 9)))
+
+
+@pytest.mark.parametrize("method", ["nce", "rnce", "cnce", "sm", "cd"])
+def test_every_method_fits_images_and_reports_history(method, rng):
+    X = rng.normal(size=(800, 4, 5)) * 0.5
+    model = GridGaussian((4, 5), method=method, max_iter=300 if method == "cd" else None,
+                         random_state=0).fit(X)
+    assert model.theta_.shape == (model._grid.n_params,) and np.all(np.isfinite(model.theta_))
+    assert all({"iteration", "loss", "time"} <= set(row) for row in model.history_)
+    assert np.isfinite(model.score(X.reshape(800, -1)))
+
+
+def test_verbose_prints_progress(rng, capsys):
+    GridGaussian((3, 3), method="nce", verbose=True, random_state=0).fit(rng.normal(size=(300, 9)))
+    assert "[GridGaussian nce] iteration" in capsys.readouterr().out
