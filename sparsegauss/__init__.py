@@ -5,6 +5,7 @@ Fit ``p(x) ∝ exp(−½ (x − μ)ᵀ Λ (x − μ))`` to images, with Λ coupl
 and selected inversion.
 """
 
+from .divergence import kl_divergence
 from .exceptions import ConvergenceWarning, NotPositiveDefiniteError, SparseGaussError
 from .grid import GridParameterization
 from .model import GridGaussian
@@ -17,4 +18,5 @@ __all__ = sorted([
     "GridParameterization",
     "NotPositiveDefiniteError",
     "SparseGaussError",
+    "kl_divergence",
 ])

@@ -10,10 +10,11 @@ noise at every step.
 """
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.optimize import OptimizeResult
 
 from ..exceptions import SparseGaussError
-from ..noise import make_noise
+from ..noise import DiagonalNoise, GridNoise, make_noise
 from ..normalization import GridNormalizer
 from ..optimize import STOCHASTIC, minimize
 from ..stats import pattern_moments
@@ -53,6 +54,27 @@ def _antithetic_normals(rng, n, k, d):
     """
     half = rng.standard_normal((n, (k + 1) // 2, d))
     return np.concatenate([half, -half], axis=1)[:, :k].reshape(n * k, d)
+
+
+def noise_start(noise_model, grid):
+    """θ of the noise distribution in the model's parameterization, or None.
+
+    Defined for the Gaussian noises of :mod:`sparsegauss.noise` whose precision lies on
+    the model's pattern with the model's tying (diagonal and isotropic noise always;
+    4-neighbour grid noise in a 4- or 8-neighbour model).
+    """
+    if isinstance(noise_model, DiagonalNoise):
+        precision = sp.diags(1.0 / noise_model.variances)
+    elif isinstance(noise_model, GridNoise) and noise_model.model.is_positive_definite_:
+        precision = noise_model.model.precision_
+    else:
+        return None
+    if precision.shape[0] != grid.n_pixels:
+        return None
+    theta = grid.theta_from_precision(precision)
+    if abs(grid.precision(theta) - precision).max() > 1e-12 * abs(precision).max():
+        return None          # not representable: e.g. untied noise in a tied model
+    return theta
 
 
 class _Batches:
@@ -113,13 +135,14 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
     if method in ("nce", "rnce"):
         noise_model = make_noise(noise, X, grid.shape, stencil=noise_stencil)
         extras["noise"] = noise_model
-        # NCE's loss is convex in (θ, ζ) (G is linear in them), so the start only sets the
-        # speed. From the independent model the log-ratios of 784-pixel images are in the
-        # hundreds and the logistic loss saturates (L-BFGS did not converge in 1000 steps
-        # on MNIST); the grid MLE, a few Newton steps, starts the classifier near balance.
-        moments = pattern_moments(X, grid) / n_samples
-        theta0 = x0 = fit_mle(moments, grid, theta0=theta0,
-                              normalizer=normalizer or GridNormalizer(grid)).x
+        # NCE's loss is convex in (θ, ζ), so the start only sets the speed. From the
+        # independent model the log-ratios of 784-pixel images are in the hundreds and the
+        # logistic loss saturates (L-BFGS did not converge in 1000 steps on MNIST). The
+        # usual start is the noise itself, when the model family holds it: the log-ratio
+        # is then 0 and the classifier starts balanced, knowing nothing of the data.
+        start = noise_start(noise_model, grid)
+        if start is not None:
+            theta0 = x0 = start
     if method == "nce" and normalization == "learned":
         # ζ (log Z) is in nats and its gradient is O(1): no rescaling.
         x0 = np.append(theta0, normalizer.log_partition(theta0))
