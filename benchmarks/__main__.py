@@ -60,17 +60,18 @@ def run_class(cls, quick, repeat, pattern, log):
         if not wanted:
             continue
         bench = cls()
+        runs = min(repeat, getattr(cls, "max_repeat", repeat))
         log(f"  {cls.__name__}({label}): setup and warm-up ...")
         bench.setup(*combo)
         for method in (m for m in wanted if m.startswith("time_")):
             samples = []
-            for _ in range(repeat):
+            for _ in range(runs):
                 start = time.perf_counter()
                 getattr(bench, method)(*combo)
                 samples.append(time.perf_counter() - start)
             yield dict(benchmark=f"{cls.__name__}.{method}", params=label, unit="s",
                        median=float(np.median(samples)), samples=samples)
-            log(f"    {method}: median {np.median(samples):.4f} s of {repeat}")
+            log(f"    {method}: median {np.median(samples):.4f} s of {runs}")
         for method in (m for m in wanted if m.startswith("track_")):
             value = float(getattr(bench, method)(*combo))
             yield dict(benchmark=f"{cls.__name__}.{method}", params=label, unit="",

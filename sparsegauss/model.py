@@ -353,7 +353,8 @@ class GridGaussian:
                 schedule=self.schedule, batch_size=self.batch_size, nu=self.nu,
                 noise=self.noise, normalization=self.normalization, n_noise=self.n_noise,
                 perturbation_std=self.perturbation_std, cd_steps=self.cd_steps,
-                sampler=self.sampler, persistent=self.persistent, sm_solver=self.sm_solver)
+                sampler=self.sampler, persistent=self.persistent, sm_solver=self.sm_solver,
+                moments=moments)
         if not result.success:
             warnings.warn(f"GridGaussian did not converge: {result.message}. Increase "
                           "max_iter or tol.", ConvergenceWarning, stacklevel=2)

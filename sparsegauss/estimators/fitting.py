@@ -35,9 +35,8 @@ DEFAULT_OPTIMIZER = {"nce": "lbfgs", "rnce": "lbfgs", "cnce": "lbfgs", "sm": "lb
                      "cd": "adam"}
 
 
-def _scaling(X, grid):
+def _scaling(moments, grid):
     """Start θ₀, the variance per pixel, and the Jacobi scale of θ at θ₀."""
-    moments = pattern_moments(X, grid) / len(X)
     theta0 = independent_start(moments, grid)
     covariance = np.zeros_like(moments)
     covariance[0] = 1.0 / grid.fields(theta0)[0]
@@ -96,10 +95,13 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
                   max_iter=500, callback=None, learning_rate=1e-2, schedule="cosine",
                   batch_size=256, nu=1.0, noise="auto", normalization="learned",
                   n_noise=10, perturbation_std=None, cd_steps=1, sampler="gibbs",
-                  persistent=False, sm_solver="closed-form", noise_stencil=4):
+                  persistent=False, sm_solver="closed-form", noise_stencil=4,
+                  moments=None):
     """Fit θ (and NCE's log Z) to centred data ``X`` with one estimator.
 
-    Parameters are those of :class:`sparsegauss.GridGaussian` (validated there).
+    Parameters are those of :class:`sparsegauss.GridGaussian` (validated there);
+    ``moments`` are X's second moments on the pattern (stencil layout, divided by
+    ``len(X)``) when the caller has them, saving a pass over the data.
 
     Returns
     -------
@@ -112,17 +114,19 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
     optimizer = optimizer or DEFAULT_OPTIMIZER[method]
     stochastic = optimizer in STOCHASTIC
     n_samples = len(X)
-    theta0, variances, scale = _scaling(X, grid)
+    if method == "sm" and sm_solver == "closed-form":
+        theta, loss = fit_score_matching(X, grid)
+        return OptimizeResult(x=theta, fun=loss, nit=1, success=True, residual=0.0,
+                              message="solved the score-matching system exactly",
+                              history=[dict(iteration=1, loss=loss, time=0.0,
+                                            residual=0.0, nfev=1)])
+    if moments is None:
+        moments = pattern_moments(X, grid) / n_samples
+    theta0, variances, scale = _scaling(moments, grid)
     independent = theta0
     extras = {}
 
-    if method == "sm" and sm_solver != "gradient":
-        if sm_solver == "closed-form":
-            theta, loss = fit_score_matching(X, grid)
-            return OptimizeResult(x=theta, fun=loss, nit=1, success=True, residual=0.0,
-                                  message="solved the score-matching system exactly",
-                                  history=[dict(iteration=1, loss=loss, time=0.0,
-                                                residual=0.0, nfev=1)])
+    if method == "sm" and sm_solver == "barrier":
         return fit_score_matching_barrier(X, grid, theta0=theta0, tol=tol,
                                           max_iter=max_iter, callback=callback)
     if method == "cd" and not stochastic:
