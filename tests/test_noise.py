@@ -47,3 +47,28 @@ def test_custom_noise_object_and_errors(data):
         make_noise(object(), data, (3, 4))
     with pytest.raises(ValueError, match="'noise' parameter"):
         make_noise("laplace", data, (3, 4))
+
+
+def test_nce_starts_at_the_noise_when_the_model_family_holds_it():
+    from sparsegauss.estimators.fitting import noise_start
+    from sparsegauss.grid import GridParameterization
+    from sparsegauss.noise import make_noise
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((300, 5, 6))
+    X = (base + 0.5 * np.roll(base, 1, axis=2)).reshape(300, -1)
+    X -= X.mean(axis=0)
+    shape = (5, 6)
+    diagonal = make_noise("diagonal", X, shape)
+    grid4 = GridParameterization(shape, 4)
+    theta = noise_start(diagonal, grid4)
+    np.testing.assert_allclose(grid4.precision(theta).diagonal(), 1 / diagonal.variances)
+    assert np.count_nonzero(grid4.precision(theta).data) == X.shape[1]
+    untied = make_noise("grid-untied", X, shape)
+    grid8 = GridParameterization(shape, 8)
+    theta8 = noise_start(untied, grid8)       # 4-neighbour noise inside an 8-neighbour model
+    dense = untied.model.precision_.toarray()
+    np.testing.assert_allclose(grid8.precision(theta8).toarray(), dense, atol=1e-12)
+    # Untied couplings cannot be written with tied parameters, nor a dense covariance.
+    assert noise_start(untied, GridParameterization(shape, 4, "tied")) is None
+    assert noise_start(make_noise("empirical", X, shape), grid4) is None

@@ -63,7 +63,7 @@ def noise_start(noise_model, grid):
     4-neighbour grid noise in a 4- or 8-neighbour model).
     """
     if isinstance(noise_model, DiagonalNoise):
-        precision = sp.diags(1.0 / noise_model.variances)
+        precision = sp.diags(1.0 / noise_model.variances, format="csc")
     elif isinstance(noise_model, GridNoise) and noise_model.model.is_positive_definite_:
         precision = noise_model.model.precision_
     else:
@@ -71,7 +71,8 @@ def noise_start(noise_model, grid):
     if precision.shape[0] != grid.n_pixels:
         return None
     theta = grid.theta_from_precision(precision)
-    if abs(grid.precision(theta) - precision).max() > 1e-12 * abs(precision).max():
+    error = (grid.precision(theta) - precision).tocsr().data
+    if np.max(np.abs(error), initial=0.0) > 1e-12 * np.max(np.abs(precision.data)):
         return None          # not representable: e.g. untied noise in a tied model
     return theta
 

@@ -1,0 +1,201 @@
+"""Figures of fitted grid Gaussians (matplotlib; ``pip install sparsegauss[plot]``).
+
+Every function builds a :class:`matplotlib.figure.Figure` without pyplot (no global
+state, no display needed) and returns it; save it with ``fig.savefig(path)``.
+"""
+
+import numpy as np
+
+__all__ = ["plot_comparison", "plot_couplings", "plot_learning_curve", "plot_samples",
+           "plot_sampler_comparison"]
+
+
+def _figure(width, height):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise ImportError("sparsegauss.plotting needs matplotlib: pip install "
+                          "'sparsegauss[plot]'.") from exc
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _image_grid(ax, images, shape, n_cols, limits):
+    """Tile images into one array (one-pixel gaps) and show it in grey."""
+    height, width = shape
+    n_rows = -(-len(images) // n_cols)
+    canvas = np.full((n_rows * (height + 1) - 1, n_cols * (width + 1) - 1), np.nan)
+    for i, image in enumerate(images):
+        r, c = divmod(i, n_cols)
+        canvas[r * (height + 1):r * (height + 1) + height,
+               c * (width + 1):c * (width + 1) + width] = image.reshape(shape)
+    shown = ax.imshow(canvas, cmap="gray", vmin=limits[0], vmax=limits[1],
+                      interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return shown
+
+
+def _limits(*arrays):
+    """Shared grey scale: the 1st and 99th percentiles, so one outlier does not wash out."""
+    values = np.concatenate([np.ravel(a) for a in arrays])
+    return tuple(np.percentile(values, [1, 99]))
+
+
+def plot_samples(images, shape, *, n_cols=8, title="Samples"):
+    """A grid of images (samples or data), on one shared grey scale with a colour bar.
+
+    Parameters
+    ----------
+    images : array-like, shape (n, H * W) or (n, H, W)
+    shape : (int, int)
+    n_cols : int, default=8
+    title : str
+    """
+    images = np.asarray(images, dtype=float).reshape(len(images), -1)
+    n_cols = min(n_cols, len(images))
+    n_rows = -(-len(images) // n_cols)
+    fig = _figure(1.0 + 1.1 * n_cols, 0.6 + 1.1 * n_rows)
+    ax = fig.add_subplot()
+    shown = _image_grid(ax, images, shape, n_cols, _limits(images))
+    fig.colorbar(shown, ax=ax, shrink=0.8, label="pixel value")
+    ax.set_title(title)
+    return fig
+
+
+def plot_sampler_comparison(model, n_samples=16, random_state=0, n_cols=8):
+    """Samples ``x = μ + Aε`` with the Cholesky ``A`` and the symmetric ``A = Σ^{1/2}``.
+
+    Both square roots satisfy ``A Aᵀ = Σ``, so the two panels are draws from one
+    distribution (on a shared grey scale); the symmetric one needs a dense
+    eigendecomposition and is only available for ``D ≤ 4096``.
+    """
+    shape = model._grid.shape
+    cholesky = model.sample(n_samples, random_state=random_state, method="cholesky")
+    symmetric = model.sample(n_samples, random_state=random_state, method="symmetric")
+    limits = _limits(cholesky, symmetric)
+    n_cols = min(n_cols, n_samples)
+    n_rows = -(-n_samples // n_cols)
+    fig = _figure(1.0 + 1.1 * n_cols, 1.2 + 2.3 * n_rows)
+    axes = fig.subplots(2, 1)
+    for ax, images, label in ((axes[0], cholesky, "A = Pᵀ L⁻ᵀ (sparse Cholesky)"),
+                              (axes[1], symmetric, "A = Σ^{1/2} (dense, symmetric)")):
+        shown = _image_grid(ax, images, shape, n_cols, limits)
+        ax.set_title(f"x = μ + A ε,  {label}")
+    fig.colorbar(shown, ax=axes, shrink=0.8, label="pixel value")
+    fig.suptitle(f"Samples of the {model._grid.stencil}-neighbour model, two square roots "
+                 "of Σ")
+    return fig
+
+
+def plot_couplings(model, title=None):
+    """The fitted precision as images: the diagonal, then one map per stencil offset.
+
+    Each map holds ``Λ[p, p+δ]`` at the pixel ``p`` that owns the pair. Couplings use a
+    red–blue scale centred at zero (shared by all offsets, so they compare); the
+    diagonal, positive, its own scale.
+    """
+    couplings = model.couplings()
+    names = list(couplings)
+    off_diagonal = [couplings[n] for n in names[1:]]
+    bound = max(float(np.max(np.abs(c))) for c in off_diagonal) if off_diagonal else 1.0
+    fig = _figure(2.6 * len(names) + 0.8, 3.0)
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    offsets = dict(zip(names, model._grid.offsets))
+    for ax, name in zip(axes, names):
+        if name == names[0]:
+            shown = ax.imshow(couplings[name], cmap="viridis", interpolation="nearest")
+            fig.colorbar(shown, ax=ax, shrink=0.7, label="Λ_pp")
+            ax.set_title("diagonal Λ_pp")
+        else:
+            shown = ax.imshow(couplings[name], cmap="RdBu_r", vmin=-bound, vmax=bound,
+                              interpolation="nearest")
+            dr, dc = offsets[name]
+            ax.set_title(f"{name}: Λ[p, p+({dr},{dc})]")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if len(names) > 1:
+        fig.colorbar(shown, ax=list(axes[1:]), shrink=0.7, label="coupling (0 = white)")
+    fig.suptitle(title or f"Fitted precision Λ ({model._grid.stencil}-neighbour, "
+                          f"{model._grid.tying})")
+    return fig
+
+
+def plot_learning_curve(history, *, exact_log_partition=None, x="iteration", title=None):
+    """Loss per iteration (or second) and, for NCE, the log Z estimate against the truth.
+
+    Parameters
+    ----------
+    history : list of dict
+        A fitted model's ``history_``.
+    exact_log_partition : float, optional
+        Exact log Z of the final estimate, drawn as a horizontal line.
+    x : {"iteration", "time"}
+    """
+    if not history:
+        raise ValueError("The history is empty: fit the model first.")
+    if x not in ("iteration", "time"):
+        raise ValueError(f"x must be 'iteration' or 'time'. Got {x!r} instead.")
+    steps = np.array([row[x] for row in history], dtype=float)
+    loss = np.array([row["loss"] for row in history], dtype=float)
+    estimates = [row.get("log_partition_estimate") for row in history]
+    has_z = any(e is not None for e in estimates)
+    fig = _figure(10.0 if has_z else 5.5, 3.6)
+    axes = fig.subplots(1, 2 if has_z else 1, squeeze=False)[0]
+    axes[0].plot(steps, loss, lw=1)
+    axes[0].set_xlabel("iteration" if x == "iteration" else "wall time (s)")
+    axes[0].set_ylabel("loss")
+    axes[0].set_title("Objective")
+    axes[0].grid(alpha=0.3)
+    if has_z:
+        z = np.array([np.nan if e is None else e for e in estimates], dtype=float)
+        axes[1].plot(steps, z, lw=1, label="learned log Z (NCE)")
+        if exact_log_partition is not None:
+            axes[1].axhline(exact_log_partition, color="k", ls="--", lw=1,
+                            label=f"exact log Z of the estimate ({exact_log_partition:.2f})")
+        axes[1].set_xlabel(axes[0].get_xlabel())
+        axes[1].set_ylabel("log Z (nats)")
+        axes[1].set_title("Normalization")
+        axes[1].legend(fontsize="small")
+        axes[1].grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_comparison(rows, title="Estimators on MNIST"):
+    """Held-out log-likelihood and log Z error per estimator and stencil.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Keys ``estimator``, ``stencil``, ``test_loglik`` (nan when the estimate is not
+        positive definite), and optionally ``log_partition_error`` (NCE).
+    """
+    estimators = list(dict.fromkeys(r["estimator"] for r in rows))
+    stencils = sorted({r["stencil"] for r in rows})
+    value = {(r["estimator"], r["stencil"]): r for r in rows}
+    fig = _figure(11.0, 4.0)
+    axes = fig.subplots(1, 2)
+    width = 0.8 / len(stencils)
+    positions = np.arange(len(estimators))
+    for j, stencil in enumerate(stencils):
+        ll = [value.get((e, stencil), {}).get("test_loglik", np.nan) for e in estimators]
+        err = [value.get((e, stencil), {}).get("log_partition_error", np.nan)
+               for e in estimators]
+        offset = (j - (len(stencils) - 1) / 2) * width
+        axes[0].bar(positions + offset, ll, width, label=f"{stencil} neighbours")
+        axes[1].bar(positions + offset, np.abs(err), width, label=f"{stencil} neighbours")
+    finite = [r["test_loglik"] for r in rows if np.isfinite(r.get("test_loglik", np.nan))]
+    if finite:
+        spread = max(finite) - min(finite)
+        axes[0].set_ylim(min(finite) - 0.2 * spread - 1, max(finite) + 0.1 * spread + 1)
+    axes[0].set_ylabel("held-out log-likelihood (nats/image)")
+    axes[0].set_title("Held-out log-likelihood (missing bar: not PD)")
+    axes[1].set_ylabel("|learned − exact| log Z (nats)")
+    axes[1].set_title("NCE: log Z error")
+    for ax in axes:
+        ax.set_xticks(positions, estimators, rotation=20, ha="right")
+        ax.legend(fontsize="small")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title)
+    return fig
