@@ -3,26 +3,69 @@
 ``get_parser()`` builds the argument parser and ``main(argv=None) -> int`` runs it, so
 tests call ``main([...])`` and read the exit code. Subcommands:
 
-* ``demo`` — the main job: fit 4- and 8-neighbour models by exact maximum likelihood on
-  MNIST and print log-likelihoods, exact log Z and timings.
+* ``demo`` — the main job, the MNIST study: 4- and 8-neighbour models fitted by exact
+  maximum likelihood, NCE, conditional NCE and score matching; figures, ``report.md``,
+  ``summary.json`` and a summary table.
+* ``fit`` — one model, any estimator, on MNIST or a user's ``.npy``/``.npz`` images.
+* ``sample`` — samples of a saved model to a PNG grid and/or ``.npy``.
+* ``bench`` — the benchmark suite (from a source checkout).
+
+Exit codes: 0 success, 1 error (the message says what to do), 2 usage.
 """
 
 import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, report
 from .datasets import DataError, load_mnist, scale_and_noise
 from .exceptions import SparseGaussError
-from .model import GridGaussian
+from .divergence import kl_divergence
+from .model import METHODS, OPTIMIZERS, SM_SOLVERS, GridGaussian
+from .noise import NOISES
 
 __all__ = ["get_parser", "main"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+#: Steps of the stochastic (Adam) fits in the demo.
+DEMO_STEPS = 2000
+#: The demo's estimators and their settings.
+DEMO_SETTINGS = {
+    "mle": dict(method="mle"),
+    "nce": dict(method="nce", optimizer="adam", max_iter=DEMO_STEPS),
+    "cnce": dict(method="cnce", optimizer="adam", max_iter=DEMO_STEPS),
+    "sm": dict(method="sm"),
+}
+DEMO_METHODS = tuple(DEMO_SETTINGS)
+#: Noises compared in the demo's short NCE runs (the report's "which noise" question).
+NOISE_CHECK = ("diagonal", "grid", "empirical", "grid-untied")
+NOISE_CHECK_STEPS = 300
+
+
+def _add_data_options(parser):
+    parser.add_argument("--data-home", type=Path, default=None,
+                        help="directory with the MNIST IDX files (default: $SPARSEGAUSS_DATA, "
+                             "the user cache, the bundled test set, then a download)")
+    parser.add_argument("--offline", action="store_true",
+                        help="never download; fail if the files are not found locally")
+    parser.add_argument("--noise-std", type=float, default=0.1,
+                        help="std of the pixel noise added to MNIST (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+
+def _add_output_options(parser, default_out):
+    parser.add_argument("--out", type=Path, default=Path(default_out),
+                        help="output directory (default: %(default)s)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars or messages; only the summary table")
+    parser.add_argument("--verbose", action="store_true",
+                        help="log every optimizer iteration")
 
 
 def get_parser():
@@ -35,27 +78,71 @@ def get_parser():
     commands.required = True
 
     demo = commands.add_parser(
-        "demo", help="fit 4- and 8-neighbour models to MNIST by exact maximum likelihood",
+        "demo", help="the MNIST study: MLE, NCE, CNCE and score matching, 4 and 8 neighbours",
         description="Fit 4- and 8-neighbour grid Gaussians to MNIST (scaled to [0, 1], "
-                    "N(0, 0.1²) pixel noise, mean subtracted) by exact maximum likelihood "
-                    "and report log-likelihoods, exact log Z and timings. By default the "
-                    "bundled 10,000 test images are split 8,000/2,000 into train and "
-                    "held-out sets (runs offline).")
-    demo.add_argument("--out", type=Path, default=Path("demo-output"),
-                      help="directory for summary.json (default: %(default)s)")
+                    "N(0, 0.1²) pixel noise, mean subtracted) with exact maximum "
+                    "likelihood, NCE, conditional NCE and score matching; write figures, "
+                    "report.md and summary.json to --out and print a summary table. By "
+                    "default the bundled 10,000 test images are split 8,000/2,000 into "
+                    "train and held-out sets (runs offline).")
+    _add_output_options(demo, "demo-output")
     demo.add_argument("--full", action="store_true",
                       help="train on the 60,000 training images and hold out the 10,000 "
                            "test images (needs the training files; see --data-home)")
-    demo.add_argument("--data-home", type=Path, default=None,
-                      help="directory with the MNIST IDX files (default: $SPARSEGAUSS_DATA, "
-                           "the user cache, the bundled test set, then a download)")
-    demo.add_argument("--offline", action="store_true",
-                      help="never download; fail if the files are not found locally")
-    demo.add_argument("--noise-std", type=float, default=0.1,
-                      help="std of the added pixel noise (default: %(default)s)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    demo.add_argument("--quiet", action="store_true", help="print only the summary table")
+    demo.add_argument("--methods", default=",".join(DEMO_METHODS),
+                      help="comma-separated subset of %(default)s")
+    _add_data_options(demo)
     demo.set_defaults(run=_run_demo)
+
+    fit = commands.add_parser(
+        "fit", help="fit one model to MNIST or to your own images and save it",
+        description="Fit a grid Gaussian with any estimator to MNIST (preprocessed as in "
+                    "the demo) or to an array of images in a .npy/.npz file (used as "
+                    "given: float, shape (n, H, W), or (n, H*W) with --shape). Saves "
+                    "model.npz and figures (couplings, samples, learning curve) to --out.")
+    fit.add_argument("data", nargs="?", default="mnist",
+                     help="'mnist' (default) or a .npy/.npz file of images")
+    fit.add_argument("--key", default=None, help="array name inside a .npz file")
+    fit.add_argument("--shape", type=int, nargs=2, metavar=("H", "W"),
+                     help="image shape, for flattened (n, H*W) arrays")
+    fit.add_argument("--method", default="mle", choices=METHODS)
+    fit.add_argument("--stencil", type=int, default=4, choices=(4, 8))
+    fit.add_argument("--tying", default="untied", choices=("untied", "tied"))
+    fit.add_argument("--optimizer", default=None, choices=sorted(OPTIMIZERS),
+                     help="default: the method's own (see GridGaussian)")
+    fit.add_argument("--max-iter", type=int, default=None)
+    fit.add_argument("--noise", default="auto", choices=NOISES, help="NCE/RNCE noise")
+    fit.add_argument("--sm-solver", default="closed-form", choices=SM_SOLVERS)
+    fit.add_argument("--full", action="store_true",
+                     help="MNIST: the 60,000 training images (default: the bundled 10,000 "
+                          "test images)")
+    fit.add_argument("--train-size", type=int, default=None,
+                     help="use only the first N images")
+    _add_output_options(fit, "fit-output")
+    _add_data_options(fit)
+    fit.set_defaults(run=_run_fit)
+
+    sample = commands.add_parser(
+        "sample", help="draw samples from a saved model",
+        description="Draw exact samples from a model saved by 'sparsegauss fit' or "
+                    "'demo' and write them as a PNG grid and/or a .npy array.")
+    sample.add_argument("model", type=Path, help="a model .npz file")
+    sample.add_argument("-n", "--n-samples", type=int, default=32)
+    sample.add_argument("--png", type=Path, default=None, help="PNG grid to write")
+    sample.add_argument("--npy", type=Path, default=None, help=".npy array to write")
+    sample.add_argument("--sqrt", default="cholesky", choices=("cholesky", "symmetric"),
+                        help="square root of Σ (default: %(default)s)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.set_defaults(run=_run_sample)
+
+    bench = commands.add_parser(
+        "bench", help="run the benchmark suite (from a source checkout)",
+        description="Run benchmarks/bench_*.py (python -m benchmarks) and write "
+                    "results.json and results.md to --out.")
+    bench.add_argument("--quick", action="store_true", help="small sizes, seconds")
+    bench.add_argument("--filter", default="", help="only benchmarks containing this")
+    bench.add_argument("--out", type=Path, default=Path("benchmark-results"))
+    bench.set_defaults(run=_run_bench)
     return parser
 
 
@@ -99,34 +186,243 @@ def _mnist_split(args):
             scale_and_noise(test, args.noise_std, rng), source)
 
 
+def _progress(args, total, desc):
+    """A progress bar: quiet with --quiet or when stderr is not a terminal."""
+    return tqdm(total=total, desc=desc, disable=True if args.quiet else None, leave=False)
+
+
+def _fit_timed(X, stencil, settings, seed, verbose=False):
+    """Fit one model; returns it, the seconds taken and the warnings it raised."""
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = GridGaussian((28, 28) if X.ndim == 2 else X.shape[1:], stencil=stencil,
+                             random_state=seed, verbose=verbose, **settings).fit(X)
+    return model, time.perf_counter() - start, [str(w.message) for w in caught]
+
+
+def _summary_row(name, stencil, model, seconds, X_train, X_test, mle, messages):
+    row = dict(estimator=name, stencil=stencil, seconds=seconds,
+               positive_definite=bool(model.is_positive_definite_),
+               converged=bool(model.converged_), n_iter=int(model.n_iter_),
+               warnings=messages)
+    if model.is_positive_definite_:
+        row.update(train_loglik=model.score(X_train), test_loglik=model.score(X_test),
+                   log_partition=model.log_partition_,
+                   kl_to_mle=kl_divergence(mle, model) if mle is not None else 0.0)
+    else:
+        row.update(train_loglik=float("nan"), test_loglik=float("nan"),
+                   log_partition=float("nan"), kl_to_mle=float("nan"))
+    if hasattr(model, "log_partition_estimate_"):
+        row.update(log_partition_estimate=model.log_partition_estimate_,
+                   log_partition_stderr=model.log_partition_stderr_,
+                   log_partition_error=model.log_partition_estimate_ - row["log_partition"])
+    return row
+
+
 def _run_demo(args):
     out = _prepare_output(args.out)
     say = (lambda *a: None) if args.quiet else print
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(DEMO_METHODS))
+    if unknown or "mle" not in methods:
+        raise ValueError(f"--methods must be a comma-separated subset of "
+                         f"{','.join(DEMO_METHODS)} that includes mle (the reference); "
+                         f"got {args.methods!r}.")
     X_train, X_test, source = _mnist_split(args)
     say(f"Data: {source}; noise std {args.noise_std}; D = {X_train.shape[1]} pixels")
-    rows = []
+    from . import plotting
+
+    rows, curves, models = [], {}, {}
+    jobs = [(stencil, name) for stencil in (4, 8) for name in methods]
+    # The noise comparison belongs to the NCE part of the study.
+    noises = NOISE_CHECK if "nce" in methods else ()
+    with _progress(args, len(jobs) + len(noises), "demo fits") as bar:
+        for stencil, name in jobs:
+            bar.set_postfix_str(f"{name}, {stencil} neighbours")
+            model, seconds, messages = _fit_timed(X_train, stencil, DEMO_SETTINGS[name],
+                                                  args.seed, args.verbose)
+            label = name
+            if name == "sm" and not model.is_positive_definite_:
+                rows.append(_summary_row("sm closed form", stencil, model, seconds, X_train,
+                                         X_test, models.get((stencil, "mle")), messages))
+                # The closed form is indefinite on MNIST: the barrier path gives the
+                # best positive-definite score-matching estimate.
+                model, seconds, messages = _fit_timed(
+                    X_train, stencil, dict(method="sm", sm_solver="barrier"), args.seed,
+                    args.verbose)
+                label = "sm barrier"
+            models[stencil, name] = model
+            rows.append(_summary_row(label, stencil, model, seconds, X_train, X_test,
+                                     models.get((stencil, "mle")), messages))
+            model.save(out / f"{name}-{stencil}.npz")
+            if name == "nce":
+                curves[stencil] = model
+            bar.update()
+        noise_rows = []
+        for noise in noises:
+            bar.set_postfix_str(f"NCE noise {noise}")
+            model, seconds, messages = _fit_timed(
+                X_train, 4, dict(method="nce", optimizer="adam", noise=noise,
+                                 max_iter=NOISE_CHECK_STEPS), args.seed)
+            first, last = model.history_[0]["loss"], model.history_[-1]["loss"]
+            noise_rows.append(_summary_row(noise, 4, model, seconds, X_train, X_test,
+                                           models[4, "mle"], messages))
+            noise_rows[-1].update(initial_loss=first, final_loss=last)
+            bar.update()
+
+    figures = {}
     for stencil in (4, 8):
-        start = time.perf_counter()
-        model = GridGaussian((28, 28), stencil=stencil).fit(X_train)
-        seconds = time.perf_counter() - start
-        rows.append(dict(
-            model=f"{stencil}-neighbour MLE", stencil=stencil,
-            n_params=int(model.theta_.size),
-            train_loglik=model.score(X_train), test_loglik=model.score(X_test),
-            log_partition=model.log_partition_, n_iter=model.n_iter_,
-            kkt_residual=model.kkt_residual_, seconds=seconds))
-        model.save(out / f"mle-{stencil}.npz")
-    header = (f"{'model':<20} {'params':>7} {'train ll/img':>13} {'test ll/img':>12} "
-              f"{'exact log Z':>12} {'iters':>6} {'KKT resid':>10} {'time [s]':>9}")
+        mle = models[stencil, "mle"]
+        figures[f"samples-{stencil}.png"] = plotting.plot_sampler_comparison(
+            mle, n_samples=16, random_state=args.seed)
+        figures[f"couplings-{stencil}.png"] = plotting.plot_couplings(
+            mle, title=f"Exact-MLE precision, {stencil} neighbours")
+        if stencil in curves:
+            nce = curves[stencil]
+            figures[f"nce-curve-{stencil}.png"] = plotting.plot_learning_curve(
+                nce.history_, x="time",
+                exact_log_partition=nce.log_partition_ if nce.is_positive_definite_ else None,
+                title=f"NCE (Adam), {stencil} neighbours")
+    figures["comparison.png"] = plotting.plot_comparison(rows)
+    for filename, figure in figures.items():
+        figure.savefig(out / filename, dpi=110)
+
+    _print_table(rows)
+    summary = dict(source=source, noise_std=args.noise_std, rows=rows,
+                   noise_check=noise_rows, figures=sorted(figures))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    (out / "report.md").write_text(report.render(summary))
+    say(f"Wrote {out / 'report.md'}, {len(figures)} figures, summary.json and the models.")
+    return EXIT_OK
+
+
+def _print_table(rows):
+    header = (f"{'estimator':<16} {'nbrs':>4} {'train ll':>9} {'test ll':>9} "
+              f"{'KL(MLE||est)':>12} {'log Z':>9} {'NCE log Z':>10} {'PD':>3} "
+              f"{'time [s]':>8}")
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['model']:<20} {r['n_params']:>7d} {r['train_loglik']:>13.3f} "
-              f"{r['test_loglik']:>12.3f} {r['log_partition']:>12.3f} {r['n_iter']:>6d} "
-              f"{r['kkt_residual']:>10.2e} {r['seconds']:>9.2f}")
-    (out / "summary.json").write_text(json.dumps(dict(source=source, rows=rows), indent=2))
-    say(f"Wrote {out / 'summary.json'} and the fitted models (mle-4.npz, mle-8.npz).")
+        estimate = r.get("log_partition_estimate")
+        print(f"{r['estimator']:<16} {r['stencil']:>4d} {r['train_loglik']:>9.2f} "
+              f"{r['test_loglik']:>9.2f} {r['kl_to_mle']:>12.3f} {r['log_partition']:>9.2f} "
+              f"{'' if estimate is None else format(estimate, '.2f'):>10} "
+              f"{'yes' if r['positive_definite'] else 'no':>3} {r['seconds']:>8.2f}")
+
+
+def _load_images(args):
+    """Images for ``fit``: preprocessed MNIST, or the user's array as given."""
+    if args.data == "mnist":
+        images, _ = load_mnist("train" if args.full else "test",
+                               data_home=args.data_home, download=not args.offline)
+        X = scale_and_noise(images, args.noise_std, np.random.default_rng(args.seed))
+        return X.reshape(len(X), 28, 28), "MNIST"
+    path = Path(args.data)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist. Give 'mnist' or a .npy/.npz file of images.")
+    if path.suffix not in (".npy", ".npz"):
+        raise DataError(f"{path}: expected a .npy or .npz file of images, not "
+                        f"'{path.suffix}'.")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"Could not read {path} as a NumPy file: {exc}") from exc
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            names = list(loaded.files)
+            key = args.key or (names[0] if len(names) == 1 else None)
+            if key not in names:
+                raise DataError(f"{path} holds the arrays {names}; choose one with --key.")
+            X = loaded[key]
+    else:
+        X = loaded
+    if X.ndim == 2:
+        if not args.shape:
+            raise DataError(f"{path} holds flattened images of shape {X.shape}; give the "
+                            "image shape with --shape H W.")
+        if args.shape[0] * args.shape[1] != X.shape[1]:
+            raise DataError(f"--shape {args.shape[0]} {args.shape[1]} has "
+                            f"{args.shape[0] * args.shape[1]} pixels, but the images have "
+                            f"{X.shape[1]}.")
+        X = X.reshape(len(X), *args.shape)
+    elif X.ndim != 3:
+        raise DataError(f"{path}: expected images of shape (n, H, W) or (n, H*W); got an "
+                        f"array of shape {X.shape}.")
+    return X, str(path)
+
+
+def _run_fit(args):
+    out = _prepare_output(args.out)
+    say = (lambda *a: None) if args.quiet else print
+    X, source = _load_images(args)
+    if args.train_size is not None:
+        X = X[:args.train_size]
+    shape = X.shape[1:]
+    settings = dict(method=args.method, optimizer=args.optimizer, max_iter=args.max_iter,
+                    noise=args.noise, sm_solver=args.sm_solver)
+    say(f"Fitting a {args.stencil}-neighbour {args.tying} grid Gaussian by {args.method} "
+        f"to {len(X):,} images of {shape[0]}x{shape[1]} from {source} ...")
+    start = time.perf_counter()
+    model = GridGaussian(shape, stencil=args.stencil, tying=args.tying,
+                         random_state=args.seed, verbose=args.verbose, **settings)
+    model.fit(X.reshape(len(X), -1))
+    seconds = time.perf_counter() - start
+    model.save(out / "model.npz")
+    from . import plotting
+    figures = {"couplings.png": plotting.plot_couplings(model),
+               "learning-curve.png": plotting.plot_learning_curve(
+                   model.history_, exact_log_partition=(
+                       model.log_partition_ if model.is_positive_definite_ else None))}
+    if model.is_positive_definite_:
+        figures["samples.png"] = plotting.plot_samples(
+            model.sample(32, random_state=args.seed), shape,
+            title=f"Samples of the fitted model ({args.method}, {args.stencil} neighbours)")
+        say(f"Done in {seconds:.2f} s: mean log-likelihood {model.score(X.reshape(len(X), -1)):.3f} "
+            f"nats/image, exact log Z {model.log_partition_:.3f}.")
+    else:
+        say(f"Done in {seconds:.2f} s, but the estimate is not positive definite: no samples "
+            "or likelihoods (try --sm-solver barrier for score matching).")
+    for filename, figure in figures.items():
+        figure.savefig(out / filename, dpi=110)
+    say(f"Wrote {out / 'model.npz'} and {', '.join(sorted(figures))}.")
     return EXIT_OK
+
+
+def _run_sample(args):
+    if args.png is None and args.npy is None:
+        raise ValueError("Nothing to write: give --png FILE and/or --npy FILE.")
+    if args.n_samples < 1:
+        raise ValueError(f"-n must be at least 1; got {args.n_samples}.")
+    if not args.model.is_file():
+        raise DataError(f"The model file {args.model} does not exist.")
+    model = GridGaussian.load(args.model)
+    samples = model.sample(args.n_samples, random_state=args.seed, method=args.sqrt)
+    if args.npy is not None:
+        _prepare_output(args.npy.parent)
+        np.save(args.npy, samples.reshape(args.n_samples, *model._grid.shape))
+    if args.png is not None:
+        _prepare_output(args.png.parent)
+        from .plotting import plot_samples
+        plot_samples(samples, model._grid.shape,
+                     title=f"{args.n_samples} samples of {args.model.name}").savefig(
+                         args.png, dpi=110)
+    return EXIT_OK
+
+
+def _run_bench(args):
+    # The suite is not installed with the package: it is found in the current directory.
+    if (Path.cwd() / "benchmarks" / "__main__.py").is_file() and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        from benchmarks.__main__ import main as bench_main
+    except ImportError as exc:
+        raise DataError("The benchmark suite lives in the source checkout (benchmarks/); "
+                        "run 'sparsegauss bench' from the repository root.") from exc
+    argv = ["--out", str(args.out)] + (["--quick"] if args.quick else [])
+    if args.filter:
+        argv += ["--filter", args.filter]
+    return bench_main(argv)
 
 
 if __name__ == "__main__":

@@ -562,7 +562,10 @@ class GridGaussian:
         """
         path = Path(path)
         try:
-            with np.load(path, allow_pickle=False) as data:
+            data = np.load(path, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):   # a plain .npy array
+                raise ValueError("it holds a single array, not a model archive")
+            with data:
                 content = {key: data[key] for key in data.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise ValueError(f"Could not read a GridGaussian model from {path}: {exc}. "

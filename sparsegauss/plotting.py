@@ -78,7 +78,7 @@ def plot_sampler_comparison(model, n_samples=16, random_state=0, n_cols=8):
     fig = _figure(1.0 + 1.1 * n_cols, 1.2 + 2.3 * n_rows)
     axes = fig.subplots(2, 1)
     for ax, images, label in ((axes[0], cholesky, "A = Pᵀ L⁻ᵀ (sparse Cholesky)"),
-                              (axes[1], symmetric, "A = Σ^{1/2} (dense, symmetric)")):
+                              (axes[1], symmetric, r"A = $\Sigma^{1/2}$ (dense, symmetric)")):
         shown = _image_grid(ax, images, shape, n_cols, limits)
         ax.set_title(f"x = μ + A ε,  {label}")
     fig.colorbar(shown, ax=axes, shrink=0.8, label="pixel value")
@@ -104,13 +104,13 @@ def plot_couplings(model, title=None):
     for ax, name in zip(axes, names):
         if name == names[0]:
             shown = ax.imshow(couplings[name], cmap="viridis", interpolation="nearest")
-            fig.colorbar(shown, ax=ax, shrink=0.7, label="Λ_pp")
-            ax.set_title("diagonal Λ_pp")
+            fig.colorbar(shown, ax=ax, shrink=0.7, label="precision")
+            ax.set_title("diagonal\nΛ[p, p]")
         else:
             shown = ax.imshow(couplings[name], cmap="RdBu_r", vmin=-bound, vmax=bound,
                               interpolation="nearest")
             dr, dc = offsets[name]
-            ax.set_title(f"{name}: Λ[p, p+({dr},{dc})]")
+            ax.set_title(f"{name}\nΛ[p, p+({dr},{dc})]")
         ax.set_xticks([])
         ax.set_yticks([])
     if len(names) > 1:
