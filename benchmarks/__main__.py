@@ -1,8 +1,10 @@
 """Run the benchmarks without asv: ``python -m benchmarks [--quick] [--filter TEXT]``.
 
 For every class in ``benchmarks/bench_*.py`` and every parameter combination: ``setup``
-(which warms up the JIT), then each ``time_*`` method ``--repeat`` times (the median is
-reported) and each ``track_*`` method once. Writes ``results.json`` and ``results.md``.
+(which warms up the JIT; raising NotImplementedError skips the combination), then each
+``time_*`` method ``--repeat`` times, or fewer once a class's ``budget_seconds`` are
+spent (the median is reported, with every sample in the JSON), and each ``track_*``
+method once. Writes ``results.json`` and ``results.md``.
 """
 
 import argparse
@@ -60,18 +62,23 @@ def run_class(cls, quick, repeat, pattern, log):
         if not wanted:
             continue
         bench = cls()
-        runs = min(repeat, getattr(cls, "max_repeat", repeat))
+        # Slow cases stop repeating once they have used the class's time budget.
+        budget = getattr(cls, "budget_seconds", float("inf"))
         log(f"  {cls.__name__}({label}): setup and warm-up ...")
-        bench.setup(*combo)
+        try:
+            bench.setup(*combo)
+        except NotImplementedError as exc:       # asv's convention for "skip"
+            log(f"    skipped: {exc}")
+            continue
         for method in (m for m in wanted if m.startswith("time_")):
             samples = []
-            for _ in range(runs):
+            while len(samples) < repeat and (not samples or sum(samples) < budget):
                 start = time.perf_counter()
                 getattr(bench, method)(*combo)
                 samples.append(time.perf_counter() - start)
             yield dict(benchmark=f"{cls.__name__}.{method}", params=label, unit="s",
                        median=float(np.median(samples)), samples=samples)
-            log(f"    {method}: median {np.median(samples):.4f} s of {runs}")
+            log(f"    {method}: median {np.median(samples):.4f} s of {len(samples)}")
         for method in (m for m in wanted if m.startswith("track_")):
             value = float(getattr(bench, method)(*combo))
             yield dict(benchmark=f"{cls.__name__}.{method}", params=label, unit="",
