@@ -11,7 +11,6 @@ import math
 import os
 import warnings
 
-import numpy as np
 
 from sparsegauss import GridGaussian, kl_divergence
 

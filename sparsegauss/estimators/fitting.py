@@ -20,7 +20,7 @@ from ..optimize import STOCHASTIC, minimize
 from ..stats import pattern_moments
 from .cd import cd_gradient, gibbs_sample
 from .cnce import cnce_loss_grad, default_perturbation_std
-from .mle import fit_mle, hessian_diagonal, independent_start
+from .mle import hessian_diagonal, independent_start
 from .nce import log_partition_standard_error, nce_loss_grad
 from .rnce import rnce_loss_grad
 from .score_matching import fit_score_matching, fit_score_matching_barrier, sm_loss_grad
