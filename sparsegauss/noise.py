@@ -11,8 +11,8 @@ are zero-mean Gaussians fitted to the (centred) data, from far to near:
 * ``"empirical"``  N(0, S), the data's full covariance (dense; D ≤ 4096);
 * ``"grid"``       a tied (stationary) grid Gaussian fitted by exact MLE: captures the
   neighbour correlations on average, scales to any grid (sparse Cholesky);
-* ``"grid-untied"`` the untied grid Gaussian fitted by exact MLE (the model's own stencil):
-  the default (``"auto"``).
+* ``"grid-untied"`` the untied 4-neighbour grid Gaussian fitted by exact MLE: the default
+  (``"auto"``).
 
 Measured on MNIST (noise std 0.1, 4-neighbour model, 60,000 images):
 

@@ -86,7 +86,8 @@ def test_nce_learned_log_partition_matches_the_exact_value(truth):
 def test_nce_exact_normalization_and_optimizers_agree(truth):
     stencil, grid, theta, X, kl_mle = truth
     for kwargs in [dict(normalization="exact"), dict(optimizer="scipy-lbfgs"),
-                   dict(optimizer="adam", max_iter=3000)]:
+                   dict(optimizer="adam", max_iter=3000),
+                   dict(optimizer="adam", max_iter=3000, noise_sampling="fresh")]:
         model = GridGaussian(SHAPE, stencil=stencil, method="nce", assume_centered=True,
                              random_state=0, **kwargs).fit(X)
         assert kl_divergence(grid, theta, model.theta_) <= FACTORS["nce"] * kl_mle, kwargs

@@ -122,6 +122,7 @@ def test_zero_variance_pixels_are_named(rng):
     (dict(stencil=6), "'stencil' parameter"), (dict(tying="x"), "'tying' parameter"),
     (dict(method="magic"), "'method' parameter"), (dict(tol=-1.0), "'tol' parameter"),
     (dict(max_iter=0), "'max_iter' parameter"),
+    (dict(method="nce", noise_sampling="reuse"), "'noise_sampling' parameter"),
 ])
 def test_bad_parameters(kwargs, match, data):
     with pytest.raises(ValueError, match=match):

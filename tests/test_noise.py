@@ -72,3 +72,48 @@ def test_nce_starts_at_the_noise_when_the_model_family_holds_it():
     # Untied couplings cannot be written with tied parameters, nor a dense covariance.
     assert noise_start(untied, GridParameterization(shape, 4, "tied")) is None
     assert noise_start(make_noise("empirical", X, shape), grid4) is None
+
+
+class CountingNoise:
+    """Diagonal noise that records the size of every draw and every scoring."""
+
+    def __init__(self, X):
+        self.noise = make_noise("diagonal", X, None)
+        self.draws, self.scored = [], []
+
+    def sample(self, n, random_state=None):
+        self.draws.append(n)
+        return self.noise.sample(n, random_state)
+
+    def score_samples(self, X):
+        self.scored.append(len(X))
+        return self.noise.score_samples(X)
+
+
+@pytest.mark.parametrize("method, per_step", [("nce", 2 * 32), ("rnce", 3 * 32)])
+def test_noise_pool_is_drawn_once_and_fresh_noise_every_step(method, per_step):
+    """The pool holds M = νN points (N for ranking NCE), drawn and scored once; fresh
+    sampling draws a minibatch's worth at every step (and one start evaluation)."""
+    from sparsegauss import GridGaussian
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 12))
+    pooled, fresh = CountingNoise(X), CountingNoise(X)
+    kwargs = dict(method=method, optimizer="adam", max_iter=7, batch_size=32, nu=2.0,
+                  n_noise=3, random_state=0, assume_centered=True)
+    GridGaussian((3, 4), noise=pooled, **kwargs).fit(X)
+    GridGaussian((3, 4), noise=fresh, noise_sampling="fresh", **kwargs).fit(X)
+    assert pooled.draws == [400 if method == "nce" else 200]
+    assert pooled.scored == [200, pooled.draws[0]]        # the data once, the pool once
+    assert fresh.draws[:8] == [per_step] * 8 and fresh.scored[0] == 200
+
+
+def test_ranking_nce_pool_holds_at_least_one_minibatch():
+    """K n noise points per step even when the data are fewer than that."""
+    from sparsegauss import GridGaussian
+
+    X = np.random.default_rng(1).standard_normal((40, 12))
+    noise = CountingNoise(X)
+    GridGaussian((3, 4), method="rnce", optimizer="adam", max_iter=3, batch_size=32,
+                 n_noise=3, noise=noise, assume_centered=True).fit(X)
+    assert noise.draws == [96]
