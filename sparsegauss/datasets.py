@@ -19,7 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DataError", "MNIST_SHA256", "load_mnist", "preprocess", "scale_and_noise"]
+from .synthetic import make_grid_gaussian
+
+__all__ = ["DataError", "MNIST_SHA256", "load_mnist", "make_grid_gaussian", "preprocess",
+           "scale_and_noise"]
 
 #: SHA-256 of the decompressed IDX files.
 MNIST_SHA256 = {
