@@ -98,10 +98,12 @@ def get_parser():
         "fit", help="fit one model to MNIST or to your own images and save it",
         description="Fit a grid Gaussian with any estimator to MNIST (preprocessed as in "
                     "the demo) or to an array of images in a .npy/.npz file (used as "
-                    "given: float, shape (n, H, W), or (n, H*W) with --shape). Saves "
+                    "given: float, shape (n, H, W), or (n, H*W) with --shape), or to a "
+                    "directory of .npy shards streamed chunk by chunk. Saves "
                     "model.npz and figures (couplings, samples, learning curve) to --out.")
     fit.add_argument("data", nargs="?", default="mnist",
-                     help="'mnist' (default) or a .npy/.npz file of images")
+                     help="'mnist' (default), a .npy/.npz file of images, or a directory "
+                          "of .npy shards (MLE and score matching; needs --shape)")
     fit.add_argument("--key", default=None, help="array name inside a .npz file")
     fit.add_argument("--shape", type=int, nargs=2, metavar=("H", "W"),
                      help="image shape, for flattened (n, H*W) arrays")
@@ -356,6 +358,8 @@ def _load_images(args):
 def _run_fit(args):
     out = _prepare_output(args.out)
     say = (lambda *a: None) if args.quiet else print
+    if args.data != "mnist" and Path(args.data).is_dir():
+        return _fit_shards(args, out, say)
     X, source = _load_images(args)
     if args.train_size is not None:
         X = X[:args.train_size]
@@ -387,6 +391,28 @@ def _run_fit(args):
     for filename, figure in figures.items():
         figure.savefig(out / filename, dpi=110)
     say(f"Wrote {out / 'model.npz'} and {', '.join(sorted(figures))}.")
+    return EXIT_OK
+
+
+def _fit_shards(args, out, say):
+    """``fit DIR --shape H W``: exact MLE or the score-matching closed form streamed from
+    the directory's .npy shards (see sparsegauss.sources); the data are never loaded."""
+    if args.shape is None:
+        raise ValueError(f"{args.data} is a directory of shards: give the image shape with "
+                         "--shape H W.")
+    shape = tuple(args.shape)
+    say(f"Fitting a {args.stencil}-neighbour {args.tying} grid Gaussian by {args.method} "
+        f"to the .npy shards in {args.data} ({shape[0]}x{shape[1]}), chunk by chunk ...")
+    start = time.perf_counter()
+    model = GridGaussian(shape, stencil=args.stencil, tying=args.tying, method=args.method,
+                         optimizer=args.optimizer, max_iter=args.max_iter,
+                         sm_solver=args.sm_solver, random_state=args.seed,
+                         verbose=args.verbose).fit(args.data)
+    model.save(out / "model.npz")
+    say(f"Done in {time.perf_counter() - start:.2f} s"
+        + (f": exact log Z {model.log_partition_:.3f}." if model.is_positive_definite_
+           else ", but the estimate is not positive definite.")
+        + f" Wrote {out / 'model.npz'}.")
     return EXIT_OK
 
 

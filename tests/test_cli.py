@@ -155,3 +155,19 @@ def test_bench_quick(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     assert main(["bench", "--quick", "--filter", "MLEFit", "--out", str(tmp_path)]) == 0
     assert "MLEFit.time_fit" in (tmp_path / "results.md").read_text()
+
+
+def test_fit_shard_directory(tmp_path, capsys):
+    from sparsegauss.datasets import make_grid_gaussian
+
+    truth, X = make_grid_gaussian((5, 7), 600, random_state=2)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for i in range(3):
+        np.save(shards / f"{i}.npy", X[200 * i:200 * (i + 1)].reshape(-1, 5, 7))
+    assert main(["fit", str(shards), "--out", str(tmp_path / "fit"), "--quiet"]) == 1
+    assert "--shape H W" in capsys.readouterr().err
+    assert main(["fit", str(shards), "--shape", "5", "7", "--out", str(tmp_path / "fit"),
+                 "--quiet"]) == 0
+    saved = GridGaussian.load(tmp_path / "fit" / "model.npz")
+    np.testing.assert_allclose(saved.theta_, GridGaussian((5, 7)).fit(X).theta_, rtol=1e-9)

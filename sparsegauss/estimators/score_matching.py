@@ -41,25 +41,53 @@ def _half(offset):
     return offset if (dr > 0 or (dr == 0 and dc >= 0)) else (-dr, -dc)
 
 
-def extended_moments(X, grid):
+def _extended_offsets(grid):
+    """Half offsets of all pairs within stencil distance 2, and the stencil around a pixel."""
+    neighbourhood = [(0, 0)] + [s * np.array(o) for o in STENCIL_OFFSETS[grid.stencil]
+                                for s in (1, -1)]
+    neighbourhood = [tuple(int(v) for v in o) for o in neighbourhood]
+    halves = sorted({_half((b[0] - c[0], b[1] - c[1]))
+                     for b, c in itertools.product(neighbourhood, repeat=2)})
+    return halves, neighbourhood
+
+
+def extended_moment_sums(X, grid, center=None):
+    """``Σ_n (x_np − c_p)(x_n,p+δ − c_p+δ)`` for every half offset δ within stencil distance
+    2, in the order of ``_extended_offsets`` (one pass; partial sums over chunks add up).
+
+    Returns
+    -------
+    ndarray, shape (n_offsets, D)
+    """
+    halves, _ = _extended_offsets(grid)
+    width = grid.shape[1]
+    shifts = np.array([dr * width + dc for dr, dc in halves], dtype=np.int64)
+    X = as_float_array(X)
+    center = (np.zeros(grid.n_pixels) if center is None
+              else np.ascontiguousarray(center, dtype=np.float64))
+    return _kernels.pattern_moments(X, center, np.ones(len(X)), shifts,
+                                    _kernels.default_chunks(len(X)))
+
+
+def extended_moments(X, grid, sums=None):
     """Second moments ``S_bc`` for all pairs within stencil distance 2.
+
+    Parameters
+    ----------
+    X : ndarray or None
+        Centred data; unused when ``sums`` (from :func:`extended_moment_sums`) is given.
 
     Returns
     -------
     dict
         Half offset ``(dr, dc)`` → array of shape (D,) holding ``Σ_n x_np x_n,p+(dr,dc)``
         at the owner ``p`` (zero where the partner is off the grid); *sums*, not means.
+    neighbourhood : list of tuple
     """
-    neighbourhood = [(0, 0)] + [s * np.array(o) for o in STENCIL_OFFSETS[grid.stencil]
-                                for s in (1, -1)]
-    neighbourhood = [tuple(int(v) for v in o) for o in neighbourhood]
-    halves = sorted({_half((b[0] - c[0], b[1] - c[1]))
-                     for b, c in itertools.product(neighbourhood, repeat=2)})
+    halves, neighbourhood = _extended_offsets(grid)
+    if sums is None:
+        sums = extended_moment_sums(X, grid)
     height, width = grid.shape
-    shifts = np.array([dr * width + dc for dr, dc in halves], dtype=np.int64)
-    X = as_float_array(X)
-    sums = _kernels.pattern_moments(X, np.zeros(grid.n_pixels), np.ones(len(X)), shifts,
-                                    _kernels.default_chunks(len(X)))
     rows, cols = np.divmod(np.arange(grid.n_pixels), width)
     out = {}
     for k, (dr, dc) in enumerate(halves):
@@ -75,16 +103,19 @@ def _param_index(grid):
     return index.reshape(grid.n_terms, grid.n_pixels)
 
 
-def score_matching_system(X, grid):
+def score_matching_system(X, grid, *, sums=None, n_samples=None):
     """The sparse system ``A θ = b`` of score matching for centred data ``X``.
+
+    Out-of-core data: pass ``X=None``, the summed :func:`extended_moment_sums` of all the
+    chunks as ``sums`` and their number of samples as ``n_samples``.
 
     Returns
     -------
     A : scipy.sparse.csc_matrix, shape (n_params, n_params)
     b : ndarray, shape (n_params,)
     """
-    moments, neighbourhood = extended_moments(X, grid)
-    n_samples = len(X)
+    moments, neighbourhood = extended_moments(X, grid, sums)
+    n_samples = len(X) if n_samples is None else n_samples
     height, width = grid.shape
     index = _param_index(grid)
     term_of = {o: k for k, o in enumerate(grid.offsets)}
@@ -126,8 +157,10 @@ def score_matching_system(X, grid):
     return A, grid.adjoint(indicator)
 
 
-def fit_score_matching(X, grid):
+def fit_score_matching(X, grid, *, sums=None, n_samples=None):
     """Closed-form score-matching estimate: the solution of ``A θ = b``.
+
+    ``sums`` and ``n_samples``: see :func:`score_matching_system`.
 
     Returns
     -------
@@ -135,7 +168,7 @@ def fit_score_matching(X, grid):
     loss : float
         ``J(θ̂) = −½ bᵀθ̂``.
     """
-    A, b = score_matching_system(X, grid)
+    A, b = score_matching_system(X, grid, sums=sums, n_samples=n_samples)
     A = (A + A.T) * 0.5
     try:
         theta = SparseCholesky(A).factorize(A).solve(b)

@@ -1,0 +1,179 @@
+"""Where the samples live: in memory, in a directory of ``.npy`` shards, or in a Dask array.
+
+The moment-based fits (exact MLE and the score-matching closed form) see the data only
+through sums over samples: the mean, and second moments on (or near) the pattern. A
+:class:`DataSource` computes such a sum chunk by chunk, so the samples never need to fit
+in memory at once:
+
+* :class:`ArraySource`: a NumPy array, in chunks of rows (bounded temporaries).
+* :class:`ShardSource`: every ``*.npy`` file of a directory, memory-mapped one at a time,
+  each of shape ``(n_i, D)`` or ``(n_i, H, W)``.
+* :class:`DaskSource`: a ``dask.array`` of shape ``(n, D)`` or ``(n, H, W)``; every
+  block's partial sum is one Dask task, run by whatever scheduler is active (threads by
+  default, a ``dask.distributed`` cluster when a ``Client`` exists), and the partial sums
+  are added in a tree. Only the sums (a few times D numbers) come back to the client,
+  where the Cholesky work happens.
+
+All sums are accumulated in float64 whatever the data's float dtype.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["ArraySource", "DaskSource", "DataSource", "ShardSource", "as_source",
+           "check_samples", "is_out_of_core"]
+
+#: Rows per chunk of an in-memory or memory-mapped pass: about 64 MiB of float64 at D = 1M.
+_CHUNK_VALUES = 1 << 23
+
+
+def _is_dask_array(X):
+    return type(X).__module__.startswith("dask.") and hasattr(X, "to_delayed")
+
+
+def is_out_of_core(X):
+    """Whether ``X`` names data that :func:`as_source` streams (a Dask array or a folder)."""
+    return _is_dask_array(X) or (isinstance(X, (str, os.PathLike)) and Path(X).is_dir())
+
+
+def check_samples(X, shape, where="X"):
+    """``X`` as a C-contiguous float32/float64 array of shape ``(n, H·W)``, or a clear error.
+
+    Accepts ``(n, H·W)`` and ``(n, H, W)``; refuses integers (they need a scale the user
+    chooses), other dtypes, and NaN or inf (naming the first offending sample and pixel).
+    """
+    height, width = shape
+    n_pixels = height * width
+    X = np.asarray(X)
+    if X.dtype == object or not np.issubdtype(X.dtype, np.floating):
+        if np.issubdtype(X.dtype, np.integer) or X.dtype == bool:
+            raise TypeError(
+                f"{where} has integer dtype {X.dtype}. Convert it to float first, scaled as "
+                "you intend (for 8-bit images, X / 255.0; sparsegauss.datasets."
+                "preprocess does this and adds the pixel noise).")
+        raise TypeError(f"{where} must be an array of floats. Got dtype {X.dtype}.")
+    if X.ndim == 3 and X.shape[1:] == (height, width):
+        X = X.reshape(X.shape[0], n_pixels)
+    if X.ndim != 2 or X.shape[1] != n_pixels:
+        raise ValueError(
+            f"{where} must have shape (n_samples, {n_pixels}) or (n_samples, {height}, "
+            f"{width}) for a {height}x{width} grid. Got shape {X.shape} instead.")
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
+    if not np.all(np.isfinite(X)):
+        bad = np.argwhere(~np.isfinite(X))[0]
+        raise ValueError(f"{where} contains NaN or inf (first at sample {bad[0]}, pixel "
+                         f"{bad[1]}). Remove or impute those values first.")
+    return np.ascontiguousarray(X)
+
+
+class DataSource:
+    """Samples read chunk by chunk. Subclasses define ``n_samples``, ``shape`` (H, W) and
+    :meth:`sum_over_chunks`."""
+
+    n_samples: int
+    shape: tuple
+
+    @property
+    def n_pixels(self):
+        return self.shape[0] * self.shape[1]
+
+    def sum_over_chunks(self, func):
+        """``Σ_chunks func(chunk)`` for an ndarray-valued ``func`` of a ``(n_i, D)`` chunk."""
+        raise NotImplementedError
+
+    def _row_chunks(self, X, where):
+        rows = max(1, _CHUNK_VALUES // max(1, self.n_pixels))
+        for start in range(0, len(X), rows):
+            yield check_samples(X[start:start + rows], self.shape,
+                                f"{where} rows {start}–{min(start + rows, len(X)) - 1}")
+
+
+class ArraySource(DataSource):
+    """An in-memory array, in chunks of rows."""
+
+    def __init__(self, X, shape):
+        self.X, self.shape, self.n_samples = X, tuple(shape), len(X)
+
+    def sum_over_chunks(self, func):
+        return sum(func(chunk) for chunk in self._row_chunks(self.X, "X"))
+
+
+class ShardSource(DataSource):
+    """Every ``*.npy`` file of a directory (sorted by name), memory-mapped in turn."""
+
+    def __init__(self, directory, shape):
+        self.paths = sorted(Path(directory).glob("*.npy"))
+        if not self.paths:
+            raise ValueError(f"{directory} holds no .npy files; a shard directory needs "
+                             "one or more arrays of shape (n_i, D) saved with numpy.save.")
+        self.shape = tuple(shape)
+        self.n_samples = 0
+        for path in self.paths:
+            shard = self._open(path)
+            if shard.shape[1:] not in ((self.n_pixels,), self.shape):
+                raise ValueError(f"Shard {path} has shape {shard.shape}; every shard must "
+                                 f"have shape (n, {self.n_pixels}) or (n, {self.shape[0]}, "
+                                 f"{self.shape[1]}).")
+            self.n_samples += shard.shape[0]
+
+    @staticmethod
+    def _open(path):
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"Could not read shard {path}: {exc}. Shards must be .npy "
+                             "files written by numpy.save.") from exc
+
+    def sum_over_chunks(self, func):
+        total = 0
+        for path in self.paths:
+            shard = self._open(path)
+            for chunk in self._row_chunks(shard, f"shard {path.name}"):
+                total = total + func(chunk)
+        return total
+
+
+class DaskSource(DataSource):
+    """A ``dask.array``; one task per block, run by the active Dask scheduler."""
+
+    def __init__(self, X, shape):
+        self.shape = tuple(shape)
+        if X.ndim == 3 and X.shape[1:] == self.shape:
+            X = X.reshape(X.shape[0], self.n_pixels)
+        if X.ndim != 2 or X.shape[1] != self.n_pixels:
+            raise ValueError(f"The Dask array has shape {X.shape}; it must have shape "
+                             f"(n, {self.n_pixels}) or (n, {self.shape[0]}, {self.shape[1]}).")
+        if any(np.isnan(c) for c in X.chunks[0]):
+            raise ValueError("The Dask array has unknown chunk sizes; call "
+                             "X.compute_chunk_sizes() first.")
+        # Whole rows per block: each task then sees complete images.
+        self.X = X.rechunk({1: -1}) if len(X.chunks[1]) > 1 else X
+        self.n_samples = int(X.shape[0])
+
+    def sum_over_chunks(self, func):
+        import dask
+
+        def partial(block, index):
+            return func(check_samples(block, self.shape, f"Dask block {index}"))
+
+        blocks = self.X.to_delayed().ravel()
+        parts = [dask.delayed(partial)(block, i) for i, block in enumerate(blocks)]
+        while len(parts) > 1:           # a tree of additions, 8 at a time
+            parts = [dask.delayed(sum)(parts[i:i + 8]) for i in range(0, len(parts), 8)]
+        return dask.compute(parts[0])[0]
+
+
+def as_source(X, shape):
+    """The :class:`DataSource` for ``X`` (ndarray, Dask array or directory of shards) of
+    images of ``shape = (H, W)``."""
+    if _is_dask_array(X):
+        return DaskSource(X, shape)
+    if isinstance(X, (str, os.PathLike)):
+        if not Path(X).is_dir():
+            raise ValueError(f"{X} is not a directory. Pass an array, a dask.array, or a "
+                             "directory of .npy shards.")
+        return ShardSource(X, shape)
+    return ArraySource(np.asarray(X), shape)
