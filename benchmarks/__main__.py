@@ -3,8 +3,10 @@
 For every class in ``benchmarks/bench_*.py`` and every parameter combination: ``setup``
 (which warms up the JIT; raising NotImplementedError skips the combination), then each
 ``time_*`` method ``--repeat`` times, or fewer once a class's ``budget_seconds`` are
-spent (the median is reported, with every sample in the JSON), and each ``track_*``
-method once. Writes ``results.json`` and ``results.md``.
+spent (the median is reported, with every sample in the JSON), each ``peakmem_*`` method
+once (the peak resident memory during the call, as asv's peakmem), and each
+``track_*`` method once. Writes ``results.json``, ``results.md`` and the figures the
+modules' ``plot`` functions draw.
 """
 
 import argparse
@@ -42,23 +44,44 @@ def machine():
 def discover(selected=None):
     folder = Path(__file__).parent
     for path in sorted(folder.glob("bench_*.py")):
-        module = importlib.import_module(f"benchmarks.{path.stem}")
         if selected and path.stem not in selected:
             continue
+        module = importlib.import_module(f"benchmarks.{path.stem}")
         for name, cls in inspect.getmembers(module, inspect.isclass):
             if cls.__module__ == module.__name__ and any(
-                    m.startswith(("time_", "track_")) for m in dir(cls)):
+                    m.startswith(("time_", "peakmem_", "track_")) for m in dir(cls)):
                 yield module, cls
+
+
+def _resident_kib(field):
+    """``VmRSS`` or ``VmHWM`` (peak) of this process in KiB, from /proc (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def peak_memory(bench, method, combo):
+    """Peak resident bytes during ``bench.method(*combo)``, and the resident bytes before.
+
+    Writing 5 to /proc/self/clear_refs resets the kernel's peak-RSS counter (Linux ≥ 4.0),
+    so the peak is that of the call, not of the setup or of earlier cases. (asv forks a
+    process instead; a fork is unsafe here once GNU OpenMP threads exist.)
+    """
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _resident_kib("VmRSS")
+    getattr(bench, method)(*combo)
+    return before * 1024.0, _resident_kib("VmHWM") * 1024.0
 
 
 def run_class(cls, quick, repeat, pattern, log):
     params = getattr(cls, "quick_params", None) if quick else None
     params = params or getattr(cls, "params", [[]])
     names = getattr(cls, "param_names", [])
-    methods = sorted(m for m in dir(cls) if m.startswith(("time_", "track_")))
+    methods = sorted(m for m in dir(cls) if m.startswith(("time_", "peakmem_", "track_")))
     for combo in itertools.product(*params):
         label = ", ".join(f"{n}={v}" for n, v in zip(names, combo))
-        wanted = [m for m in methods if not pattern or pattern in f"{cls.__name__}.{m}"]
+        wanted = [m for m in methods if not pattern or pattern in f"{cls.__name__}.{m}({label})"]
         if not wanted:
             continue
         bench = cls()
@@ -79,10 +102,18 @@ def run_class(cls, quick, repeat, pattern, log):
             yield dict(benchmark=f"{cls.__name__}.{method}", params=label, unit="s",
                        median=float(np.median(samples)), samples=samples)
             log(f"    {method}: median {np.median(samples):.4f} s of {len(samples)}")
+        for method in (m for m in wanted if m.startswith("peakmem_")):
+            before, peak = peak_memory(bench, method, combo)
+            yield dict(benchmark=f"{cls.__name__}.{method}", params=label, unit="bytes",
+                       median=peak, samples=[peak], resident_before=before)
+            log(f"    {method}: peak {peak / 2**20:.0f} MiB (resident before "
+                f"{before / 2**20:.0f} MiB)")
         for method in (m for m in wanted if m.startswith("track_")):
             value = float(getattr(bench, method)(*combo))
             yield dict(benchmark=f"{cls.__name__}.{method}", params=label, unit="",
                        median=value, samples=[value])
+        if hasattr(bench, "teardown"):
+            bench.teardown(*combo)
 
 
 def markdown(results, info, summaries):
@@ -91,7 +122,8 @@ def markdown(results, info, summaries):
              f"{info['scipy']}, Numba {info['numba']}; {info['date']}.", "",
              "| benchmark | parameters | median |", "|---|---|---|"]
     for r in results:
-        value = f"{r['median']:.4f} s" if r["unit"] == "s" else f"{r['median']:.6g}"
+        value = (f"{r['median']:.4f} s" if r["unit"] == "s" else
+                 f"{r['median'] / 2**20:.0f} MiB" if r["unit"] == "bytes" else f"{r['median']:.6g}")
         lines.append(f"| {r['benchmark']} | {r['params']} | {value} |")
     if summaries:
         lines += ["", *summaries]
@@ -102,7 +134,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for CI (seconds)")
     parser.add_argument("--repeat", type=int, default=None, help="timings per benchmark (default 5, quick 2)")
-    parser.add_argument("--filter", default="", help="run only benchmarks whose name contains this")
+    parser.add_argument("--filter", default="",
+                        help="run only benchmarks whose name or parameters contain this, "
+                             "e.g. 'EstimatorFit' or 'fresh noise'")
     parser.add_argument("--module", action="append", help="only these bench_* modules")
     parser.add_argument("--out", type=Path, default=Path("benchmark-results"))
     args = parser.parse_args(argv)
@@ -119,6 +153,10 @@ def main(argv=None):
             if text:
                 summaries.append(text)
     args.out.mkdir(parents=True, exist_ok=True)
+    for module in {m for m, _ in discover(args.module)}:
+        if hasattr(module, "plot"):
+            for path in module.plot(results, info, args.out):
+                log(f"wrote {path}")
     (args.out / "results.json").write_text(json.dumps(dict(machine=info, results=results), indent=1))
     report = markdown(results, info, summaries)
     (args.out / "results.md").write_text(report)

@@ -4,6 +4,8 @@ Each class follows asv's conventions (``params``, ``setup`` that warms up the JI
 ``time_*``); ``python -m benchmarks`` runs them without asv and reports medians.
 """
 
+import os
+
 import numpy as np
 from numba import njit, prange
 
@@ -116,11 +118,13 @@ class MLEFit:
 class SelectedInversion:
     """Refactorization + selected inversion against CHOLMOD's factorization alone."""
 
-    params = [[64, 128, 256, 512]]
+    params = [[64, 128, 256, 512, 1024]]
     param_names = ["side"]
     quick_params = [[64]]
 
     def setup(self, side):
+        if side >= 1024 and not os.environ.get("SPARSEGAUSS_BENCH_SLOW"):
+            raise NotImplementedError("a minute of set-up; set SPARSEGAUSS_BENCH_SLOW=1 to run it")
         rng = np.random.default_rng(0)
         self.grid = GridParameterization((side, side), 4)
         fields = np.zeros((self.grid.n_terms, self.grid.n_pixels))
@@ -156,7 +160,7 @@ def summarize(results):
             lines.append(f"- {stencil}-neighbour MLE: sparse {sparse:.3f} s, dense NumPy "
                          f"{dense:.3f} s: **{dense / sparse:.1f}x** faster; log-likelihood "
                          f"{ll_s:.6f} vs {ll_d:.6f} nats/image")
-    for side in (64, 128, 256, 512):
+    for side in (64, 128, 256, 512, 1024):
         fac = med.get(("SelectedInversion.time_factorize", f"side={side}"))
         both = med.get(("SelectedInversion.time_factorize_and_selected_inverse", f"side={side}"))
         if fac and both:

@@ -1,0 +1,209 @@
+"""Peers side by side (issue 5): what users would otherwise pick, on the same data.
+
+Data: a known untied 4-neighbour grid Gaussian (:func:`sparsegauss.datasets.make_grid_gaussian`),
+2,000 training and 1,000 test samples. Every engine is scored by the exact held-out
+log-likelihood of its precision matrix and by KL(truth ‖ estimate), computed densely
+(the grids here are small enough).
+
+* ``sparsegauss``: exact MLE, Newton-CG on the sparse Cholesky engine, to KKT residual 1e-8.
+* ``dense-numpy``: the same MLE and the same solver on dense NumPy (``np.linalg.cholesky``
+  and ``np.linalg.inv`` of the D×D precision at every evaluation): what the exercise's
+  students write. Same stopping accuracy, so the same answer.
+* ``graphical-lasso``: scikit-learn's ``GraphicalLasso`` (what a scikit-learn user picks
+  for a sparse precision). It estimates a *dense-pattern* L1-penalized precision, not the
+  grid model, so it answers a different question; ``alpha`` is small (0.01) so that it is
+  close to the unpenalized MLE, tolerance 1e-4. Limited to D ≤ 1024 (minutes beyond).
+* ``torch-nce``: NCE with a dense precision built from θ and gradients by PyTorch autograd
+  (the "gradient tape" approach), Adam, the same noise and steps as ``sparsegauss-nce``.
+  Skipped when torch is not installed.
+* ``sparsegauss-nce``: NCE in sparsegauss (Adam, 2,000 steps, diagonal noise).
+
+The two NCE rows are there to compare the cost of a step with and without a gradient
+tape, not accuracy: with untied parameters NCE needs many more samples than parameters
+(here n/p ≈ 2.7, 0.7 and 0.3 on 16², 32² and 48² grids), and its estimates are
+indefinite or separated from the noise, whatever the optimizer or the noise (measured:
+tied-grid and diagonal noise, Adam and L-BFGS). The MLE has no such limit.
+"""
+
+import math
+import warnings
+
+import numpy as np
+
+from sparsegauss import GridGaussian
+from sparsegauss.datasets import make_grid_gaussian
+from sparsegauss.estimators.mle import fit_mle
+from sparsegauss.grid import GridParameterization
+from sparsegauss.stats import pattern_moments
+
+from .bench_core import DenseNormalizer
+
+ENGINES = ["sparsegauss", "dense-numpy", "graphical-lasso", "sparsegauss-nce", "torch-nce"]
+N_TRAIN, N_TEST = 2000, 1000
+NCE_STEPS = 2000
+GLASSO_ALPHA = 0.01
+GLASSO_MAX_PIXELS = 1024
+LOG_2PI = math.log(2 * math.pi)
+
+
+def _dense_logdet(precision):
+    """log det of a positive-definite matrix, NaN if it is not positive definite (a
+    positive determinant is not enough: two negative eigenvalues have one)."""
+    try:
+        return 2.0 * float(np.sum(np.log(np.diag(np.linalg.cholesky(precision)))))
+    except np.linalg.LinAlgError:
+        return math.nan
+
+
+def _dense_scores(precision, X):
+    """Mean exact log-density of the rows of X under N(0, precision⁻¹); NaN if not PD."""
+    logdet = _dense_logdet(precision)
+    quad = np.einsum("ij,jk,ik->i", X, precision, X)
+    return float(np.mean(-0.5 * quad + 0.5 * logdet - 0.5 * X.shape[1] * LOG_2PI))
+
+
+def _dense_kl(true_precision, precision):
+    """KL(N(0, Λ_t⁻¹) ‖ N(0, Λ_e⁻¹)), dense; NaN if Λ_e is not positive definite."""
+    sigma = np.linalg.inv(true_precision)
+    return 0.5 * (float(np.sum(precision * sigma)) - len(sigma)
+                  + _dense_logdet(true_precision) - _dense_logdet(precision))
+
+
+def torch_nce(X, grid, noise, steps, batch_size=256, learning_rate=1e-2, seed=0):
+    """NCE with learned log Z, dense precision and autograd (PyTorch); returns Λ̂ (dense).
+
+    The model is the same untied grid family: θ scattered into a dense D×D matrix (each
+    entry of Λ(θ) is one parameter), ``log φ(x) = −½ xᵀΛx`` by dense products, the
+    logistic loss of data against fresh ``noise`` samples at every step, Adam with a
+    cosine schedule, started at the noise (diagonal) as sparsegauss starts.
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    n_pixels = grid.n_pixels
+    # Where each parameter lands: Λ(1, 2, …, p) holds j + 1 at the entries of θ_j.
+    basis = grid.precision(np.arange(1, grid.n_params + 1, dtype=float)).tocoo()
+    which = torch.as_tensor(np.rint(basis.data).astype(np.int64) - 1)
+    where = torch.as_tensor(basis.row.astype(np.int64) * n_pixels + basis.col)
+    variances = X.var(axis=0)
+    theta0 = np.zeros(grid.n_params)
+    theta0[np.rint(grid.precision(np.arange(1, grid.n_params + 1, dtype=float))
+                   .diagonal()).astype(np.int64) - 1] = 1.0 / variances
+    theta = torch.tensor(theta0, dtype=torch.float64, requires_grad=True)
+    zeta = torch.tensor(0.5 * n_pixels * LOG_2PI + 0.5 * float(np.sum(np.log(variances))),
+                        dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.Adam([theta, zeta], lr=learning_rate)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    for _ in range(steps):
+        batch = X[np.sort(rng.choice(len(X), batch_size, replace=False))]
+        y = noise.sample(batch_size, rng)
+        precision = torch.zeros(n_pixels * n_pixels, dtype=torch.float64)
+        precision = precision.index_add(0, where, theta[which]).reshape(n_pixels, n_pixels)
+
+        def log_ratio(samples):
+            u = torch.as_tensor(samples)
+            quad = torch.einsum("ij,jk,ik->i", u, precision, u)
+            return -0.5 * quad - zeta - torch.as_tensor(noise.score_samples(samples))
+
+        loss = (torch.nn.functional.softplus(-log_ratio(batch)).mean()
+                + torch.nn.functional.softplus(log_ratio(y)).mean())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    return grid.precision(theta.detach().numpy()).toarray()
+
+
+class Peers:
+    """sparsegauss against dense NumPy, scikit-learn and PyTorch on one synthetic grid."""
+
+    params = [[16, 32, 48], ENGINES]
+    param_names = ["side", "engine"]
+    quick_params = [[8], ["sparsegauss", "dense-numpy", "graphical-lasso", "torch-nce"]]
+    budget_seconds = 60.0
+
+    def setup(self, side, engine):
+        shape = (side, side)
+        if engine == "torch-nce":
+            try:
+                import torch  # noqa: F401
+            except ImportError:
+                raise NotImplementedError("PyTorch is not installed (pip install torch)")
+        if engine == "graphical-lasso":
+            try:
+                import sklearn  # noqa: F401
+            except ImportError:
+                raise NotImplementedError("scikit-learn is not installed "
+                                          "(pip install scikit-learn)")
+            if side * side > GLASSO_MAX_PIXELS:
+                raise NotImplementedError(f"GraphicalLasso takes minutes beyond D = "
+                                          f"{GLASSO_MAX_PIXELS}")
+        self.truth, X = make_grid_gaussian(shape, N_TRAIN + N_TEST, random_state=side)
+        self.X, self.X_test = X[:N_TRAIN], X[N_TRAIN:]
+        self.grid = GridParameterization(shape, 4)
+        self.engine, self.precision = engine, None
+        self.time_fit(side, engine)      # warm-up (JIT, BLAS threads)
+
+    def time_fit(self, side, engine):
+        if engine == "sparsegauss":
+            model = GridGaussian(self.grid.shape, assume_centered=True).fit(self.X)
+            self.precision = model.precision_.toarray()
+        elif engine == "dense-numpy":
+            moments = pattern_moments(self.X, self.grid) / len(self.X)
+            result = fit_mle(moments, self.grid, normalizer=DenseNormalizer(self.grid))
+            self.precision = self.grid.precision(result.x).toarray()
+        elif engine == "graphical-lasso":
+            from sklearn.covariance import GraphicalLasso
+
+            model = GraphicalLasso(alpha=GLASSO_ALPHA, assume_centered=True, tol=1e-4,
+                                   max_iter=200).fit(self.X)
+            self.precision = model.precision_
+        elif engine == "sparsegauss-nce":
+            with warnings.catch_warnings():       # separation, indefinite: see above
+                warnings.simplefilter("ignore")
+                model = GridGaussian(self.grid.shape, method="nce", optimizer="adam",
+                                     max_iter=NCE_STEPS, noise="diagonal",
+                                     assume_centered=True, random_state=0).fit(self.X)
+            self.precision = model.precision_.toarray()
+        else:
+            from sparsegauss.noise import make_noise
+
+            noise = make_noise("diagonal", self.X, self.grid.shape)
+            self.precision = torch_nce(self.X, self.grid, noise, NCE_STEPS)
+
+    def peakmem_fit(self, side, engine):
+        self.time_fit(side, engine)
+
+    def track_heldout_loglik(self, side, engine):
+        return _dense_scores(self.precision, self.X_test)
+
+    def track_kl_truth(self, side, engine):
+        return _dense_kl(self.truth.precision_.toarray(), self.precision)
+
+
+def summarize(results):
+    """Time, memory and accuracy of each engine, with ratios to sparsegauss's MLE."""
+    values = {}
+    for r in results:
+        if r["benchmark"].startswith("Peers."):
+            side, engine = (part.split("=", 1)[1] for part in r["params"].split(", "))
+            entry = values.setdefault(int(side), {}).setdefault(engine, {})
+            entry[r["benchmark"].split(".", 1)[1]] = r["median"]
+            if "resident_before" in r:
+                entry["own_memory"] = r["median"] - r["resident_before"]
+    if not values:
+        return ""
+    lines = ["| grid | engine | fit time (s) | × sparsegauss | fit's own memory (MiB) "
+             "| held-out LL (nats/sample) | KL(truth‖est) |",
+             "|---|---|---|---|---|---|---|"]
+    for side, engines in sorted(values.items()):
+        reference = engines.get("sparsegauss", {}).get("time_fit")
+        for engine, v in engines.items():
+            t = v.get("time_fit", math.nan)
+            ratio = f"{t / reference:.1f}×" if reference else "—"
+            lines.append(f"| {side}×{side} | {engine} | {t:.3f} | {ratio} "
+                         f"| {v.get('own_memory', math.nan) / 2**20:.0f} "
+                         f"| {v.get('track_heldout_loglik', math.nan):.3f} "
+                         f"| {v.get('track_kl_truth', math.nan):.4g} |")
+    return "\n".join(lines)

@@ -1,0 +1,88 @@
+"""The benchmark suite in --quick mode (what CI can afford), and the memory behaviour of
+streamed fits: a pass over shards does not grow with the number of samples."""
+
+import json
+import math
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sparsegauss import GridGaussian
+from sparsegauss.datasets import make_grid_gaussian
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks.__main__ import main
+    finally:
+        sys.path.remove(str(ROOT))
+    out = tmp_path_factory.mktemp("bench")
+    assert main(["--quick", "--module", "bench_scale", "--module", "bench_peers",
+                 "--out", str(out)]) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def medians(results, benchmark):
+    return {r["params"]: r["median"] for r in results["results"] if r["benchmark"] == benchmark}
+
+
+def test_quick_scale_run_writes_json_table_and_plot(quick_run):
+    out, results = quick_run
+    times = medians(results, "LargeGridFit.time_fit")
+    assert set(times) == {"side=32, method=mle", "side=32, method=sm", "side=32, method=nce"}
+    peaks = medians(results, "LargeGridFit.peakmem_fit")
+    assert all(peak > 10 * 2**20 for peak in peaks.values())    # a real resident size
+    kl = medians(results, "LargeGridFit.track_kl_truth")
+    # The MLE's KL to the truth is about p / 2n (p = 3,008 parameters, n = 2,000).
+    assert 0.5 < kl["side=32, method=mle"] / (3008 / 4000) < 1.5
+    # NCE of the stationary model: 3 parameters from 500 images of 1,024 pixels.
+    assert kl["side=32, method=nce"] < 0.05
+    gap = medians(results, "LargeGridFit.track_log_partition_gap")["side=32, method=nce"]
+    assert abs(gap) < 0.5
+    table = (out / "results.md").read_text()
+    assert "| 32×32 | 1,024 | 3,008 | mle |" in table
+    assert (out / "scaling.png").stat().st_size > 10_000
+
+
+def test_quick_peers_agree_and_torch_is_skipped_or_run(quick_run):
+    out, results = quick_run
+    kl = medians(results, "Peers.track_kl_truth")
+    # The dense NumPy MLE is the same estimator: the same answer.
+    assert math.isclose(kl["side=8, engine=dense-numpy"], kl["side=8, engine=sparsegauss"],
+                        rel_tol=1e-6)
+    assert kl["side=8, engine=graphical-lasso"] > 0
+    table = (out / "results.md").read_text()
+    assert "| 8×8 | dense-numpy |" in table and "× sparsegauss" in table
+    try:
+        import torch  # noqa: F401
+        assert "side=8, engine=torch-nce" in kl
+    except ImportError:
+        assert "side=8, engine=torch-nce" not in kl
+
+
+def test_streamed_fit_memory_does_not_grow_with_samples(tmp_path):
+    """Traced (NumPy) allocations of a fit from shards: 10x the samples, the same peak, and
+    far below the data's size."""
+    truth, _ = make_grid_gaussian((64, 64), random_state=0)
+    rng = np.random.default_rng(0)
+    peaks = {}
+    for n in (400, 4000):
+        folder = tmp_path / str(n)
+        folder.mkdir()
+        for i in range(n // 200):
+            np.save(folder / f"{i:03d}.npy", truth.sample(200, random_state=rng))
+        GridGaussian((64, 64), assume_centered=True).fit(folder)      # warm-up
+        tracemalloc.start()
+        GridGaussian((64, 64), assume_centered=True).fit(folder)
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    data_bytes = 4000 * 64 * 64 * 8
+    assert peaks[4000] < 1.3 * peaks[400], peaks
+    assert peaks[4000] < data_bytes / 8, (peaks, data_bytes)
