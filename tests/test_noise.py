@@ -117,3 +117,34 @@ def test_ranking_nce_pool_holds_at_least_one_minibatch():
     GridGaussian((3, 4), method="rnce", optimizer="adam", max_iter=3, batch_size=32,
                  n_noise=3, noise=noise, assume_centered=True).fit(X)
     assert noise.draws == [96]
+
+
+def test_separation_is_judged_against_the_know_nothing_loss():
+    """A fit started thousands of nats from the noise that ends near 2 log 2 converged; a
+    loss near 0 is separation (regression: the start's loss was the reference, and a
+    1024×1024 NCE ending at 1.39 from 3,180 was called separated)."""
+    from sparsegauss.estimators.fitting import chance_loss, separated
+
+    assert np.isclose(chance_loss("nce", 1.0), 2 * np.log(2))
+    assert np.isclose(chance_loss("nce", 4.0), np.log(5) + 4 * np.log(1.25))
+    assert np.isclose(chance_loss("rnce", n_noise=9), np.log(10))
+    assert not separated(1.39, "nce", 1.0)
+    assert separated(4e-7, "nce", 1.0) and separated(1e-3, "rnce", n_noise=10)
+
+
+def test_noise_start_tolerates_rounding_of_tied_means():
+    """Reading a tie back averages up to D entries: rounding of 1e-11 relative still
+    starts at the noise; couplings that really differ do not."""
+    from sparsegauss.datasets import make_grid_gaussian
+    from sparsegauss.estimators.fitting import noise_start
+    from sparsegauss.grid import GridParameterization
+    from sparsegauss.noise import GridNoise
+
+    truth, _ = make_grid_gaussian((16, 16), tying="tied", random_state=0)
+    grid = GridParameterization((16, 16), 4, "tied")
+    rounding = truth.precision_.copy()
+    rounding.data *= 1 + 1e-11 * np.random.default_rng(0).standard_normal(rounding.nnz)
+    truth.precision_ = rounding
+    np.testing.assert_allclose(noise_start(GridNoise(truth), grid), truth.theta_, rtol=1e-9)
+    untied, _ = make_grid_gaussian((16, 16), random_state=0)
+    assert noise_start(GridNoise(untied), grid) is None

@@ -31,7 +31,7 @@ from .score_matching import fit_score_matching, fit_score_matching_barrier, sm_l
 __all__ = ["fit_estimator", "score_matching_closed_form", "METHODS", "DEFAULT_OPTIMIZER"]
 
 METHODS = ("nce", "rnce", "cnce", "sm", "cd")
-# A final NCE loss below this fraction of the starting one means separation.
+# A final NCE loss below this fraction of a know-nothing classifier's means separation.
 _SEPARATED = 1e-3
 #: The optimizer each method uses unless told otherwise.
 DEFAULT_OPTIMIZER = {"nce": "lbfgs", "rnce": "lbfgs", "cnce": "lbfgs", "sm": "lbfgs",
@@ -58,6 +58,26 @@ def _antithetic_normals(rng, n, k, d):
     return np.concatenate([half, -half], axis=1)[:, :k].reshape(n * k, d)
 
 
+def chance_loss(method, nu=1.0, n_noise=10):
+    """NCE's or ranking NCE's loss when the model knows nothing (it equals the noise).
+
+    NCE (per data sample, ν noise points each): ``log(1 + ν) + ν log(1 + 1/ν)``, 2 log 2
+    for ν = 1; ranking NCE: ``log(K + 1)``.
+    """
+    return np.log1p(nu) + nu * np.log1p(1.0 / nu) if method == "nce" else np.log1p(n_noise)
+
+
+def separated(loss, method, nu=1.0, n_noise=10):
+    """Whether a final loss says the classifier separates data from noise.
+
+    A convex classifier's loss only approaches 0 when the two samples are separable (then
+    no finite estimate exists): below a thousandth of :func:`chance_loss`. The reference
+    is the know-nothing loss, not the starting one: a fit started far from the noise
+    starts at thousands of nats and may converge to a loss near chance.
+    """
+    return loss < _SEPARATED * chance_loss(method, nu, n_noise)
+
+
 def noise_start(noise_model, grid):
     """θ of the noise distribution in the model's parameterization, or None.
 
@@ -75,8 +95,11 @@ def noise_start(noise_model, grid):
         return None
     theta = grid.theta_from_precision(precision)
     error = (grid.precision(theta) - precision).tocsr().data
-    if np.max(np.abs(error), initial=0.0) > 1e-12 * np.max(np.abs(precision.data)):
-        return None          # not representable: e.g. untied noise in a tied model
+    # Not representable (e.g. untied noise in a tied model) means errors of the order of
+    # the couplings themselves; reading a tie back is a mean over up to D entries, whose
+    # rounding grows with D (2e-14 relative on 32×32, beyond 1e-12 on 1024×1024).
+    if np.max(np.abs(error), initial=0.0) > 1e-8 * np.max(np.abs(precision.data)):
+        return None
     return theta
 
 
@@ -296,7 +319,7 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
     params = scale * result.x
     if not np.all(np.isfinite(params)):
         raise SparseGaussError(f"The {method} fit produced non-finite parameters.")
-    if method in ("nce", "rnce") and result.fun < _SEPARATED * result.history[0]["loss"]:
+    if method in ("nce", "rnce") and separated(result.fun, method, nu, n_noise):
         # The loss of a convex classifier only approaches 0 when the data and the noise
         # are separable: then no finite estimate exists and θ̂ is wherever it stopped.
         result.success = False
