@@ -346,7 +346,9 @@ class GridGaussian:
             kind = "stochastic" if optimizer in STOCHASTIC else "full-batch"
             tol = DEFAULT_TOL[kind] if self.tol is None else self.tol
             max_iter = DEFAULT_MAX_ITER[kind] if self.max_iter is None else self.max_iter
-            centred = (X - location).astype(X.dtype, copy=False)
+            # In the data's own dtype, without a float64 temporary (at 512×512 with 500
+            # float32 samples that temporary alone was 1 GiB); centred data need no copy.
+            centred = X if self.assume_centered else np.subtract(X, location, dtype=X.dtype)
             result = fit_estimator(
                 self.method, centred, grid, random_state=self.random_state,
                 optimizer=self.optimizer, tol=tol, max_iter=max_iter,

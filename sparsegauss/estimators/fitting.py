@@ -118,6 +118,31 @@ class _Batches:
         return np.sort(rows)      # sorted: the gather reads memory in order
 
 
+#: Values per block of a noise draw: the float64 transient of one block is 32 MiB.
+_NOISE_BLOCK_VALUES = 1 << 22
+
+
+def draw_noise(noise_model, n_samples, n_pixels, rng, dtype=np.float64):
+    """``n_samples`` noise samples in ``dtype``, and their noise log-densities.
+
+    Drawn block by block into one array of the data's dtype, so that float32 data get
+    float32 noise without a float64 copy of the whole sample (at 512×512, 500 samples
+    are 1 GiB in float64). The log-densities are those of the stored (rounded) samples,
+    so that data and noise enter the classifier on the same footing.
+    """
+    out = np.empty((n_samples, n_pixels), dtype=dtype)
+    block = int(max(1, _NOISE_BLOCK_VALUES // n_pixels))
+    for start in range(0, n_samples, block):
+        stop = min(start + block, n_samples)
+        drawn = np.asarray(noise_model.sample(stop - start, rng))
+        if drawn.size != (stop - start) * n_pixels:
+            raise ValueError(f"The noise's sample({stop - start}, random_state) returned "
+                             f"shape {drawn.shape}; expected ({stop - start}, {n_pixels}), "
+                             "one row of H*W pixels per sample.")
+        out[start:stop] = drawn.reshape(stop - start, n_pixels)
+    return out, np.asarray(noise_model.score_samples(out), dtype=np.float64)
+
+
 class _NoisePool:
     """A fixed sample from the noise and its log-densities, served in minibatches.
 
@@ -127,9 +152,8 @@ class _NoisePool:
     6 ms Adam step, while the whole pool of 60,000 is drawn in about one second.
     """
 
-    def __init__(self, noise_model, size, batch_size, rng):
-        self.samples = noise_model.sample(size, rng)
-        self.log_density = noise_model.score_samples(self.samples)
+    def __init__(self, noise_model, size, n_pixels, batch_size, rng, dtype=np.float64):
+        self.samples, self.log_density = draw_noise(noise_model, size, n_pixels, rng, dtype)
         self.batches = _Batches(size, batch_size, rng)
 
     def next(self):
@@ -230,7 +254,8 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
             # would be K times the data's memory), at least one minibatch's K n.
             size = (noise_count(n_samples) if method == "nce"
                     else max(n_samples, noise_count(batch_size)))
-            pool = _NoisePool(noise_model, size, noise_count(batch_size), rng)
+            pool = _NoisePool(noise_model, size, X.shape[1], noise_count(batch_size), rng,
+                              X.dtype)
 
     def draw(rows):
         """The random part of one objective (noise, pairs or negative samples) for the
@@ -240,8 +265,8 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
             if pool is not None:
                 samples, log_noise_samples = pool.next()
             else:
-                samples = noise_model.sample(noise_count(len(batch)), rng)
-                log_noise_samples = noise_model.score_samples(samples)
+                samples, log_noise_samples = draw_noise(
+                    noise_model, noise_count(len(batch)), X.shape[1], rng, X.dtype)
             log_noise_batch = log_noise_X if rows is None else log_noise_X[rows]
             return batch, (samples, log_noise_batch, log_noise_samples)
         if method == "cnce":
@@ -332,13 +357,16 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
     if method == "nce" and normalization == "learned":
         result.x = params[:-1]
         extras["log_partition_estimate"] = float(params[-1])
-        # Its standard error, on all the data and ν N noise points (the pool's, when the
-        # fit had one: the sandwich variance is evaluated on the sample it was fitted to).
+        # Its standard error, on all the data and ν N noise points: the pool's or the
+        # full-batch fit's fixed sample when the fit had one (the sandwich variance is
+        # evaluated on the sample it was fitted to, and no second sample is held).
         if pool is not None:
             noise_sample, log_noise_sample = pool.samples, pool.log_density
+        elif not stochastic:
+            noise_sample, _, log_noise_sample = fixed[1]
         else:
-            noise_sample = noise_model.sample(noise_count(n_samples), rng)
-            log_noise_sample = noise_model.score_samples(noise_sample)
+            noise_sample, log_noise_sample = draw_noise(
+                noise_model, noise_count(n_samples), X.shape[1], rng, X.dtype)
         extras["log_partition_stderr"] = log_partition_standard_error(
             params[:-1], params[-1], grid, X, noise_sample, log_noise_X, log_noise_sample)
         values = [float(x0[-1])] + estimates
