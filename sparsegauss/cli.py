@@ -395,7 +395,7 @@ def _run_fit(args):
 
 
 def _fit_shards(args, out, say):
-    """``fit DIR --shape H W``: exact MLE or the score-matching closed form streamed from
+    """``fit DIR --shape H W``: exact MLE or score matching (closed form or barrier) from
     the directory's .npy shards (see sparsegauss.sources); the data are never loaded."""
     if args.shape is None:
         raise ValueError(f"{args.data} is a directory of shards: give the image shape with "

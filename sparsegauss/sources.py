@@ -1,7 +1,7 @@
 """Where the samples live: in memory, in a directory of ``.npy`` shards, or in a Dask array.
 
-The moment-based fits (exact MLE and the score-matching closed form) see the data only
-through sums over samples: the mean, and second moments on (or near) the pattern. A
+The moment-based fits (exact MLE, score matching's closed form and barrier) see the data
+only through sums over samples: the mean, and second moments on (or near) the pattern. A
 :class:`DataSource` computes such a sum chunk by chunk, so the samples never need to fit
 in memory at once:
 

@@ -66,6 +66,23 @@ def test_sample_is_reproducible_and_has_the_model_covariance(data):
     np.testing.assert_allclose(refit.theta_, model.theta_, atol=0.08 * np.abs(model.theta_).max())
 
 
+def test_sampling_in_blocks_factorizes_once_and_follows_a_changed_estimate(data):
+    """The factor is kept between calls (drawing large samples block by block must not
+    refactorize every block) but never outlives the θ it was computed for."""
+    model = GridGaussian((5, 4), random_state=3).fit(data)
+    calls = []
+    factorize = model._normalizer.factorize
+    model._normalizer.factorize = lambda theta: calls.append(1) or factorize(theta)
+    blocks = np.concatenate([model.sample(4, random_state=np.random.default_rng(5))
+                             for _ in range(3)])
+    assert len(calls) == 1 and blocks.shape == (12, 20)
+    model.theta_ = model.theta_ * 2.0         # Λ doubled: the covariance halves
+    samples = model.sample(20_000, random_state=0)
+    assert len(calls) == 2
+    np.testing.assert_allclose(np.cov(samples.T), np.linalg.inv(2.0 * model.precision_.toarray()),
+                               atol=0.05 * np.abs(np.linalg.inv(model.precision_.toarray())).max())
+
+
 def test_save_load_round_trip(data, tmp_path):
     model = GridGaussian((5, 4), stencil=8, random_state=0).fit(data)
     path = model.save(tmp_path / "model.npz")

@@ -24,7 +24,8 @@ def fitted_pair(X, source, **kwargs):
 
 
 @pytest.mark.parametrize("kwargs", [dict(stencil=4), dict(stencil=8, tying="tied"),
-                                    dict(stencil=8, method="sm")])
+                                    dict(stencil=8, method="sm"),
+                                    dict(stencil=4, method="sm", sm_solver="barrier")])
 def test_shard_directory_equals_in_memory(data, tmp_path, kwargs):
     for i, rows in enumerate(np.array_split(np.arange(len(data)), 4)):
         np.save(tmp_path / f"part-{i:03d}.npy", data[rows].reshape(-1, *SHAPE))

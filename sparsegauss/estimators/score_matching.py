@@ -201,7 +201,7 @@ def sm_loss_grad(theta, grid, X):
 
 
 def fit_score_matching_barrier(X, grid, *, theta0, final_weight=1e-6, tol=1e-8,
-                               max_iter=100, callback=None):
+                               max_iter=100, callback=None, sums=None, n_samples=None):
     """Best positive-definite score-matching estimate, by a log-barrier path.
 
     Minimizes ``J(θ) − μ log det Λ(θ)`` for ``μ = μ₀, μ₀/10, …, final_weight·μ₀`` with
@@ -217,16 +217,21 @@ def fit_score_matching_barrier(X, grid, *, theta0, final_weight=1e-6, tol=1e-8,
         A positive-definite start (e.g. the independent model).
     final_weight : float, default=1e-6
         Last barrier weight relative to μ₀.
+    sums, n_samples
+        Out-of-core data (``X=None``): see :func:`score_matching_system`. The path sees
+        the data only through that system and the pixel variances, so one pass over
+        the chunks serves every stage.
 
     Returns
     -------
     scipy.optimize.OptimizeResult
         Of the last stage, with ``barrier_weight`` and the concatenated ``history``.
     """
-    A, b = score_matching_system(X, grid)
+    A, b = score_matching_system(X, grid, sums=sums, n_samples=n_samples)
     A = ((A + A.T) * 0.5).tocsr()
     normalizer = GridNormalizer(grid)
-    variances = np.einsum("ij,ij->j", X, X) / len(X)
+    variances = (np.einsum("ij,ij->j", X, X) / len(X) if sums is None
+                 else sums[0] / n_samples)
     mu0 = 1.0 / np.mean(variances)
     weights = mu0 * 10.0 ** -np.arange(0, int(np.ceil(-np.log10(final_weight))) + 1)
     theta, history, result = np.asarray(theta0, float), [], None
