@@ -6,7 +6,9 @@ For every class in ``benchmarks/bench_*.py`` and every parameter combination: ``
 spent (the median is reported, with every sample in the JSON), each ``peakmem_*`` method
 once (the peak resident memory during the call, as asv's peakmem), and each
 ``track_*`` method once. Writes ``results.json``, ``results.md`` and the figures the
-modules' ``plot`` functions draw.
+modules' ``plot`` functions draw. ``--merge EARLIER/results.json`` re-runs some cases into
+an earlier run: every result of a case measured now replaces that case's earlier ones,
+the rest are kept in their order, and the table and figures are drawn from the union.
 """
 
 import argparse
@@ -116,10 +118,32 @@ def run_class(cls, quick, repeat, pattern, log):
             bench.teardown(*combo)
 
 
+def merge(earlier, results):
+    """``earlier`` results with every case of ``results`` (a benchmark class and its
+    parameters) replaced by the new measurements, in the earlier order; new cases last."""
+    def case(r):
+        return r["benchmark"].split(".", 1)[0], r["params"]
+
+    fresh = {}
+    for r in results:
+        fresh.setdefault(case(r), []).append(r)
+    merged = []
+    for r in earlier:
+        key = case(r)
+        if key not in fresh:
+            merged.append(r)
+        elif fresh[key] is not None:
+            merged.extend(fresh[key])
+            fresh[key] = None
+    return merged + [r for rows in fresh.values() if rows is not None for r in rows]
+
+
 def markdown(results, info, summaries):
     lines = [f"Machine: {info['cpu']}, {info['cores']} cores ({info['numba_threads']} Numba "
              f"threads); Python {info['python']}, NumPy {info['numpy']}, SciPy "
              f"{info['scipy']}, Numba {info['numba']}; {info['date']}.", "",
+             *[f"Merged with {m['path']} ({m['date']}): its cases not re-run here are "
+               f"its own measurements.\n" for m in info.get("merged", [])],
              "| benchmark | parameters | median |", "|---|---|---|"]
     for r in results:
         value = (f"{r['median']:.4f} s" if r["unit"] == "s" else
@@ -139,7 +163,15 @@ def main(argv=None):
                              "e.g. 'EstimatorFit' or 'fresh noise'")
     parser.add_argument("--module", action="append", help="only these bench_* modules")
     parser.add_argument("--out", type=Path, default=Path("benchmark-results"))
+    parser.add_argument("--merge", type=Path, action="append", default=[], metavar="JSON",
+                        help="results.json of an earlier run to re-run some cases into")
     args = parser.parse_args(argv)
+    earlier_runs = []
+    for path in args.merge:
+        try:
+            earlier_runs.append((path, json.loads(path.read_text())))
+        except (OSError, ValueError) as exc:
+            parser.error(f"--merge {path}: not a readable results.json ({exc})")
     repeat = args.repeat or (2 if args.quick else 5)
     info = machine()
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -147,6 +179,10 @@ def main(argv=None):
     for module, cls in discover(args.module):
         log(f"{module.__name__}.{cls.__name__}")
         results.extend(run_class(cls, args.quick, repeat, args.filter, log))
+    for path, earlier in earlier_runs:
+        results = merge(earlier["results"], results)
+        info.setdefault("merged", []).append(dict(path=str(path),
+                                                  date=earlier["machine"]["date"]))
     for module in {m for m, _ in discover(args.module)}:
         if hasattr(module, "summarize"):
             text = module.summarize(results)

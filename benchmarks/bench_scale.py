@@ -195,8 +195,9 @@ def plot(results, info, out):
         ax.set_xlabel("pixels n")
         ax.set_ylabel(unit)
         ax.legend()
-    figure.suptitle(f"Untied 4-neighbour grid, {N_SAMPLES} samples read from shards; "
-                    f"{info['cpu']}, {info['cores']} cores")
+    figure.suptitle(f"4-neighbour grids. MLE, SM: untied, {N_SAMPLES:,} samples streamed "
+                    f"from shards; NCE: tied, {N_NCE} samples in memory. "
+                    f"{info['cpu']}, {info['cores']} cores", fontsize=10)
     path = Path(out) / "scaling.png"
     figure.savefig(path, dpi=110)
     return [path]

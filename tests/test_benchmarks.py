@@ -86,3 +86,23 @@ def test_streamed_fit_memory_does_not_grow_with_samples(tmp_path):
     data_bytes = 4000 * 64 * 64 * 8
     assert peaks[4000] < 1.3 * peaks[400], peaks
     assert peaks[4000] < data_bytes / 8, (peaks, data_bytes)
+
+
+def test_merge_replaces_re_run_cases_and_keeps_the_rest():
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks.__main__ import merge
+    finally:
+        sys.path.remove(str(ROOT))
+
+    def row(name, params, value):
+        return dict(benchmark=name, params=params, median=value)
+
+    earlier = [row("A.time_fit", "n=1", 1.0), row("A.track_kl", "n=1", 0.1),
+               row("A.time_fit", "n=2", 2.0), row("A.track_kl", "n=2", 0.2),
+               row("B.time_fit", "n=1", 3.0)]
+    merged = merge(earlier, [row("A.time_fit", "n=2", 5.0), row("A.time_fit", "n=3", 7.0)])
+    assert [(r["benchmark"], r["params"], r["median"]) for r in merged] == [
+        ("A.time_fit", "n=1", 1.0), ("A.track_kl", "n=1", 0.1),
+        ("A.time_fit", "n=2", 5.0),                     # the whole case is replaced
+        ("B.time_fit", "n=1", 3.0), ("A.time_fit", "n=3", 7.0)]
