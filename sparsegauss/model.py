@@ -334,18 +334,11 @@ class GridGaussian:
 
         callback = self._progress if self.verbose else None
         if self.method == "mle":
-            tol = DEFAULT_TOL["mle"] if self.tol is None else self.tol
-            max_iter = DEFAULT_MAX_ITER["mle"] if self.max_iter is None else self.max_iter
             normalizer = GridNormalizer(grid)
-            result = fit_mle(moments, grid, tol=tol, max_iter=max_iter,
-                             solver=self.optimizer or "newton-cg", callback=callback,
-                             normalizer=normalizer)
+            result = self._fit_mle_moments(moments, grid, normalizer)
         else:
             normalizer = None
-            optimizer = self.optimizer or DEFAULT_OPTIMIZER[self.method]
-            kind = "stochastic" if optimizer in STOCHASTIC else "full-batch"
-            tol = DEFAULT_TOL[kind] if self.tol is None else self.tol
-            max_iter = DEFAULT_MAX_ITER[kind] if self.max_iter is None else self.max_iter
+            tol, max_iter = self._stopping()
             # In the data's own dtype, without a float64 temporary (at 512×512 with 500
             # float32 samples that temporary alone was 1 GiB); centred data need no copy.
             centred = X if self.assume_centered else np.subtract(X, location, dtype=X.dtype)
@@ -418,12 +411,11 @@ class GridGaussian:
                 result = score_matching_closed_form(None, grid, sums=sums,
                                                     n_samples=n_samples)
             else:
+                tol, max_iter = self._stopping()
                 result = fit_score_matching_barrier(
                     None, grid, sums=sums, n_samples=n_samples,
                     theta0=independent_start(sums[:1] / n_samples, grid),
-                    tol=DEFAULT_TOL["full-batch"] if self.tol is None else self.tol,
-                    max_iter=(DEFAULT_MAX_ITER["full-batch"] if self.max_iter is None
-                              else self.max_iter),
+                    tol=tol, max_iter=max_iter,
                     callback=self._progress if self.verbose else None)
             normalizer = None
         else:
@@ -431,14 +423,27 @@ class GridGaussian:
                 lambda c: pattern_moments(c, grid, center=location)) / n_samples
             self._check_variances(moments[0], grid.shape)
             normalizer = GridNormalizer(grid)
-            result = fit_mle(moments, grid,
-                             tol=DEFAULT_TOL["mle"] if self.tol is None else self.tol,
-                             max_iter=(DEFAULT_MAX_ITER["mle"] if self.max_iter is None
-                                       else self.max_iter),
-                             solver=self.optimizer or "newton-cg",
-                             callback=self._progress if self.verbose else None,
-                             normalizer=normalizer)
+            result = self._fit_mle_moments(moments, grid, normalizer)
         return self._finish_fit(grid, result, location, normalizer)
+
+    def _stopping(self):
+        """``(tol, max_iter)``: the user's, else the defaults of the method's kind of
+        optimizer (exact MLE's Newton-CG, full-batch or stochastic)."""
+        if self.method == "mle":
+            kind = "mle"
+        else:
+            optimizer = self.optimizer or DEFAULT_OPTIMIZER[self.method]
+            kind = "stochastic" if optimizer in STOCHASTIC else "full-batch"
+        return (DEFAULT_TOL[kind] if self.tol is None else self.tol,
+                DEFAULT_MAX_ITER[kind] if self.max_iter is None else self.max_iter)
+
+    def _fit_mle_moments(self, moments, grid, normalizer):
+        """Exact MLE from the pattern moments (in memory or summed over chunks)."""
+        tol, max_iter = self._stopping()
+        return fit_mle(moments, grid, tol=tol, max_iter=max_iter,
+                       solver=self.optimizer or "newton-cg",
+                       callback=self._progress if self.verbose else None,
+                       normalizer=normalizer)
 
     @staticmethod
     def _check_variances(variances, shape):
