@@ -1,4 +1,7 @@
-"""Data: MNIST (IDX files, checksums, cache, download) and preprocessing.
+"""Data: IDX files (MNIST and any other dataset in its format), MNIST, preprocessing.
+
+``load_idx`` reads any IDX file (gzip or raw; every IDX element type; any number of
+dimensions), checking its header against its length.
 
 ``load_mnist`` looks for the canonical file names (gzip or raw, e.g.
 ``train-images-idx3-ubyte.gz``) in, in order: ``data_home``; ``$SPARSEGAUSS_DATA``;
@@ -7,6 +10,8 @@ test set, the copy bundled in the package (so the main job runs offline). Failin
 it downloads from a public mirror into ``data_home`` (or the cache). Every file's
 *decompressed* content is checked against its SHA-256 (the same for every correct copy
 of MNIST, whatever its compression); a corrupt or truncated download is never cached.
+A file the user points at that is a valid IDX file with other content is reported as
+such (read it with ``load_idx``); sparsegauss never deletes or overwrites it.
 """
 
 import gzip
@@ -21,8 +26,8 @@ import numpy as np
 
 from .synthetic import make_grid_gaussian
 
-__all__ = ["DataError", "MNIST_SHA256", "load_mnist", "make_grid_gaussian", "preprocess",
-           "scale_and_noise"]
+__all__ = ["DataError", "IDX_DTYPES", "MNIST_SHA256", "is_idx_file", "load_idx", "load_mnist",
+           "make_grid_gaussian", "parse_idx", "preprocess", "scale_and_noise"]
 
 #: SHA-256 of the decompressed IDX files.
 MNIST_SHA256 = {
@@ -62,23 +67,165 @@ def _candidate_dirs(data_home, subset):
     return dirs
 
 
-def _read_verified(path, name):
-    """Decompressed bytes of ``path``, or ``DataError`` if they fail the checksum."""
+#: IDX element types: type byte → big-endian NumPy dtype.
+IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
+              0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def _read_bytes(path):
+    """Content of ``path``, decompressed when it is gzip (by its magic bytes, not name)."""
+    path = Path(path)
     try:
-        if path.suffix == ".gz":
+        with open(path, "rb") as handle:
+            gzipped = handle.read(2) == b"\x1f\x8b"
+        if gzipped:
             with gzip.open(path, "rb") as handle:
-                content = handle.read()
-        else:
-            content = path.read_bytes()
+                return handle.read()
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist.") from None
+    except IsADirectoryError:
+        raise DataError(f"{path} is a directory, not an IDX file.") from None
     except (OSError, EOFError) as exc:
-        raise DataError(f"Could not read MNIST file {path}: {exc}. The file is damaged or "
-                        "truncated; delete it so that a good copy can be fetched.") from exc
+        raise DataError(f"Could not read {path}: {exc}. The file is damaged or "
+                        "truncated.") from exc
+
+
+def parse_idx(content, name="<bytes>"):
+    """Array from the bytes of an IDX file.
+
+    The IDX format (LeCun et al., used by MNIST and many datasets that copy it): two zero
+    bytes, one type byte (0x08 ubyte, 0x09 byte, 0x0B short, 0x0C int, 0x0D float,
+    0x0E double), one byte ``ndim``, ``ndim`` big-endian int32 sizes, then the values
+    in C order, big-endian.
+
+    Parameters
+    ----------
+    content : bytes
+        The decompressed file.
+    name : str
+        How errors name the file.
+
+    Returns
+    -------
+    ndarray
+        Of the file's shape, in native byte order (uint8, int8, int16, int32, float32 or
+        float64).
+
+    Raises
+    ------
+    DataError
+        Not an IDX file, an unknown type byte, or a length that does not match the header.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sparsegauss.datasets import parse_idx
+    >>> header = bytes([0, 0, 0x0B, 2]) + np.array([2, 3], dtype=">i4").tobytes()
+    >>> parse_idx(header + np.arange(6, dtype=">i2").tobytes())
+    array([[0, 1, 2],
+           [3, 4, 5]], dtype=int16)
+    """
+    if len(content) < 4 or content[:2] != b"\x00\x00":
+        raise DataError(f"{name} is not an IDX file: it does not start with the IDX magic "
+                        "number (two zero bytes, a type byte and the number of dimensions).")
+    type_byte, ndim = content[2], content[3]
+    if type_byte not in IDX_DTYPES:
+        raise DataError(f"{name} is not an IDX file: unknown element type 0x{type_byte:02X} "
+                        f"(IDX knows {', '.join(f'0x{t:02X}' for t in IDX_DTYPES)}).")
+    header = 4 + 4 * ndim
+    if len(content) < header:
+        raise DataError(f"{name} is truncated: its header announces {ndim} dimensions but "
+                        f"the file has only {len(content)} bytes.")
+    dims = tuple(int(d) for d in np.frombuffer(content[4:header], dtype=">i4"))
+    if any(d < 0 for d in dims):
+        raise DataError(f"{name} is not a valid IDX file: negative size in {dims}.")
+    dtype = IDX_DTYPES[type_byte]
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    found = len(content) - header
+    if found != expected:
+        raise DataError(
+            f"{name} is {'truncated' if found < expected else 'longer than its header says'}"
+            f": shape {dims} of {dtype.name} needs {expected:,} bytes of data, the file has "
+            f"{found:,}.")
+    data = np.frombuffer(content, dtype=dtype, offset=header).reshape(dims)
+    return data.astype(dtype.newbyteorder("="))
+
+
+def load_idx(path):
+    """Read any IDX file, gzip-compressed or raw.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    ndarray
+        See :func:`parse_idx`.
+
+    Raises
+    ------
+    DataError
+        The file is missing, unreadable, not IDX, or its length does not match its header
+        (the message names the file).
+
+    Examples
+    --------
+    >>> from sparsegauss.datasets import load_idx
+    >>> from pathlib import Path
+    >>> import sparsegauss
+    >>> bundled = Path(sparsegauss.__file__).parent / "data" / "t10k-labels-idx1-ubyte.gz"
+    >>> load_idx(bundled)[:5]
+    array([7, 2, 1, 0, 4], dtype=uint8)
+    """
+    return parse_idx(_read_bytes(path), str(path))
+
+
+def is_idx_file(path):
+    """Whether ``path`` starts like an IDX file (gzip or raw); reads a few bytes only."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+        if head == b"\x1f\x8b":
+            with gzip.open(path, "rb") as handle:
+                head = handle.read(4)
+        else:
+            with open(path, "rb") as handle:
+                head = handle.read(4)
+    except (OSError, EOFError):
+        return False
+    return len(head) == 4 and head[:2] == b"\x00\x00" and head[2] in IDX_DTYPES
+
+
+def _read_verified(path, name, in_cache):
+    """Decompressed bytes of ``path``, or ``DataError`` if they are not MNIST's ``name``.
+
+    A file that is a well-formed IDX file with other content is not "corrupt": it is
+    another dataset in MNIST's format, and the message says so and points at
+    :func:`load_idx`. Nothing is deleted, and deleting is never advised: the file may be
+    the user's own data.
+    """
+    content = _read_bytes(path)
     digest = hashlib.sha256(content).hexdigest()
-    if digest != MNIST_SHA256[name]:
-        raise DataError(f"MNIST file {path} is corrupt: the SHA-256 of its content is "
-                        f"{digest}, expected {MNIST_SHA256[name]}. Delete it so that a good "
-                        "copy can be fetched.")
-    return content
+    if digest == MNIST_SHA256[name]:
+        return content
+    try:
+        array = parse_idx(content, str(path))
+    except DataError as exc:
+        what = f"is not a valid IDX file ({exc})"
+    else:
+        what = (f"is a valid IDX file ({array.dtype}, shape {array.shape}) but not the "
+                f"MNIST file {name}: the SHA-256 of its content is {digest}, MNIST's is "
+                f"{MNIST_SHA256[name]}. To read it as it is, use "
+                f"sparsegauss.datasets.load_idx({str(path)!r})")
+    where = ("It is in sparsegauss's download cache, where only verified downloads are "
+             "stored, so it changed after it was downloaded; load_mnist will not overwrite "
+             "it. Pass data_home=<another directory> to download a verified copy there."
+             if in_cache else
+             "load_mnist never modifies it. Point data_home (or $SPARSEGAUSS_DATA) at a "
+             "directory holding the MNIST files to load MNIST.")
+    raise DataError(f"{path} {what}. {where}")
 
 
 def _download(name, target_dir, mirrors):
@@ -93,7 +240,9 @@ def _download(name, target_dir, mirrors):
         try:
             with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
                 shutil.copyfileobj(response, out)
-            content = _read_verified(tmp, name)
+            content = _read_bytes(tmp)
+            if hashlib.sha256(content).hexdigest() != MNIST_SHA256[name]:
+                raise DataError(f"the downloaded {name} fails its SHA-256 check")
             final = target_dir / (name + ".gz")
             os.replace(tmp, final)
             return content
@@ -106,31 +255,19 @@ def _download(name, target_dir, mirrors):
                     "data_home or set SPARSEGAUSS_DATA.")
 
 
-def _parse_idx(content, name):
-    """Array from IDX bytes (magic ``0x0000 08 ndim``, big-endian int32 dims, uint8 data)."""
-    if len(content) < 4 or content[:3] != b"\x00\x00\x08":
-        raise DataError(f"MNIST file {name} is not an IDX file of unsigned bytes.")
-    ndim = content[3]
-    header = 4 + 4 * ndim
-    dims = tuple(int(d) for d in np.frombuffer(content[4:header], dtype=">i4"))
-    data = np.frombuffer(content, dtype=np.uint8, offset=header)
-    if data.size != int(np.prod(dims)):
-        raise DataError(f"MNIST file {name} is truncated: expected {int(np.prod(dims))} "
-                        f"values for shape {dims}, found {data.size}.")
-    return data.reshape(dims).copy()
-
-
 def _load_file(name, subset, data_home, download, mirrors):
+    cache = _cache_dir()
     for directory in _candidate_dirs(data_home, subset):
         for candidate in (directory / (name + ".gz"), directory / name):
             if candidate.is_file():
-                return _parse_idx(_read_verified(candidate, name), name)
+                content = _read_verified(candidate, name, in_cache=directory == cache)
+                return parse_idx(content, str(candidate))
     if not download:
         raise DataError(f"MNIST file {name}(.gz) was not found in "
                         f"{[str(d) for d in _candidate_dirs(data_home, subset)]} and "
                         "download=False. Pass data_home or set SPARSEGAUSS_DATA.")
-    target = Path(data_home) if data_home is not None else _cache_dir()
-    return _parse_idx(_download(name, target, mirrors), name)
+    target = Path(data_home) if data_home is not None else cache
+    return parse_idx(_download(name, target, mirrors), name)
 
 
 def load_mnist(subset="train", data_home=None, *, download=True, mirrors=MNIST_MIRRORS):

@@ -1,6 +1,7 @@
 import gzip
 import hashlib
 import shutil
+import struct
 
 import numpy as np
 import pytest
@@ -48,14 +49,81 @@ def test_environment_variable_and_raw_files(mnist_dir, tmp_path, monkeypatch):
     assert images.shape == (10000, 28, 28)
 
 
-def test_corrupt_local_file_is_reported_and_left_alone(mnist_dir, tmp_path):
-    shutil.copy(mnist_dir / "t10k-labels-idx1-ubyte.gz", tmp_path)
-    raw = gzip.decompress((mnist_dir / "t10k-images-idx3-ubyte.gz").read_bytes())
-    damaged = raw[:1000] + bytes([raw[1000] ^ 1]) + raw[1001:]
-    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(damaged))
-    with pytest.raises(DataError, match="corrupt"):
-        load_mnist("test", data_home=tmp_path)
-    assert (tmp_path / "t10k-images-idx3-ubyte.gz").exists()     # the user's file is kept
+def _write_idx(path, array, compress):
+    """An IDX file written independently of the reader: header by struct, data big-endian."""
+    codes = {"u1": 0x08, "i1": 0x09, "i2": 0x0B, "i4": 0x0C, "f4": 0x0D, "f8": 0x0E}
+    kind = array.dtype.kind + str(array.dtype.itemsize)
+    header = struct.pack(">BBBB", 0, 0, codes[kind], array.ndim)
+    header += struct.pack(f">{array.ndim}i", *array.shape)
+    content = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+    path.write_bytes(gzip.compress(content) if compress else content)
+    return content
+
+
+@pytest.mark.parametrize("dtype", ["u1", "i1", "<i2", "<i4", "<f4", "<f8"])
+@pytest.mark.parametrize("shape", [(7,), (3, 4), (2, 3, 5), (2, 1, 3, 2)])
+@pytest.mark.parametrize("compress", [True, False])
+def test_load_idx_reads_every_type_and_rank(tmp_path, rng, dtype, shape, compress):
+    array = (rng.normal(size=shape) * 50).astype(dtype)
+    path = tmp_path / ("data.idx.gz" if compress else "data.idx")
+    _write_idx(path, array, compress)
+    loaded = datasets.load_idx(path)
+    assert loaded.dtype == np.dtype(dtype).newbyteorder("=") and loaded.dtype.isnative
+    np.testing.assert_array_equal(loaded, array)
+    assert datasets.is_idx_file(path)
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda c: c[:-3], r"truncated: shape \(4, 5\) of int16 needs 40 bytes of data, the file has 37"),
+    (lambda c: c + b"\x00\x01", "longer than its header says"),
+    (lambda c: c[:10], "truncated: its header announces 2 dimensions"),
+    (lambda c: b"\x01" + c[1:], "not an IDX file: it does not start with the IDX magic"),
+    (lambda c: c[:2] + b"\x0A" + c[3:], "unknown element type 0x0A"),
+])
+def test_load_idx_names_the_file_and_the_problem(tmp_path, rng, damage, match):
+    content = _write_idx(tmp_path / "ok.idx", rng.integers(0, 9, (4, 5)).astype("i2"), False)
+    path = tmp_path / "damaged-images.idx"
+    path.write_bytes(damage(content))
+    with pytest.raises(DataError, match=match) as info:
+        datasets.load_idx(path)
+    assert str(path) in str(info.value)
+
+
+def test_load_idx_missing_file(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        datasets.load_idx(tmp_path / "nothing.idx")
+    assert not datasets.is_idx_file(tmp_path / "nothing.idx")
+
+
+def test_another_idx_dataset_is_not_called_corrupt(mnist_dir, tmp_path, rng):
+    """A dataset published in MNIST's format, with MNIST's names and sizes, is valid data:
+    the message says so, points at load_idx, and never advises deleting it."""
+    home = tmp_path / "fashion"
+    home.mkdir()
+    other = rng.integers(0, 256, (10000, 28, 28), dtype=np.uint8)
+    _write_idx(home / "t10k-images-idx3-ubyte.gz", other, True)
+    shutil.copy(mnist_dir / "t10k-labels-idx1-ubyte.gz", home)
+    before = (home / "t10k-images-idx3-ubyte.gz").read_bytes()
+    with pytest.raises(DataError) as info:
+        load_mnist("test", data_home=home)
+    message = str(info.value)
+    assert "is a valid IDX file (uint8, shape (10000, 28, 28)) but not the MNIST file" in message
+    assert "load_idx" in message
+    assert "delete" not in message.lower() and "corrupt" not in message.lower()
+    assert (home / "t10k-images-idx3-ubyte.gz").read_bytes() == before
+    np.testing.assert_array_equal(datasets.load_idx(home / "t10k-images-idx3-ubyte.gz"), other)
+
+
+def test_damaged_file_in_the_cache_is_left_alone(mnist_dir, tmp_path, monkeypatch):
+    cache = tmp_path / "cache" / "sparsegauss" / "mnist"     # XDG_CACHE_HOME is tmp/cache
+    cache.mkdir(parents=True)
+    (cache / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01junk"))
+    with pytest.raises(DataError) as info:
+        load_mnist("test", download=False)
+    message = str(info.value)
+    assert "is not a valid IDX file" in message and "download cache" in message
+    assert "data_home=" in message and "delete" not in message.lower()
+    assert (cache / "t10k-images-idx3-ubyte.gz").exists()
 
 
 def test_truncated_gzip_is_a_clear_error(mnist_dir, tmp_path):
