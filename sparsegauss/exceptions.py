@@ -1,8 +1,10 @@
 """Exceptions and warnings raised by sparsegauss."""
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning as _SklearnConvergenceWarning
 
-__all__ = ["ConvergenceWarning", "NotPositiveDefiniteError", "SparseGaussError"]
+__all__ = ["ConvergenceWarning", "InsufficientMemoryError", "NotPositiveDefiniteError",
+           "SampleSizeError", "SparseGaussError"]
 
 
 class SparseGaussError(Exception):
@@ -26,5 +28,17 @@ class NotPositiveDefiniteError(SparseGaussError, np.linalg.LinAlgError):
         self.column = column
 
 
-class ConvergenceWarning(UserWarning):
-    """An iterative fit stopped before meeting its tolerance."""
+class InsufficientMemoryError(SparseGaussError, MemoryError):
+    """A requested result would not fit in the memory the machine has available."""
+
+
+class SampleSizeError(SparseGaussError, ValueError):
+    """Too few samples for the requested estimate to exist or be computable."""
+
+
+class ConvergenceWarning(_SklearnConvergenceWarning):
+    """An iterative fit stopped before meeting its tolerance.
+
+    A subclass of scikit-learn's ``ConvergenceWarning`` (itself a ``UserWarning``), so
+    filters written for scikit-learn estimators apply to sparsegauss too.
+    """

@@ -1,6 +1,5 @@
 """``GridGaussian``: the estimator users fit, score, sample and save."""
 
-import inspect
 import os
 import tempfile
 import warnings
@@ -8,11 +7,17 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import validate_data
 
 from .estimators.fitting import DEFAULT_OPTIMIZER, fit_estimator, score_matching_closed_form
 from .estimators.mle import fit_mle, independent_start
-from .estimators.score_matching import extended_moment_sums, fit_score_matching_barrier
-from .exceptions import ConvergenceWarning, NotPositiveDefiniteError
+from .estimators.score_matching import (extended_moment_sums, extended_offset_index,
+                                        fit_score_matching_barrier)
+from ._memory import check_allocation
+from .exceptions import ConvergenceWarning, NotPositiveDefiniteError, SampleSizeError
 from .noise import NOISES
 from .optimize import METHODS as OPTIMIZERS
 from .optimize import SCHEDULES, STOCHASTIC
@@ -21,7 +26,7 @@ from .grid import STENCIL_OFFSETS, TYINGS, GridParameterization, check_grid_shap
 from .normalization import LOG_2PI, GridNormalizer
 from .stats import pattern_moments, quadratic_forms
 
-__all__ = ["GridGaussian"]
+__all__ = ["GridGaussian", "NotFittedError"]
 
 METHODS = ("mle", "nce", "rnce", "cnce", "sm", "cd")
 NORMALIZATIONS = ("learned", "exact")
@@ -34,8 +39,17 @@ DEFAULT_TOL = {"mle": 1e-8, "full-batch": 1e-6, "stochastic": 0.0}
 DEFAULT_MAX_ITER = {"mle": 100, "full-batch": 1000, "stochastic": 5000}
 #: Largest D for dense symmetric-square-root sampling (a 4096² eigendecomposition, ~20 s).
 SYMMETRIC_SAMPLING_MAX_PIXELS = 4096
+#: Largest ``alpha``: 1 would drop every coupling from the moments (the independent model).
+_MAX_ALPHA = 1.0
 _FORMAT = "sparsegauss.GridGaussian"
 _FORMAT_VERSION = 1
+
+
+def _umask():
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _check_choice(value, name, choices, allow_none=False):
@@ -59,11 +73,7 @@ def _check_positive(value, name):
                          f"Got {value!r} instead.")
 
 
-class NotFittedError(ValueError, AttributeError):
-    """The estimator is used before ``fit``."""
-
-
-class GridGaussian:
+class GridGaussian(DensityMixin, BaseEstimator):
     r"""Gaussian with a sparse, grid-structured precision matrix.
 
     ``p(x) = exp(−½ (x − μ)ᵀ Λ (x − μ)) / Z`` over images of ``H × W`` pixels flattened
@@ -72,8 +82,10 @@ class GridGaussian:
 
     Parameters
     ----------
-    shape : tuple of int
-        Image shape ``(H, W)``, ``H, W >= 1``.
+    shape : tuple of int, optional
+        Image shape ``(H, W)``, ``H, W >= 1``. ``None`` (the default) takes it from the
+        data at ``fit``: ``(H, W)`` from images of shape ``(n, H, W)``, and a ``1 × D``
+        chain (each feature coupled to the next) from a plain ``(n, D)`` table.
     stencil : {4, 8}, default=4
         Neighbourhood of each pixel.
     tying : {"untied", "tied"}, default="untied"
@@ -85,6 +97,14 @@ class GridGaussian:
         :mod:`sparsegauss.estimators`).
     assume_centered : bool, default=False
         If True, ``μ = 0`` and the data are not centred; otherwise ``μ`` is the mean.
+    alpha : float in [0, 1), default=0.0
+        Shrinkage of the couplings, for few samples (``"mle"`` and ``"sm"``'s closed form
+        and barrier). The fit uses the shrunk second moments
+        ``S_α = (1 − α) S + α diag(S)``: variances are kept and every sample covariance
+        on the pattern is scaled by ``1 − α``, so the MLE maximizes the penalized
+        likelihood ``½ log det Λ − ½ tr(Λ S) − ½ α tr(Λ (diag S − S))``. ``S_α`` is
+        positive definite for any ``α > 0``, so the MLE exists however few the samples;
+        choose ``α`` by held-out :meth:`score` (e.g. with ``GridSearchCV``).
     tol : float, optional
         Stopping tolerance. Default: 1e-8 on the KKT residual
         ``max |Σ − S| / √(S_pp S_qq)`` for ``"mle"``; 1e-6 on the largest rescaled
@@ -188,8 +208,9 @@ class GridGaussian:
     (3, 30)
     """
 
-    def __init__(self, shape, *, stencil=4, tying="untied", method="mle",
-                 assume_centered=False, tol=None, max_iter=None, random_state=None,
+    def __init__(self, shape=None, *, stencil=4, tying="untied", method="mle",
+                 assume_centered=False, alpha=0.0, tol=None, max_iter=None,
+                 random_state=None,
                  verbose=False, optimizer=None, learning_rate=1e-2, schedule="cosine",
                  batch_size=256, nu=1.0, noise="auto", noise_sampling="pool",
                  normalization="learned", n_noise=10, perturbation_std=None, cd_steps=1,
@@ -200,6 +221,7 @@ class GridGaussian:
         self.tying = tying
         self.method = method
         self.assume_centered = assume_centered
+        self.alpha = alpha
         self.tol = tol
         self.max_iter = max_iter
         self.random_state = random_state
@@ -219,37 +241,24 @@ class GridGaussian:
         self.persistent = persistent
         self.sm_solver = sm_solver
 
-    # -- scikit-learn parameter protocol --------------------------------------------
-    @classmethod
-    def _param_names(cls):
-        signature = inspect.signature(cls.__init__)
-        return sorted(name for name in signature.parameters if name != "self")
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags
 
-    def get_params(self, deep=True):
-        """Parameters of this estimator, as passed to ``__init__``."""
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params):
-        """Set parameters; returns ``self``."""
-        valid = self._param_names()
-        for name, value in params.items():
-            if name not in valid:
-                raise ValueError(f"Invalid parameter {name!r} for GridGaussian. "
-                                 f"Valid parameters are: {valid}.")
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self):
-        defaults = {name: p.default for name, p in
-                    inspect.signature(type(self).__init__).parameters.items()}
-        shown = [repr(self.shape)] + [f"{k}={v!r}" for k, v in self.get_params().items()
-                                      if k != "shape" and v is not defaults[k]
-                                      and v != defaults[k]]
-        return f"GridGaussian({', '.join(shown)})"
+    # -- pickling ---------------------------------------------------------------------
+    def __getstate__(self):
+        # The CHOLMOD analysis and factor are C objects that do not pickle; both are
+        # rebuilt from theta_ at first use after unpickling (one symbolic analysis).
+        state = super().__getstate__()
+        for name in ("_normalizer_cache", "_factor_cache"):
+            state.pop(name, None)
+        return state
 
     # -- validation --------------------------------------------------------------------
     def _validate_params(self):
-        shape = check_grid_shape(self.shape)
+        if self.shape is not None:
+            check_grid_shape(self.shape)
         if self.stencil not in STENCIL_OFFSETS:
             raise ValueError("The 'stencil' parameter of GridGaussian must be 4 or 8. "
                              f"Got {self.stencil!r} instead.")
@@ -259,6 +268,18 @@ class GridGaussian:
         if self.method not in METHODS:
             raise ValueError(f"The 'method' parameter of GridGaussian must be one of "
                              f"{METHODS}. Got {self.method!r} instead.")
+        if not (isinstance(self.alpha, (int, float, np.integer, np.floating))
+                and not isinstance(self.alpha, bool) and 0 <= self.alpha < _MAX_ALPHA):
+            raise ValueError("The 'alpha' parameter of GridGaussian must be a float in "
+                             f"[0, 1). Got {self.alpha!r} instead.")
+        if self.alpha > 0 and not (self.method == "mle" or
+                                   (self.method == "sm" and self.sm_solver != "gradient")):
+            raise ValueError(
+                f"alpha={self.alpha!r} shrinks the second moments that exact MLE and score "
+                "matching's closed form and barrier read; method="
+                f"{self.method!r}{' with sm_solver=' + repr(self.sm_solver) if self.method == 'sm' else ''}"
+                " does not use them. Use method='mle' or 'sm' (closed form or barrier), or "
+                "alpha=0.")
         if self.tol is not None and not (isinstance(self.tol, (int, float))
                                          and np.isfinite(self.tol) and self.tol >= 0):
             raise ValueError("The 'tol' parameter of GridGaussian must be a float >= 0 or "
@@ -283,14 +304,51 @@ class GridGaussian:
         _check_int(self.cd_steps, "cd_steps", 1)
         _check_choice(self.sampler, "sampler", SAMPLERS)
         _check_choice(self.sm_solver, "sm_solver", SM_SOLVERS)
-        return shape
 
-    def _validate_data(self, X, n_pixels, min_samples):
-        X = check_samples(X, check_grid_shape(self.shape))
-        if X.shape[0] < min_samples:
-            raise ValueError(f"X has {X.shape[0]} sample(s); at least {min_samples} are "
-                             "needed.")
-        return X
+    def _grid_shape(self, n_features, image_shape=None):
+        """The grid: the ``shape`` parameter, else the images' ``(H, W)``, else ``1 × D``."""
+        if self.shape is not None:
+            shape = check_grid_shape(self.shape)
+            if image_shape is not None and tuple(image_shape) != shape:
+                raise ValueError(f"X holds images of shape {tuple(image_shape)}, but the "
+                                 f"GridGaussian's shape is {shape}.")
+            if n_features is not None and n_features != shape[0] * shape[1]:
+                raise ValueError(
+                    f"X has {n_features} features, but a {shape[0]}x{shape[1]} grid has "
+                    f"{shape[0] * shape[1]} pixels. Give X as (n_samples, {shape[0]}, "
+                    f"{shape[1]}) or (n_samples, {shape[0] * shape[1]}) arrays, or set "
+                    "shape to the images' shape.")
+            return shape
+        if image_shape is not None:
+            return check_grid_shape(image_shape)
+        return (1, int(n_features))
+
+    def _validate_data(self, X, *, reset, min_samples=1):
+        """``(X, shape)``: X as a C-contiguous float ``(n, D)`` array and the grid shape.
+
+        ``(n, H, W)`` images are flattened row-major; integers and booleans become
+        float64 (as scikit-learn estimators take them); NaN and inf are refused with the
+        first offending sample and pixel named. ``reset=True`` (in ``fit``) records
+        ``n_features_in_``; otherwise X must match the fitted grid.
+        """
+        image_shape = None
+        if not sp.issparse(X) and not hasattr(X, "columns"):
+            X = np.asarray(X)
+            if X.ndim == 3:
+                image_shape = X.shape[1:]
+                X = X.reshape(X.shape[0], -1)
+        if reset:
+            shape = None
+        else:
+            shape = self._grid.shape
+            if image_shape is not None and tuple(image_shape) != tuple(shape):
+                raise ValueError(f"X holds images of shape {tuple(image_shape)}, but the "
+                                 f"model was fitted to images of shape {tuple(shape)}.")
+        X = validate_data(self, X, reset=reset, dtype=(np.float64, np.float32), order="C",
+                          ensure_all_finite=False, ensure_min_samples=min_samples)
+        if reset:
+            shape = self._grid_shape(X.shape[1], image_shape)
+        return check_samples(X, shape), shape
 
     def _check_fitted(self):
         if not hasattr(self, "theta_"):
@@ -319,23 +377,39 @@ class GridGaussian:
         ------
         ValueError
             Bad shape, NaN/inf, fewer than 2 samples, or pixels with zero variance.
+        SampleSizeError
+            Exact MLE or score matching of the untied model with too few samples for the
+            estimate to be well defined (see :meth:`_check_sample_size`), or two
+            neighbouring pixels that are perfectly correlated; use more samples,
+            ``tying="tied"`` or ``alpha > 0``.
         TypeError
-            Integer or non-numeric data.
+            Non-numeric data.
         """
-        shape = self._validate_params()
-        grid = GridParameterization(shape, self.stencil, self.tying)
+        self._validate_params()
         if is_out_of_core(X):
-            return self._fit_out_of_core(X, grid)
-        X = self._validate_data(X, grid.n_pixels, min_samples=2)
+            return self._fit_out_of_core(X)
+        X, shape = self._validate_data(X, reset=True, min_samples=2)
+        grid = GridParameterization(shape, self.stencil, self.tying)
         location = (np.zeros(grid.n_pixels) if self.assume_centered
                     else X.mean(axis=0, dtype=np.float64))
         moments = pattern_moments(X, grid, center=location) / X.shape[0]
         self._check_variances(moments[0], shape)
+        n_effective = X.shape[0] - (0 if self.assume_centered else 1)
 
         callback = self._progress if self.verbose else None
         if self.method == "mle":
+            moments = self._shrink(moments, diagonal_rows=1)
+            self._check_sample_size(n_effective, moments, grid)
             normalizer = GridNormalizer(grid)
             result = self._fit_mle_moments(moments, grid, normalizer)
+        elif self.method == "sm" and self.sm_solver != "gradient":
+            # Centred in the data's dtype: no float64 copy of a float32 array.
+            centred = X if self.assume_centered else np.subtract(X, location, dtype=X.dtype)
+            sums = extended_moment_sums(centred, grid)
+            del centred
+            normalizer = None
+            result = self._fit_score_matching_sums(sums, X.shape[0], n_effective, grid,
+                                                   moments)
         else:
             normalizer = None
             tol, max_iter = self._stopping()
@@ -353,6 +427,80 @@ class GridGaussian:
                 sampler=self.sampler, persistent=self.persistent, sm_solver=self.sm_solver,
                 moments=moments)
         return self._finish_fit(grid, result, location, normalizer)
+
+    def _shrink(self, moments, diagonal_rows):
+        """``S_α = (1 − α) S + α diag(S)`` in a moment layout whose first
+        ``diagonal_rows`` rows are the variances (a copy; ``moments`` when α = 0)."""
+        if self.alpha == 0:
+            return moments
+        shrunk = np.array(moments, dtype=np.float64)
+        shrunk[diagonal_rows:] *= 1.0 - self.alpha
+        return shrunk
+
+    def _fit_score_matching_sums(self, sums, n_samples, n_effective, grid, moments):
+        """Score matching's closed form or barrier from the extended moment sums."""
+        # Row 0 of the extended sums is the zero offset, the variances.
+        sums = self._shrink(sums, diagonal_rows=1)
+        self._check_sample_size(n_effective, self._shrink(moments, diagonal_rows=1), grid)
+        if self.sm_solver == "closed-form":
+            return score_matching_closed_form(None, grid, sums=sums, n_samples=n_samples)
+        tol, max_iter = self._stopping()
+        return fit_score_matching_barrier(
+            None, grid, sums=sums, n_samples=n_samples,
+            theta0=independent_start(sums[:1] / n_samples, grid), tol=tol,
+            max_iter=max_iter, callback=self._progress if self.verbose else None)
+
+    #: Untied fits need this many effective samples more than the stencil has neighbours.
+    _SAMPLES_BEYOND_NEIGHBOURS = 5
+
+    def _check_sample_size(self, n_effective, moments, grid):
+        """Refuse, in well under a second, an untied moment fit that is ill-posed.
+
+        In the untied model each pixel's row of Λ is, up to scale, the regression of the
+        pixel on its ``k`` stencil neighbours (``k`` = 4 or 8), estimated from
+        ``n_eff`` = n − 1 centred samples (n with ``assume_centered``). Its residual
+        variance has ``n_eff − k`` degrees of freedom, and the precision ``Λ_pp`` (its
+        inverse, a scaled inverse-χ²) has a finite variance only when
+        ``n_eff − k > 4``. Below that the MLE, when it exists at all, is so
+        ill-conditioned that Newton's method needs minutes where it needs seconds
+        (5 white-noise images of 70×70: > 10 minutes; 11 images: 20 s). Perfectly
+        correlated neighbours make Λ infinite whatever ``n``. With ``alpha > 0`` the
+        shrunk moments are positive definite and no count is needed.
+        """
+        edges = self._perfectly_correlated_edge(moments, grid)
+        if edges is not None:
+            raise SampleSizeError(
+                f"Pixels {edges[0]} and {edges[1]} (row, col) are perfectly correlated in X "
+                "(sample correlation ±1), so their precision would be infinite. Add noise "
+                "to the data, or use alpha > 0 to shrink the couplings.")
+        if self.tying != "untied" or self.alpha > 0:
+            return
+        neighbours = 2 * len(STENCIL_OFFSETS[self.stencil])
+        needed = neighbours + self._SAMPLES_BEYOND_NEIGHBOURS
+        if n_effective < needed:
+            n_needed = needed + (0 if self.assume_centered else 1)
+            raise SampleSizeError(
+                f"The untied {self.stencil}-neighbour model has {grid.n_params:,} parameters "
+                f"and needs at least {n_needed} samples to estimate them (each pixel is "
+                f"regressed on its {neighbours} neighbours); X has "
+                f"{n_effective + (0 if self.assume_centered else 1)}. Use more samples, "
+                "tying='tied' (one parameter per stencil term), or shrink the couplings "
+                "with alpha > 0 (e.g. alpha=0.1; choose it by held-out score with "
+                "GridSearchCV).")
+
+    @staticmethod
+    def _perfectly_correlated_edge(moments, grid):
+        """The first pair (as two (row, col)) of neighbours with |correlation| ≈ 1, or None."""
+        scale = grid.outer_fields(np.sqrt(moments[0]))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            correlation = np.abs(moments[1:]) / scale[1:]
+        bad = np.argwhere(grid.valid[1:] & (correlation > 1 - 1e-12))
+        if not bad.size:
+            return None
+        term, pixel = bad[0]
+        dr, dc = grid.offsets[term + 1]
+        row, col = divmod(int(pixel), grid.shape[1])
+        return (row, col), (row + dr, col + dc)
 
     def _finish_fit(self, grid, result, location, normalizer):
         """Set the fitted attributes from an optimizer result; warn about what is off."""
@@ -386,42 +534,51 @@ class GridGaussian:
                 UserWarning, stacklevel=3)
         return self
 
-    def _fit_out_of_core(self, X, grid):
+    def _fit_out_of_core(self, X):
         """Moment-based fits from a Dask array or shard directory, in passes over chunks.
 
         Two passes (the mean, then centred moments) rather than one with ``E[xxᵀ] − μμᵀ``,
         which loses digits when the mean is large against the spread.
         """
-        if self.method not in ("mle", "sm"):
+        if self.method not in ("mle", "sm") or (self.method == "sm"
+                                                and self.sm_solver == "gradient"):
             raise ValueError(
                 f"method={self.method!r} needs the samples in memory: only exact MLE and "
                 "score matching (method='sm', closed form or barrier) run on a Dask array "
                 "or a shard directory. Load the data first (X.compute(), or "
                 "numpy.concatenate of the shards).")
+        if self.shape is not None:
+            shape = check_grid_shape(self.shape)
+        elif hasattr(X, "shape") and len(X.shape) in (2, 3):      # a Dask array
+            shape = self._grid_shape(X.shape[1] if len(X.shape) == 2 else None,
+                                     X.shape[1:] if len(X.shape) == 3 else None)
+        else:
+            raise ValueError(f"{X} is a directory of shards: give the image shape with "
+                             "GridGaussian(shape=(H, W)).")
+        grid = GridParameterization(shape, self.stencil, self.tying)
         source = as_source(X, grid.shape)
         n_samples = source.n_samples
         if n_samples < 2:
             raise ValueError(f"X has {n_samples} sample(s); at least 2 are needed.")
+        self.n_features_in_ = grid.n_pixels
+        n_effective = n_samples - (0 if self.assume_centered else 1)
         location = (np.zeros(grid.n_pixels) if self.assume_centered else
                     source.sum_over_chunks(lambda c: c.sum(axis=0, dtype=np.float64)) / n_samples)
         if self.method == "sm":
             sums = source.sum_over_chunks(lambda c: extended_moment_sums(c, grid, location))
             self._check_variances(sums[0] / n_samples, grid.shape)
-            if self.sm_solver == "closed-form":
-                result = score_matching_closed_form(None, grid, sums=sums,
-                                                    n_samples=n_samples)
-            else:
-                tol, max_iter = self._stopping()
-                result = fit_score_matching_barrier(
-                    None, grid, sums=sums, n_samples=n_samples,
-                    theta0=independent_start(sums[:1] / n_samples, grid),
-                    tol=tol, max_iter=max_iter,
-                    callback=self._progress if self.verbose else None)
+            # The pattern moments are the extended sums' rows at the stencil offsets.
+            moments = grid.valid * np.stack([sums[extended_offset_index(grid, offset)]
+                                             for offset in grid.offsets]) / n_samples
+            result = self._fit_score_matching_sums(sums, n_samples, n_effective, grid,
+                                                   moments)
             normalizer = None
         else:
             moments = source.sum_over_chunks(
                 lambda c: pattern_moments(c, grid, center=location)) / n_samples
             self._check_variances(moments[0], grid.shape)
+            moments = self._shrink(moments, diagonal_rows=1)
+            self._check_sample_size(n_effective, moments, grid)
             normalizer = GridNormalizer(grid)
             result = self._fit_mle_moments(moments, grid, normalizer)
         return self._finish_fit(grid, result, location, normalizer)
@@ -464,7 +621,7 @@ class GridGaussian:
 
     def _set_fitted(self, grid, theta, location, normalizer=None):
         self._grid = grid
-        self._normalizer = normalizer if normalizer is not None else GridNormalizer(grid)
+        self._normalizer_cache = normalizer
         self.theta_ = np.asarray(theta, dtype=np.float64)
         self.location_ = np.asarray(location, dtype=np.float64)
         self.precision_ = grid.precision(self.theta_)
@@ -475,6 +632,14 @@ class GridGaussian:
         except NotPositiveDefiniteError:
             self._factor_logdet = None
             self.is_positive_definite_ = False
+
+    @property
+    def _normalizer(self):
+        """The grid's symbolic Cholesky analysis, made at first use (and after unpickling)."""
+        normalizer = self.__dict__.get("_normalizer_cache")
+        if normalizer is None:
+            normalizer = self._normalizer_cache = GridNormalizer(self._grid)
+        return normalizer
 
     def _factor(self):
         """The Cholesky factor of the fitted Λ, computed at first use and kept.
@@ -519,7 +684,7 @@ class GridGaussian:
         """
         self._check_fitted()
         self._require_pd("score_samples")
-        X = self._validate_data(X, self._grid.n_pixels, min_samples=1)
+        X, _ = self._validate_data(X, reset=False)
         quad = quadratic_forms(X, self._grid, self._grid.fields(self.theta_),
                                center=self.location_)
         return -0.5 * quad - self.log_partition_
@@ -546,16 +711,29 @@ class GridGaussian:
         Returns
         -------
         ndarray, shape (n_samples, H * W)
+
+        Raises
+        ------
+        NotPositiveDefiniteError
+            The fitted Λ is not positive definite.
+        InsufficientMemoryError
+            The samples would not fit in the memory available now (checked before
+            anything is allocated).
         """
         self._check_fitted()
         self._require_pd("sample")
-        if not (isinstance(n_samples, (int, np.integer)) and n_samples >= 1):
+        if not (isinstance(n_samples, (int, np.integer)) and not isinstance(n_samples, bool)
+                and n_samples >= 1):
             raise ValueError("The 'n_samples' parameter of GridGaussian.sample must be an "
                              f"int >= 1. Got {n_samples!r} instead.")
         _check_choice(method, "method", ("cholesky", "symmetric"))
+        n_pixels = self._grid.n_pixels
+        check_allocation(int(n_samples) * n_pixels * 8,
+                         f"{int(n_samples):,} samples of {n_pixels:,} pixels (float64)",
+                         "Draw fewer at a time: call sample() in blocks and write each "
+                         "block out (e.g. to .npy shards) before drawing the next.")
         rng = np.random.default_rng(self.random_state if random_state is None else random_state)
         if method == "symmetric":
-            n_pixels = self._grid.n_pixels
             if n_pixels > SYMMETRIC_SAMPLING_MAX_PIXELS:
                 raise ValueError(
                     f"method='symmetric' needs a dense {n_pixels}x{n_pixels} "
@@ -610,18 +788,29 @@ class GridGaussian:
                      "perturbation_std_"):
             if hasattr(self, name):
                 arrays[name.rstrip("_")] = np.array(getattr(self, name))
-        for name in self._param_names():
+        for name in self._get_param_names():
             value = getattr(self, name)
             if name not in arrays and isinstance(value, (int, float, str, bool)):
                 arrays[f"param_{name}"] = np.array(value)
         directory = path.parent if str(path.parent) else Path(".")
-        handle, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+        if not directory.is_dir():
+            raise FileNotFoundError(f"Could not save the model to {path}: the directory "
+                                    f"{directory} does not exist.")
+        tmp = None
         try:
+            handle, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.",
+                                           suffix=".tmp")
             with os.fdopen(handle, "wb") as out:
                 np.savez(out, **arrays)
+            # mkstemp creates 0600 files; a saved model gets the permissions of any new
+            # file (0666 less the umask), like the figures written beside it.
+            os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, path)
+        except OSError as exc:
+            raise OSError(exc.errno, f"Could not save the model to {path}: "
+                                     f"{exc.strerror or exc}") from exc
         finally:
-            if os.path.exists(tmp):
+            if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
         return path
 
@@ -631,10 +820,16 @@ class GridGaussian:
 
         Raises
         ------
+        FileNotFoundError
+            There is no such file.
         ValueError
             The file is not a sparsegauss model, or is damaged.
         """
         path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"There is no model file {path}.")
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a directory, not a model file.")
         try:
             data = np.load(path, allow_pickle=False)
             if not isinstance(data, np.lib.npyio.NpzFile):   # a plain .npy array
@@ -650,7 +845,7 @@ class GridGaussian:
             raise ValueError(f"{path} was written by a newer sparsegauss (format version "
                              f"{int(content['format_version'])}); upgrade sparsegauss.")
         extra = {key[len("param_"):]: content[key].item() for key in content
-                 if key.startswith("param_") and key[len("param_"):] in cls._param_names()}
+                 if key.startswith("param_") and key[len("param_"):] in cls._get_param_names()}
         model = cls(tuple(int(s) for s in content["shape"]), stencil=int(content["stencil"]),
                     tying=str(content["tying"]), method=str(content["method"]),
                     assume_centered=bool(content["assume_centered"]),
@@ -661,6 +856,7 @@ class GridGaussian:
             raise ValueError(f"{path} is damaged: its parameters do not fit a "
                              f"{model.shape} grid with stencil {model.stencil}.")
         model._set_fitted(grid, theta, content["location"])
+        model.n_features_in_ = grid.n_pixels
         model.n_iter_ = int(content["n_iter"])
         model.residual_ = float(content["residual"])
         model.converged_ = bool(content["converged"])

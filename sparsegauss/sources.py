@@ -41,19 +41,17 @@ def is_out_of_core(X):
 def check_samples(X, shape, where="X"):
     """``X`` as a C-contiguous float32/float64 array of shape ``(n, H·W)``, or a clear error.
 
-    Accepts ``(n, H·W)`` and ``(n, H, W)``; refuses integers (they need a scale the user
-    chooses), other dtypes, and NaN or inf (naming the first offending sample and pixel).
+    Accepts ``(n, H·W)`` and ``(n, H, W)``. Integers and booleans become float64, used as
+    the numbers they are (scale 8-bit images yourself if you want [0, 1]; sparsegauss.
+    datasets.preprocess does that and adds the pixel noise). Refuses other dtypes, and
+    NaN or inf (naming the first offending sample and pixel).
     """
     height, width = shape
     n_pixels = height * width
     X = np.asarray(X)
-    if X.dtype == object or not np.issubdtype(X.dtype, np.floating):
-        if np.issubdtype(X.dtype, np.integer) or X.dtype == bool:
-            raise TypeError(
-                f"{where} has integer dtype {X.dtype}. Convert it to float first, scaled as "
-                "you intend (for 8-bit images, X / 255.0; sparsegauss.datasets."
-                "preprocess does this and adds the pixel noise).")
-        raise TypeError(f"{where} must be an array of floats. Got dtype {X.dtype}.")
+    if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool) \
+            or np.issubdtype(X.dtype, np.complexfloating):
+        raise TypeError(f"{where} must be an array of real numbers. Got dtype {X.dtype}.")
     if X.ndim == 3 and X.shape[1:] == (height, width):
         X = X.reshape(X.shape[0], n_pixels)
     if X.ndim != 2 or X.shape[1] != n_pixels:

@@ -81,6 +81,6 @@ def test_out_of_core_errors(data, tmp_path):
         GridGaussian(SHAPE, method="nce").fit(tmp_path)
     with pytest.raises(ValueError, match="is not a directory"):
         as_source(str(tmp_path / "missing"), SHAPE)
-    np.save(tmp_path / "d.npy", np.zeros((3, 42), dtype=np.uint8))
-    with pytest.raises(TypeError, match="dtype uint8"):
+    np.save(tmp_path / "d.npy", np.zeros((3, 42), dtype=np.complex64))
+    with pytest.raises(TypeError, match="real numbers. Got dtype complex64"):
         GridGaussian(SHAPE).fit(tmp_path)

@@ -32,8 +32,8 @@ from ..optimize import minimize
 from ..stats import as_float_array
 from .mle import hessian_diagonal
 
-__all__ = ["fit_score_matching", "fit_score_matching_barrier", "score_matching_system",
-           "sm_loss_grad"]
+__all__ = ["extended_moment_sums", "extended_offset_index", "fit_score_matching",
+           "fit_score_matching_barrier", "score_matching_system", "sm_loss_grad"]
 
 
 def _half(offset):
@@ -49,6 +49,12 @@ def _extended_offsets(grid):
     halves = sorted({_half((b[0] - c[0], b[1] - c[1]))
                      for b, c in itertools.product(neighbourhood, repeat=2)})
     return halves, neighbourhood
+
+
+def extended_offset_index(grid, offset):
+    """Row of :func:`extended_moment_sums` that holds the half offset ``(dr, dc)``."""
+    halves, _ = _extended_offsets(grid)
+    return halves.index(_half(tuple(offset)))
 
 
 def extended_moment_sums(X, grid, center=None):
