@@ -15,6 +15,7 @@ Exit codes: 0 success, 1 error (the message says what to do), 2 usage.
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -24,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__, report
-from .datasets import DataError, load_mnist, scale_and_noise
+from .datasets import DataError, is_idx_file, load_idx, load_mnist, scale_and_noise
 from .exceptions import SparseGaussError
 from .divergence import kl_divergence
 from .model import METHODS, OPTIMIZERS, SM_SOLVERS, GridGaussian
@@ -46,6 +47,46 @@ DEMO_METHODS = tuple(DEMO_SETTINGS)
 #: Noises compared in the demo's short NCE runs (the report's "which noise" question).
 NOISE_CHECK = ("diagonal", "grid", "empirical", "grid-untied")
 NOISE_CHECK_STEPS = 300
+#: Pixel noise added to MNIST and to integer images (after scaling them to [0, 1]).
+DEFAULT_NOISE_STD = 0.1
+#: Most samples a PNG grid shows, and most pixels it holds: a grid of 10,000 samples was
+#: a 1078 × 151,316-pixel image.
+PNG_MAX_SAMPLES = 64
+PNG_MAX_PIXELS = 1 << 24
+
+
+def _non_negative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (np.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _positive_float(text):
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be > 0, got 0")
+    return value
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _shrinkage(text):
+    value = _non_negative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
+    return value
 
 
 def _add_data_options(parser):
@@ -54,8 +95,11 @@ def _add_data_options(parser):
                              "the user cache, the bundled test set, then a download)")
     parser.add_argument("--offline", action="store_true",
                         help="never download; fail if the files are not found locally")
-    parser.add_argument("--noise-std", type=float, default=0.1,
-                        help="std of the pixel noise added to MNIST (default: %(default)s)")
+    parser.add_argument("--noise-std", type=_non_negative_float, default=None,
+                        help="std of the N(0, s²) pixel noise added after scaling to "
+                             "[0, 1]: MNIST and integer images (IDX, integer .npy) get "
+                             f"{DEFAULT_NOISE_STD} by default; float arrays are used as "
+                             "given unless this is set")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
 
@@ -102,8 +146,9 @@ def get_parser():
                     "directory of .npy shards streamed chunk by chunk. Saves "
                     "model.npz and figures (couplings, samples, learning curve) to --out.")
     fit.add_argument("data", nargs="?", default="mnist",
-                     help="'mnist' (default), a .npy/.npz file of images, or a directory "
-                          "of .npy shards (MLE and score matching; needs --shape)")
+                     help="'mnist' (default), a .npy/.npz file of images, an IDX file "
+                          "(gzip or raw, e.g. images-idx3-ubyte.gz), or a directory of "
+                          ".npy shards (MLE and score matching; needs --shape)")
     fit.add_argument("--key", default=None, help="array name inside a .npz file")
     fit.add_argument("--shape", type=int, nargs=2, metavar=("H", "W"),
                      help="image shape, for flattened (n, H*W) arrays")
@@ -112,13 +157,25 @@ def get_parser():
     fit.add_argument("--tying", default="untied", choices=("untied", "tied"))
     fit.add_argument("--optimizer", default=None, choices=sorted(OPTIMIZERS),
                      help="default: the method's own (see GridGaussian)")
-    fit.add_argument("--max-iter", type=int, default=None)
+    fit.add_argument("--max-iter", type=_positive_int, default=None,
+                     help="most iterations (default: the method's own, see GridGaussian)")
+    fit.add_argument("--tol", type=_non_negative_float, default=None,
+                     help="stopping tolerance (default: the method's own)")
+    fit.add_argument("--alpha", type=_shrinkage, default=0.0,
+                     help="shrinkage of the couplings in [0, 1) for few samples (MLE and "
+                          "score matching; default: %(default)s)")
     fit.add_argument("--noise", default="auto", choices=NOISES, help="NCE/RNCE noise")
+    fit.add_argument("--nu", type=_positive_float, default=1.0,
+                     help="NCE's noise-to-data ratio (default: %(default)s)")
+    fit.add_argument("--learning-rate", type=_positive_float, default=1e-2,
+                     help="step size of adam/sgd/rmsprop (default: %(default)s)")
+    fit.add_argument("--batch-size", type=_positive_int, default=256,
+                     help="minibatch size of adam/sgd/rmsprop (default: %(default)s)")
     fit.add_argument("--sm-solver", default="closed-form", choices=SM_SOLVERS)
     fit.add_argument("--full", action="store_true",
                      help="MNIST: the 60,000 training images (default: the bundled 10,000 "
                           "test images)")
-    fit.add_argument("--train-size", type=int, default=None,
+    fit.add_argument("--train-size", type=_positive_int, default=None,
                      help="use only the first N images")
     _add_output_options(fit, "fit-output")
     _add_data_options(fit)
@@ -129,9 +186,12 @@ def get_parser():
         description="Draw exact samples from a model saved by 'sparsegauss fit' or "
                     "'demo' and write them as a PNG grid and/or a .npy array.")
     sample.add_argument("model", type=Path, help="a model .npz file")
-    sample.add_argument("-n", "--n-samples", type=int, default=32)
-    sample.add_argument("--png", type=Path, default=None, help="PNG grid to write")
-    sample.add_argument("--npy", type=Path, default=None, help=".npy array to write")
+    sample.add_argument("-n", "--n-samples", type=_positive_int, default=32)
+    sample.add_argument("--png", type=Path, default=None,
+                        help=f"PNG grid to write (shows at most the first {PNG_MAX_SAMPLES} "
+                             "samples)")
+    sample.add_argument("--npy", type=Path, default=None,
+                        help=".npy array to write (all samples, shape (n, H, W))")
     sample.add_argument("--sqrt", default="cholesky", choices=("cholesky", "symmetric"),
                         help="square root of Σ (default: %(default)s)")
     sample.add_argument("--seed", type=int, default=0)
@@ -163,8 +223,17 @@ def main(argv=None):
 
 
 def _prepare_output(directory):
+    """The output directory, created if missing (its parent must exist: a mistyped path
+    is an error, not a tree of new directories)."""
+    parent = directory.parent if str(directory.parent) else Path(".")
+    if not directory.is_dir() and parent.exists() and not parent.is_dir():
+        raise OSError(f"cannot write to the output directory {directory}: {parent} is a "
+                      "file, not a directory. Choose another with --out.")
+    if not directory.is_dir() and not parent.is_dir():
+        raise OSError(f"cannot create the output directory {directory}: its parent "
+                      f"{parent} does not exist. Create it first or choose another --out.")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(exist_ok=True)
         probe = directory / ".write-test"
         probe.write_text("")
         probe.unlink()
@@ -172,6 +241,23 @@ def _prepare_output(directory):
         raise OSError(f"cannot write to the output directory {directory}: {exc.strerror}. "
                       "Choose another with --out.") from exc
     return directory
+
+
+def _check_target(path, option):
+    """An output file's directory must exist and be writable; nothing is created."""
+    directory = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise OSError(f"{option} {path} is a directory; give a file name.")
+    if not directory.is_dir():
+        raise OSError(f"{option} {path}: the directory {directory} does not exist. "
+                      "Create it first or choose another path.")
+    if not os.access(directory, os.W_OK):
+        raise OSError(f"{option} {path}: the directory {directory} is not writable.")
+    return path
+
+
+def _noise_std(args, default):
+    return default if args.noise_std is None else args.noise_std
 
 
 def _mnist_split(args):
@@ -184,13 +270,34 @@ def _mnist_split(args):
         images, _ = load_mnist("test", data_home=args.data_home, download=not args.offline)
         train, test = images[:8000], images[8000:]
         source = "MNIST test images, split 8,000 train / 2,000 held out"
-    return (scale_and_noise(train, args.noise_std, rng),
-            scale_and_noise(test, args.noise_std, rng), source)
+    noise_std = _noise_std(args, DEFAULT_NOISE_STD)
+    return (scale_and_noise(train, noise_std, rng),
+            scale_and_noise(test, noise_std, rng), source)
 
 
 def _progress(args, total, desc):
     """A progress bar: quiet with --quiet or when stderr is not a terminal."""
     return tqdm(total=total, desc=desc, disable=True if args.quiet else None, leave=False)
+
+
+def _warm_up(methods, seed):
+    """Compile the Numba kernels of every demo method on a tiny problem, untimed.
+
+    Without it the first fit's time includes the one-off compilation (or the load of
+    Numba's on-disk cache), and the 4-neighbour MLE, which runs first, looked slower
+    than it is.
+    """
+    from .datasets import make_grid_gaussian
+
+    _, X = make_grid_gaussian((6, 6), 300, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in methods:
+            settings = dict(DEMO_SETTINGS[name])
+            if "max_iter" in settings:
+                settings["max_iter"] = 5
+            GridGaussian((6, 6), random_state=seed, **settings).fit(X)
+        GridGaussian((6, 6), method="sm", sm_solver="barrier", max_iter=2).fit(X)
 
 
 def _fit_timed(X, stencil, settings, seed, verbose=False):
@@ -212,7 +319,10 @@ def _summary_row(name, stencil, model, seconds, X_train, X_test, mle, messages):
     if model.is_positive_definite_:
         row.update(train_loglik=model.score(X_train), test_loglik=model.score(X_test),
                    log_partition=model.log_partition_,
-                   kl_to_mle=kl_divergence(mle, model) if mle is not None else 0.0)
+                   # The reference's divergence from itself is 0 by definition (computed,
+                   # it is a rounding residue of tr(ΛΣ) − D, ~1e-13).
+                   kl_to_mle=(kl_divergence(mle, model)
+                              if mle is not None and mle is not model else 0.0))
     else:
         row.update(train_loglik=float("nan"), test_loglik=float("nan"),
                    log_partition=float("nan"), kl_to_mle=float("nan"))
@@ -233,7 +343,9 @@ def _run_demo(args):
                          f"{','.join(DEMO_METHODS)} that includes mle (the reference); "
                          f"got {args.methods!r}.")
     X_train, X_test, source = _mnist_split(args)
-    say(f"Data: {source}; noise std {args.noise_std}; D = {X_train.shape[1]} pixels")
+    _warm_up(methods, args.seed)
+    say(f"Data: {source}; noise std {_noise_std(args, DEFAULT_NOISE_STD)}; "
+        f"D = {X_train.shape[1]} pixels")
     from . import plotting
 
     rows, curves, models = [], {}, {}
@@ -292,7 +404,7 @@ def _run_demo(args):
         figure.savefig(out / filename, dpi=110)
 
     _print_table(rows)
-    summary = dict(source=source, noise_std=args.noise_std, rows=rows,
+    summary = dict(source=source, noise_std=_noise_std(args, DEFAULT_NOISE_STD), rows=rows,
                    noise_check=noise_rows, figures=sorted(figures))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     (out / "report.md").write_text(report.render(summary))
@@ -314,32 +426,48 @@ def _print_table(rows):
               f"{'yes' if r['positive_definite'] else 'no':>3} {r['seconds']:>8.2f}")
 
 
+def _read_array(path, key):
+    """The array in a .npy/.npz file or an IDX file, with errors naming the file."""
+    if path.suffix in (".npy", ".npz"):
+        try:
+            loaded = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"Could not read {path} as a NumPy file: {exc}") from exc
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            return loaded
+        with loaded:
+            names = list(loaded.files)
+            key = key or (names[0] if len(names) == 1 else None)
+            if key not in names:
+                raise DataError(f"{path} holds the arrays {names}; choose one with --key.")
+            return loaded[key]
+    if is_idx_file(path):
+        return load_idx(path)
+    raise DataError(f"{path}: expected a .npy or .npz file of images or an IDX file (e.g. "
+                    "images-idx3-ubyte.gz); this file is none of these.")
+
+
 def _load_images(args):
-    """Images for ``fit``: preprocessed MNIST, or the user's array as given."""
+    """Images for ``fit`` as ``(n, H, W)`` floats, and a description of where from.
+
+    MNIST and integer images (8-bit IDX files, integer arrays) are scaled to [0, 1] by
+    their dtype's maximum and get N(0, s²) pixel noise (s = --noise-std, default 0.1),
+    as in the study; float arrays are used as given, plus noise only if --noise-std is set.
+    """
+    rng = np.random.default_rng(args.seed)
     if args.data == "mnist":
         images, _ = load_mnist("train" if args.full else "test",
                                data_home=args.data_home, download=not args.offline)
-        X = scale_and_noise(images, args.noise_std, np.random.default_rng(args.seed))
+        X = scale_and_noise(images, _noise_std(args, DEFAULT_NOISE_STD), rng)
         return X.reshape(len(X), 28, 28), "MNIST"
     path = Path(args.data)
     if not path.is_file():
-        raise DataError(f"{path} does not exist. Give 'mnist' or a .npy/.npz file of images.")
-    if path.suffix not in (".npy", ".npz"):
-        raise DataError(f"{path}: expected a .npy or .npz file of images, not "
-                        f"'{path.suffix}'.")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"Could not read {path} as a NumPy file: {exc}") from exc
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            names = list(loaded.files)
-            key = args.key or (names[0] if len(names) == 1 else None)
-            if key not in names:
-                raise DataError(f"{path} holds the arrays {names}; choose one with --key.")
-            X = loaded[key]
-    else:
-        X = loaded
+        raise DataError(f"{path} does not exist. Give 'mnist', a .npy/.npz file, an IDX "
+                        "file or a directory of .npy shards.")
+    X = _read_array(path, args.key)
+    if X.size == 0:
+        raise DataError(f"{path} holds an empty array (shape {X.shape}): there are no "
+                        "images to fit.")
     if X.ndim == 2:
         if not args.shape:
             raise DataError(f"{path} holds flattened images of shape {X.shape}; give the "
@@ -347,30 +475,49 @@ def _load_images(args):
         if args.shape[0] * args.shape[1] != X.shape[1]:
             raise DataError(f"--shape {args.shape[0]} {args.shape[1]} has "
                             f"{args.shape[0] * args.shape[1]} pixels, but the images have "
-                            f"{X.shape[1]}.")
+                            f"{X.shape[1]} ({path}).")
         X = X.reshape(len(X), *args.shape)
     elif X.ndim != 3:
         raise DataError(f"{path}: expected images of shape (n, H, W) or (n, H*W); got an "
                         f"array of shape {X.shape}.")
+    if np.issubdtype(X.dtype, np.integer):
+        noise_std = _noise_std(args, DEFAULT_NOISE_STD)
+        scale = np.iinfo(X.dtype).max
+        X = scale_and_noise(X, noise_std, rng).reshape(X.shape)
+        return X, (f"{path} ({scale}-scaled integers in [0, 1], pixel noise std "
+                   f"{noise_std})")
+    if not np.issubdtype(X.dtype, np.floating):
+        raise DataError(f"{path} holds {X.dtype} values; expected numbers (float images, or "
+                        "integer images that are scaled to [0, 1]).")
+    if args.noise_std:
+        X = X + args.noise_std * rng.standard_normal(X.shape)
+        return X, f"{path} (plus pixel noise std {args.noise_std})"
     return X, str(path)
 
 
+def _fit_settings(args):
+    """The GridGaussian parameters the fit options set."""
+    return dict(stencil=args.stencil, tying=args.tying, method=args.method,
+                optimizer=args.optimizer, max_iter=args.max_iter, tol=args.tol,
+                alpha=args.alpha, noise=args.noise, nu=args.nu,
+                learning_rate=args.learning_rate, batch_size=args.batch_size,
+                sm_solver=args.sm_solver, random_state=args.seed, verbose=args.verbose)
+
+
 def _run_fit(args):
-    out = _prepare_output(args.out)
     say = (lambda *a: None) if args.quiet else print
     if args.data != "mnist" and Path(args.data).is_dir():
-        return _fit_shards(args, out, say)
+        return _fit_shards(args, _prepare_output(args.out), say)
     X, source = _load_images(args)
+    out = _prepare_output(args.out)
     if args.train_size is not None:
         X = X[:args.train_size]
     shape = X.shape[1:]
-    settings = dict(method=args.method, optimizer=args.optimizer, max_iter=args.max_iter,
-                    noise=args.noise, sm_solver=args.sm_solver)
+    settings = _fit_settings(args)
     say(f"Fitting a {args.stencil}-neighbour {args.tying} grid Gaussian by {args.method} "
         f"to {len(X):,} images of {shape[0]}x{shape[1]} from {source} ...")
     start = time.perf_counter()
-    model = GridGaussian(shape, stencil=args.stencil, tying=args.tying,
-                         random_state=args.seed, verbose=args.verbose, **settings)
+    model = GridGaussian(shape, **settings)
     model.fit(X.reshape(len(X), -1))
     seconds = time.perf_counter() - start
     model.save(out / "model.npz")
@@ -400,14 +547,15 @@ def _fit_shards(args, out, say):
     if args.shape is None:
         raise ValueError(f"{args.data} is a directory of shards: give the image shape with "
                          "--shape H W.")
+    if args.noise_std is not None:
+        raise ValueError("--noise-std applies to images loaded in memory; the shards in "
+                         f"{args.data} are streamed and used as given. Drop --noise-std, "
+                         "or add the noise when writing the shards.")
     shape = tuple(args.shape)
     say(f"Fitting a {args.stencil}-neighbour {args.tying} grid Gaussian by {args.method} "
         f"to the .npy shards in {args.data} ({shape[0]}x{shape[1]}), chunk by chunk ...")
     start = time.perf_counter()
-    model = GridGaussian(shape, stencil=args.stencil, tying=args.tying, method=args.method,
-                         optimizer=args.optimizer, max_iter=args.max_iter,
-                         sm_solver=args.sm_solver, random_state=args.seed,
-                         verbose=args.verbose).fit(args.data)
+    model = GridGaussian(shape, **_fit_settings(args)).fit(args.data)
     model.save(out / "model.npz")
     say(f"Done in {time.perf_counter() - start:.2f} s"
         + (f": exact log Z {model.log_partition_:.3f}." if model.is_positive_definite_
@@ -419,21 +567,29 @@ def _fit_shards(args, out, say):
 def _run_sample(args):
     if args.png is None and args.npy is None:
         raise ValueError("Nothing to write: give --png FILE and/or --npy FILE.")
-    if args.n_samples < 1:
-        raise ValueError(f"-n must be at least 1; got {args.n_samples}.")
-    if not args.model.is_file():
-        raise DataError(f"The model file {args.model} does not exist.")
+    for option, target in (("--npy", args.npy), ("--png", args.png)):
+        if target is not None:
+            _check_target(target, option)
     model = GridGaussian.load(args.model)
-    samples = model.sample(args.n_samples, random_state=args.seed, method=args.sqrt)
+    shape = model._grid.shape
+    n_pixels = shape[0] * shape[1]
     if args.npy is not None:
-        _prepare_output(args.npy.parent)
-        np.save(args.npy, samples.reshape(args.n_samples, *model._grid.shape))
+        # Every sample is drawn in memory first; sample() refuses what cannot fit.
+        samples = model.sample(args.n_samples, random_state=args.seed, method=args.sqrt)
+        np.save(args.npy, samples.reshape(args.n_samples, *shape))
     if args.png is not None:
-        _prepare_output(args.png.parent)
+        n_shown = int(min(args.n_samples, PNG_MAX_SAMPLES, max(1, PNG_MAX_PIXELS // n_pixels)))
+        if n_shown < args.n_samples:
+            print(f"sparsegauss sample: the PNG shows the first {n_shown} of "
+                  f"{args.n_samples:,} samples" + (" (all are in the .npy file)"
+                                                   if args.npy is not None else "") + ".",
+                  file=sys.stderr)
+        shown = (samples[:n_shown] if args.npy is not None else
+                 model.sample(n_shown, random_state=args.seed, method=args.sqrt))
         from .plotting import plot_samples
-        plot_samples(samples, model._grid.shape,
-                     title=f"{args.n_samples} samples of {args.model.name}").savefig(
-                         args.png, dpi=110)
+        title = (f"{args.n_samples} samples of {args.model.name}" if n_shown == args.n_samples
+                 else f"{n_shown} of {args.n_samples:,} samples of {args.model.name}")
+        plot_samples(shown, shape, title=title).savefig(args.png, dpi=110)
     return EXIT_OK
 
 

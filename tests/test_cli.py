@@ -109,6 +109,7 @@ def test_fit_user_array_and_sample_roundtrip(tmp_path, capsys):
     for name in ("couplings.png", "samples.png", "learning-curve.png"):
         assert (tmp_path / "fit" / name).stat().st_size > 5_000
     npy, png = tmp_path / "s" / "samples.npy", tmp_path / "s" / "samples.png"
+    (tmp_path / "s").mkdir()
     assert main(["sample", str(tmp_path / "fit" / "model.npz"), "-n", "5", "--npy", str(npy),
                  "--png", str(png), "--seed", "3"]) == 0
     samples = np.load(npy)
@@ -125,7 +126,7 @@ def test_fit_user_array_and_sample_roundtrip(tmp_path, capsys):
     (["fit", "{tmp}/cube.npy"], "expected images of shape"),
     (["fit", "{tmp}/two.npz"], "choose one with --key"),
     (["fit", "{tmp}/nan.npy"], "NaN"),
-    (["sample", "{tmp}/nothing.npz", "--png", "{tmp}/x.png"], "does not exist"),
+    (["sample", "{tmp}/nothing.npz", "--png", "{tmp}/x.png"], "There is no model file"),
     (["sample", "{tmp}/flat.npy", "--png", "{tmp}/x.png"], "Could not read a GridGaussian"),
     (["sample", "{tmp}/flat.npy"], "Nothing to write"),
 ])
@@ -171,3 +172,99 @@ def test_fit_shard_directory(tmp_path, capsys):
                  "--quiet"]) == 0
     saved = GridGaussian.load(tmp_path / "fit" / "model.npz")
     np.testing.assert_allclose(saved.theta_, GridGaussian((5, 7)).fit(X).theta_, rtol=1e-9)
+
+
+def test_fit_reads_idx_files_like_mnist(tmp_path):
+    """An IDX file of 8-bit images is scaled to [0, 1] and noised as the study does."""
+    from sparsegauss.datasets import load_idx, scale_and_noise
+
+    bundled = Path(__file__).resolve().parents[1] / "sparsegauss" / "data"
+    path = bundled / "t10k-images-idx3-ubyte.gz"
+    assert main(["fit", str(path), "--train-size", "2000", "--out", str(tmp_path / "fit"),
+                 "--quiet"]) == 0
+    images = load_idx(path)
+    X = scale_and_noise(images, 0.1, np.random.default_rng(0))[:2000]
+    direct = GridGaussian((28, 28)).fit(X)
+    saved = GridGaussian.load(tmp_path / "fit" / "model.npz")
+    np.testing.assert_allclose(saved.theta_, direct.theta_, rtol=1e-9)
+
+
+def test_fit_options_reach_the_estimator(tmp_path):
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "x.npy", rng.standard_normal((300, 5, 6)))
+    assert main(["fit", str(tmp_path / "x.npy"), "--method", "nce", "--optimizer", "adam",
+                 "--max-iter", "30", "--tol", "0.001", "--nu", "2", "--learning-rate", "0.05",
+                 "--batch-size", "64", "--out", str(tmp_path / "nce"), "--quiet"]) == 0
+    params = GridGaussian.load(tmp_path / "nce" / "model.npz").get_params()
+    assert (params["nu"], params["learning_rate"], params["batch_size"], params["tol"],
+            params["max_iter"]) == (2.0, 0.05, 64, 0.001, 30)
+    assert main(["fit", str(tmp_path / "x.npy"), "--alpha", "0.2", "--out",
+                 str(tmp_path / "mle"), "--quiet"]) == 0
+    assert GridGaussian.load(tmp_path / "mle" / "model.npz").alpha == 0.2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fit", "--noise-std", "-1"], "--noise-std: must be a finite number >= 0, got -1"),
+    (["fit", "--nu", "0"], "--nu: must be > 0"),
+    (["fit", "--alpha", "1"], "--alpha: must lie in [0, 1)"),
+    (["fit", "--batch-size", "0"], "--batch-size: must be >= 1"),
+    (["sample", "m.npz", "-n", "0", "--npy", "x.npy"], "-n/--n-samples: must be >= 1"),
+])
+def test_bad_option_values_are_usage_errors(capsys, argv, message):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_user_files_are_checked_and_never_created_behind_the_users_back(tmp_path, capsys):
+    np.save(tmp_path / "empty.npy", np.zeros((0, 4, 4)))
+    assert main(["fit", str(tmp_path / "empty.npy"), "--out", str(tmp_path / "o")]) == 1
+    assert "holds an empty array (shape (0, 4, 4))" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()           # nothing written for a failed input
+    # Float arrays are used as given; --noise-std, when set, is applied, not ignored.
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.standard_normal((200, 4, 4)))
+    assert main(["fit", str(tmp_path / "x.npy"), "--noise-std", "0.5", "--out",
+                 str(tmp_path / "noisy")]) == 0
+    assert "plus pixel noise std 0.5" in capsys.readouterr().out
+    noisy = GridGaussian.load(tmp_path / "noisy" / "model.npz")
+    plain = GridGaussian((4, 4)).fit(np.load(tmp_path / "x.npy"))
+    assert np.all(noisy.theta_[:16] < plain.theta_[:16])   # more variance, less precision
+    # --out may create its own directory, not a missing parent.
+    assert main(["fit", str(tmp_path / "x.npy"), "--out", str(tmp_path / "no" / "such")]) == 1
+    assert "its parent" in capsys.readouterr().err and not (tmp_path / "no").exists()
+    model = tmp_path / "noisy" / "model.npz"
+    for option in ("--npy", "--png"):
+        target = tmp_path / "missing-dir" / "x"
+        assert main(["sample", str(model), option, str(target)]) == 1
+        assert "missing-dir does not exist" in capsys.readouterr().err
+        assert not (tmp_path / "missing-dir").exists()
+
+
+def test_sample_requests_are_checked_before_allocating(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    GridGaussian((5, 6)).fit(rng.standard_normal((100, 30))).save(tmp_path / "m.npz")
+    assert main(["sample", str(tmp_path / "m.npz"), "-n", "1000000000000", "--npy",
+                 str(tmp_path / "x.npy")]) == 1
+    err = capsys.readouterr().err
+    assert "1,000,000,000,000 samples of 30 pixels (float64) need 218.3 TiB" in err
+    assert "available" in err and "Traceback" not in err
+    assert not (tmp_path / "x.npy").exists()
+    # A PNG of 1,000 samples shows the first 64, and says so.
+    png = tmp_path / "many.png"
+    assert main(["sample", str(tmp_path / "m.npz"), "-n", "1000", "--png", str(png)]) == 0
+    assert "the PNG shows the first 64 of 1,000 samples" in capsys.readouterr().err
+    from matplotlib.image import imread
+    assert max(imread(png).shape[:2]) < 2000
+
+
+def test_saved_models_and_load_errors(tmp_path):
+    rng = np.random.default_rng(0)
+    model = GridGaussian((3, 4)).fit(rng.standard_normal((50, 12)))
+    path = model.save(tmp_path / "m.npz")
+    figure = tmp_path / "f.png"
+    figure.write_bytes(b"")
+    assert (path.stat().st_mode & 0o777) == (figure.stat().st_mode & 0o777)
+    with pytest.raises(FileNotFoundError, match="There is no model file .*missing.npz"):
+        GridGaussian.load(tmp_path / "missing.npz")
+    with pytest.raises(OSError, match=r"Could not save the model to .*nowhere.*m\.npz"):
+        model.save(tmp_path / "nowhere" / "m.npz")
