@@ -204,8 +204,9 @@ def plot_comparison(rows, title="Estimators on MNIST"):
             if np.isfinite(delta):
                 axes[0].bar(i + offset, delta, width, color=colours[j])
             else:
-                axes[0].text(i + offset, 0, "not PD", rotation=90, ha="center",
-                             va="bottom", fontsize="small", color=colours[j])
+                # Below the zero line, inside the axes (the differences are mostly < 0).
+                axes[0].text(i + offset, 0, " not PD", rotation=90, ha="center",
+                             va="top", fontsize="small", color=colours[j])
         for i, name in enumerate(learned):
             error = value.get((name, stencil), {}).get("log_partition_error", np.nan)
             if np.isfinite(error):

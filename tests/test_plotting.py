@@ -1,3 +1,4 @@
+import copy
 """Figures are built, labelled and written; both square roots sample the same Gaussian."""
 
 import matplotlib
@@ -77,6 +78,33 @@ def test_figures_are_written_and_labelled(models, tmp_path):
             dict(estimator="sm", stencil=8, test_loglik=float("nan"))]
     fig = plotting.plot_comparison(rows)
     assert _saved_size(fig, tmp_path, "cmp.png") > 10_000
+
+
+def test_comparison_shows_differences_to_the_mle_from_zero(tmp_path):
+    rows = [dict(estimator="mle", stencil=4, test_loglik=351.0),
+            dict(estimator="mle", stencil=8, test_loglik=375.5),
+            dict(estimator="nce", stencil=4, test_loglik=350.8, log_partition_error=-0.3),
+            dict(estimator="nce", stencil=8, test_loglik=359.0, log_partition_error=0.02),
+            dict(estimator="sm", stencil=4, test_loglik=float("nan"))]
+    fig = plotting.plot_comparison(rows)
+    left, right = fig.axes[:2]
+    heights = sorted(round(p.get_height(), 6) for p in left.patches)
+    assert heights == [-16.5, -0.2]                  # differences, not absolute values
+    low, high = left.get_ylim()
+    assert low < -16.5 and high >= 0                  # the bars start at zero
+    assert [t.get_text().strip() for t in left.texts] == ["not PD"]
+    assert [t.get_text() for t in right.get_xticklabels()] == ["nce"]   # no empty groups
+    assert sorted(round(p.get_height(), 6) for p in right.patches) == [0.02, 0.3]
+    assert not left.get_legend() and fig.legends      # the legend sits outside the axes
+
+
+def test_couplings_of_an_indefinite_estimate_say_so(models):
+    mle, _ = models
+    assert "NOT POSITIVE DEFINITE" not in plotting.plot_couplings(mle)._suptitle.get_text()
+    indefinite = copy.deepcopy(mle)
+    indefinite.is_positive_definite_ = False
+    title = plotting.plot_couplings(indefinite)._suptitle.get_text()
+    assert "NOT POSITIVE DEFINITE: not a valid Gaussian" in title
 
 
 def test_learning_curve_errors():
