@@ -373,7 +373,7 @@ def preprocess(images, noise_std=0.1, random_state=None):
     >>> from sparsegauss.datasets import load_mnist, preprocess
     >>> images, _ = load_mnist("test")
     >>> X, mean = preprocess(images[:100], random_state=0)
-    >>> X.shape, abs(X.mean()) < 1e-12
+    >>> X.shape, bool(abs(X.mean()) < 1e-12)
     ((100, 784), True)
     """
     X = scale_and_noise(images, noise_std, random_state)
