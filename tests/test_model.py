@@ -255,3 +255,20 @@ def test_held_out_score_has_an_interior_optimum_in_alpha(method):
 def test_bad_alpha(kwargs, data):
     with pytest.raises(ValueError, match="alpha"):
         GridGaussian((5, 4), **kwargs).fit(data)
+
+
+def test_sample_refuses_what_memory_cannot_hold(data, monkeypatch):
+    """model.sample(10**8) on a 30-pixel model once ran 125 s and took 22 of 23 GiB."""
+    from sparsegauss import _memory
+    from sparsegauss.exceptions import InsufficientMemoryError
+
+    model = GridGaussian((5, 4)).fit(data)
+    monkeypatch.setattr(_memory, "available_memory", lambda: 1 << 30)     # 1 GiB free
+    with pytest.raises(InsufficientMemoryError,
+                       match=r"100,000,000 samples of 20 pixels \(float64\) need 14\.9 GiB, "
+                             r"but this machine has 1\.0 GiB .*in blocks"):
+        model.sample(10 ** 8)
+    assert model.sample(1000, random_state=0).shape == (1000, 20)    # 160 kB is fine
+    assert _memory.available_memory() == 1 << 30
+    monkeypatch.undo()
+    assert _memory.available_memory() > 0           # /proc/meminfo is read on Linux
