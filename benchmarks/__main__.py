@@ -37,9 +37,14 @@ def machine():
                 break
     except OSError:
         pass
+    from sparsegauss import config
+
+    configuration = config()
+    blas = ", ".join(sorted({e["implementation"] for e in configuration["cholmod_blas"]}))
     return dict(cpu=cpu, cores=os.cpu_count(), numba_threads=numba.get_num_threads(),
                 python=platform.python_version(), numpy=np.__version__,
                 scipy=scipy.__version__, numba=numba.__version__,
+                cholmod_blas=blas or "unknown", configuration=configuration,
                 date=datetime.date.today().isoformat())
 
 
@@ -141,7 +146,8 @@ def merge(earlier, results):
 def markdown(results, info, summaries):
     lines = [f"Machine: {info['cpu']}, {info['cores']} cores ({info['numba_threads']} Numba "
              f"threads); Python {info['python']}, NumPy {info['numpy']}, SciPy "
-             f"{info['scipy']}, Numba {info['numba']}; {info['date']}.", "",
+             f"{info['scipy']}, Numba {info['numba']}; CHOLMOD on "
+             f"{info.get('cholmod_blas', 'an unrecorded BLAS')}; {info['date']}.", "",
              *[f"Merged with {m['path']} ({m['date']}): its cases not re-run here are "
                f"its own measurements.\n" for m in info.get("merged", [])],
              "| benchmark | parameters | median |", "|---|---|---|"]

@@ -5,6 +5,7 @@ Fit ``p(x) ∝ exp(−½ (x − μ)ᵀ Λ (x − μ))`` to images, with Λ coupl
 and selected inversion.
 """
 
+from ._config import config, show_config
 from .divergence import kl_divergence
 from .exceptions import ConvergenceWarning, NotPositiveDefiniteError, SparseGaussError
 from .grid import GridParameterization
@@ -18,5 +19,7 @@ __all__ = sorted([
     "GridParameterization",
     "NotPositiveDefiniteError",
     "SparseGaussError",
+    "config",
     "kl_divergence",
+    "show_config",
 ])

@@ -31,6 +31,30 @@ _SAMPLE_BLOCK = 64
 _SAMPLE_BLOCK_VALUES = 1 << 22
 
 
+_BLAS_CONTROLLER = None
+
+
+def _one_blas_thread():
+    """A context that limits every loaded BLAS to one thread, around the supernodal
+    Takahashi kernel.
+
+    Its dense blocks (``np.linalg.inv`` and ``@`` inside Numba, on SciPy's OpenBLAS) are
+    mostly small, and OpenBLAS's threads spin while they wait: with another CPU-bound
+    process on one of two cores, the kernel took 2× (256²) and 2.3× (512²) longer with
+    the default two BLAS threads than alone, and 1.0–1.4× with one (see the README's
+    performance notes). On an idle machine one thread costs up to 25 % at 512².
+    """
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        # Numba's np.linalg binds SciPy's LAPACK: load it first, so the controller,
+        # which lists the libraries loaded when it is made, knows it.
+        import scipy.linalg.cython_lapack  # noqa: F401
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+
+
 class SparseCholesky:
     """Symbolic Cholesky analysis of one symmetric sparsity pattern.
 
@@ -137,7 +161,9 @@ class SparseCholesky:
             self._supernodes = (lower.nnz, starts)
         starts = self._supernodes[1]
         if self.n >= self._MIN_SUPERNODE_WIDTH * (starts.size - 1):
-            return _kernels.takahashi_supernodal(lower.indptr, lower.indices, lower.data, starts)
+            with _one_blas_thread():
+                return _kernels.takahashi_supernodal(lower.indptr, lower.indices,
+                                                     lower.data, starts)
         return _kernels.takahashi_inverse(lower.indptr, lower.indices, lower.data)
 
 

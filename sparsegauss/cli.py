@@ -8,6 +8,7 @@ tests call ``main([...])`` and read the exit code. Subcommands:
   ``summary.json`` and a summary table.
 * ``fit`` — one model, any estimator, on MNIST or a user's ``.npy``/``.npz`` images.
 * ``sample`` — samples of a saved model to a PNG grid and/or ``.npy``.
+* ``info`` — versions, the BLAS under CHOLMOD, thread counts.
 * ``bench`` — the benchmark suite (from a source checkout).
 
 Exit codes: 0 success, 1 error (the message says what to do), 2 usage.
@@ -196,6 +197,14 @@ def get_parser():
                         help="square root of Σ (default: %(default)s)")
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(run=_run_sample)
+
+    info = commands.add_parser(
+        "info", help="versions, the BLAS under CHOLMOD and thread counts",
+        description="Print the versions of sparsegauss and the libraries it runs on, the "
+                    "BLAS and LAPACK libraries CHOLMOD calls (reference or optimized), "
+                    "and the thread pools (like numpy.show_config()).")
+    info.add_argument("--json", action="store_true", help="print it as JSON")
+    info.set_defaults(run=_run_info)
 
     bench = commands.add_parser(
         "bench", help="run the benchmark suite (from a source checkout)",
@@ -590,6 +599,16 @@ def _run_sample(args):
         title = (f"{args.n_samples} samples of {args.model.name}" if n_shown == args.n_samples
                  else f"{n_shown} of {args.n_samples:,} samples of {args.model.name}")
         plot_samples(shown, shape, title=title).savefig(args.png, dpi=110)
+    return EXIT_OK
+
+
+def _run_info(args):
+    from ._config import config, show_config
+
+    if args.json:
+        print(json.dumps(config(), indent=2))
+    else:
+        show_config()
     return EXIT_OK
 
 
