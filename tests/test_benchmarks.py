@@ -106,3 +106,25 @@ def test_merge_replaces_re_run_cases_and_keeps_the_rest():
         ("A.time_fit", "n=1", 1.0), ("A.track_kl", "n=1", 0.1),
         ("A.time_fit", "n=2", 5.0),                     # the whole case is replaced
         ("B.time_fit", "n=1", 3.0), ("A.time_fit", "n=3", 7.0)]
+
+
+@pytest.mark.parametrize("stencil", [4, 8])
+def test_dense_newton_peer_reaches_the_sparse_optimum(stencil):
+    """The strongest dense peer is only a fair peer if it solves the same problem."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks.bench_core import dense_newton_mle
+    finally:
+        sys.path.remove(str(ROOT))
+    from sparsegauss.datasets import make_grid_gaussian
+    from sparsegauss.estimators.mle import fit_mle
+    from sparsegauss.grid import GridParameterization
+    from sparsegauss.stats import pattern_moments
+
+    _, X = make_grid_gaussian((7, 6), 400, stencil=stencil, coupling=0.5, random_state=5)
+    grid = GridParameterization((7, 6), stencil)
+    moments = pattern_moments(X - X.mean(0), grid) / len(X)
+    theta, loss, n_iter = dense_newton_mle(moments, grid)
+    reference = fit_mle(moments, grid)
+    np.testing.assert_allclose(theta, reference.x, rtol=1e-6, atol=1e-8)
+    assert loss == pytest.approx(reference.fun, rel=1e-12) and n_iter <= 15
