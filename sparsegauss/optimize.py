@@ -275,12 +275,40 @@ def _lbfgs(fun, x, tol, maxiter, callback, convergence, memory, precondition):
     return run.result(maxiter)
 
 
+#: Halvings of the finite-difference step before a Hessian product gives up, and how far
+#: inside the domain the step is then kept (a fraction of the first step that was inside).
+_MAX_DIFFERENCE_HALVINGS = 60
+_INSIDE_FRACTION = 1e-3
+
+
 def _forward_difference_hessp(run):
+    """``H(x) v`` by a forward difference of gradients that stays inside the domain.
+
+    The iterate ``x`` lies inside the positive-definite cone, which is open, so a short
+    enough step along ``v`` stays inside too. Near the boundary (a log-barrier path at a
+    small weight, strongly correlated pixels) the default step ``√eps (1 + ‖x‖) / ‖v‖``
+    can leave it, and the product then raised ``NotPositiveDefiniteError`` and ended the
+    fit. Now the step is halved until it is inside, and then cut to
+    :data:`_INSIDE_FRACTION` of that: the curvature changes on the scale of the distance
+    to the boundary, which the first inside step measures to within a factor of 2.
+    """
     def hessp(x, vector):
         # ε balances truncation O(ε‖v‖²) against rounding O(eps/ε): √eps in x's scale.
         eps = np.sqrt(np.finfo(float).eps) * (1.0 + np.linalg.norm(x)) / np.linalg.norm(vector)
-        _, shifted = run.evaluate(x + eps * vector)
-        return (shifted - run.grad) / eps
+        for halvings in range(_MAX_DIFFERENCE_HALVINGS):
+            try:
+                _, shifted = run.evaluate(x + eps * vector)
+            except NotPositiveDefiniteError:
+                eps *= 0.5
+                continue
+            if halvings:
+                eps *= _INSIDE_FRACTION
+                _, shifted = run.evaluate(x + eps * vector)
+            return (shifted - run.grad) / eps
+        raise NotPositiveDefiniteError(
+            "A Hessian-vector product found no step along v, down to "
+            f"{eps:.1e}, that keeps the parameters positive definite: the iterate lies on "
+            "the boundary of the cone.")
     return hessp
 
 

@@ -138,3 +138,34 @@ def test_bad_schedule_and_rate():
         minimize(rosenbrock, [0.0, 0.0], method="adam", schedule="linear")
     with pytest.raises(ValueError, match="learning_rate"):
         minimize(rosenbrock, [0.0, 0.0], method="sgd", learning_rate=0)
+
+
+def test_newton_cg_hessian_products_stay_inside_the_domain():
+    """A barrier near its boundary: the default finite-difference step of the Hessian
+    product once left the domain and ended the fit with NotPositiveDefiniteError."""
+    from sparsegauss.optimize import _forward_difference_hessp
+
+    def fun(x):
+        if np.any(x <= 0):
+            raise NotPositiveDefiniteError("outside")
+        return float(np.sum(1e-9 * x - np.log(x))), 1e-9 - 1.0 / x
+
+    class Run:                      # the state a Newton-CG run holds at its iterate
+        def __init__(self, x):
+            self.x, (self.loss, self.grad), self.nfev = x, fun(x), 0
+
+        def evaluate(self, x):
+            self.nfev += 1
+            return fun(x)
+
+    x = np.array([1e-9, 1e3])       # 1e-9 from the boundary; ‖x‖ makes ε ≈ 1.5e-5
+    vector = np.array([-1.0, 0.5])  # towards the boundary: the default step leaves
+    product = _forward_difference_hessp(Run(x))(x, vector)
+    # The step shrinks to ~1e-12 to stay inside: exact to 0.1 % where the curvature is
+    # large, to rounding (1e-16 · |g| / ε ≈ 1e-7) where it is small.
+    np.testing.assert_allclose(product[0], -1.0 / x[0] ** 2, rtol=1e-2)
+    np.testing.assert_allclose(product[1], 0.5 / x[1] ** 2, atol=1e-7)
+    # And a whole Newton-CG run on the same barrier converges.
+    result = minimize(fun, np.array([1e-9, 1e3]), method="newton-cg", tol=1e-15, maxiter=200)
+    assert result.success
+    np.testing.assert_allclose(result.x, 1e9, rtol=1e-5)
