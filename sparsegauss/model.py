@@ -426,7 +426,34 @@ class GridGaussian(DensityMixin, BaseEstimator):
                 perturbation_std=self.perturbation_std, cd_steps=self.cd_steps,
                 sampler=self.sampler, persistent=self.persistent, sm_solver=self.sm_solver,
                 moments=moments)
-        return self._finish_fit(grid, result, location, normalizer)
+        return self._finish_fit(grid, result, location, normalizer, moments[0])
+
+    def _is_runaway(self, variances):
+        """Whether a positive-definite Λ̂ is near-singular against the data (and warn).
+
+        Costs one selected inversion. Skipped for the MLE, whose fitted variances equal
+        the data's at its optimum (Dempster's condition).
+        """
+        if not self.is_positive_definite_ or self.method == "mle":
+            return False
+        fitted = self._normalizer.covariance_fields(self._factor())[0]
+        ratio = fitted / np.asarray(variances, dtype=np.float64)
+        worst = int(np.argmax(ratio))
+        if not ratio[worst] > self._RUNAWAY_VARIANCE_RATIO:      # also catches NaN
+            return False
+        row, col = divmod(worst, self._grid.shape[1])
+        advice = ("Score matching has no positive-definite minimizer on these data, so its "
+                  "best positive-definite estimate lies on the boundary of the cone: shrink "
+                  "the couplings with alpha > 0 (choose it by held-out score) or use "
+                  "method='mle'." if self.method == "sm" else
+                  "Use method='mle' (exact), or for this estimator more steps with a smaller "
+                  "learning_rate.")
+        warnings.warn(
+            f"The {self.method!r} estimate is positive definite but degenerate: its "
+            f"variance of pixel ({row}, {col}) is {ratio[worst]:.3g} times the data's, so "
+            "Λ is nearly singular and its samples and likelihoods are meaningless. It is "
+            f"not marked converged. {advice}", ConvergenceWarning, stacklevel=4)
+        return True
 
     def _shrink(self, moments, diagonal_rows):
         """``S_α = (1 − α) S + α diag(S)`` in a moment layout whose first
@@ -502,8 +529,17 @@ class GridGaussian(DensityMixin, BaseEstimator):
         row, col = divmod(int(pixel), grid.shape[1])
         return (row, col), (row + dr, col + dc)
 
-    def _finish_fit(self, grid, result, location, normalizer):
-        """Set the fitted attributes from an optimizer result; warn about what is off."""
+    #: A fitted pixel variance (Σ_pp) this many times the data's means a near-singular Λ:
+    #: samples then run far outside the data (a CD fit on smoothed images had Σ_pp of
+    #: 1e16 times S_pp and samples of ±4e8 for data of std 1).
+    _RUNAWAY_VARIANCE_RATIO = 1e6
+
+    def _finish_fit(self, grid, result, location, normalizer, variances):
+        """Set the fitted attributes from an optimizer result; warn about what is off.
+
+        ``variances`` are the data's pixel variances, against which a positive-definite
+        but degenerate estimate (near-singular Λ) is recognized: it is not converged.
+        """
         if not result.success:
             warnings.warn(f"GridGaussian did not converge: {result.message}. Increase "
                           "max_iter or tol.", ConvergenceWarning, stacklevel=3)
@@ -511,7 +547,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
         self.n_iter_ = int(result.nit)
         self.history_ = result.history
         self.residual_ = float(result.residual)
-        self.converged_ = bool(result.success)
+        self.converged_ = bool(result.success) and not self._is_runaway(variances)
         for name in ("kkt_residual_", "log_partition_estimate_", "log_partition_stderr_",
                      "noise_", "perturbation_std_"):
             self.__dict__.pop(name, None)
@@ -581,7 +617,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
             self._check_sample_size(n_effective, moments, grid)
             normalizer = GridNormalizer(grid)
             result = self._fit_mle_moments(moments, grid, normalizer)
-        return self._finish_fit(grid, result, location, normalizer)
+        return self._finish_fit(grid, result, location, normalizer, moments[0])
 
     def _stopping(self):
         """``(tol, max_iter)``: the user's, else the defaults of the method's kind of

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from scipy.stats import multivariate_normal
 
 from sparsegauss import ConvergenceWarning, GridGaussian, NotPositiveDefiniteError
@@ -272,3 +273,27 @@ def test_sample_refuses_what_memory_cannot_hold(data, monkeypatch):
     assert _memory.available_memory() == 1 << 30
     monkeypatch.undo()
     assert _memory.available_memory() > 0           # /proc/meminfo is read on Linux
+
+
+def test_a_degenerate_positive_definite_estimate_is_not_converged(data):
+    """A CD fit once returned λ_min(Λ) = 1e-16 (the MLE's 3e-3), samples of ±4e8, and
+    converged_=True. An estimate whose variances run away from the data's now warns."""
+    from scipy.optimize import OptimizeResult
+
+    mle = GridGaussian((5, 4), stencil=8).fit(data)
+    dense = mle.precision_.toarray()
+    shift = np.linalg.eigvalsh(dense)[0] * (1 - 1e-10)      # λ_min → 1e-10 · λ_min
+    theta = mle._grid.theta_from_precision(mle.precision_ - shift * sp.eye(20, format="csc"))
+    result = OptimizeResult(x=theta, nit=7, history=[], residual=0.0, success=True,
+                            message="")
+    model = GridGaussian((5, 4), stencil=8, method="cd")
+    with pytest.warns(ConvergenceWarning, match=r"positive definite but degenerate: its "
+                                                r"variance of pixel \(\d, \d\) is .* times"):
+        model._finish_fit(mle._grid, result, mle.location_, None, data.var(axis=0))
+    assert model.is_positive_definite_ and not model.converged_
+    # The same path leaves a sound estimate alone.
+    sound = GridGaussian((5, 4), stencil=8, method="cd")
+    sound._finish_fit(mle._grid, OptimizeResult(x=mle.theta_, nit=7, history=[], residual=0.0,
+                                                success=True, message=""),
+                      mle.location_, None, data.var(axis=0))
+    assert sound.converged_
