@@ -177,6 +177,9 @@ class GridGaussian(DensityMixin, BaseEstimator):
         Per iteration: ``iteration, loss, time, residual, nfev``.
     kkt_residual_ : float
     converged_ : bool
+        Whether the stopping rule was met by a valid estimate: False when the optimizer
+        stopped early, and when Λ̂ is not positive definite or is degenerate (a fitted
+        pixel variance over 10⁶ times the data's), each with a warning.
     is_positive_definite_ : bool
         Whether Λ(θ̂) is positive definite; if not, ``log_partition_``, ``sample`` and
         ``score_samples`` raise ``NotPositiveDefiniteError``.
@@ -547,7 +550,10 @@ class GridGaussian(DensityMixin, BaseEstimator):
         self.n_iter_ = int(result.nit)
         self.history_ = result.history
         self.residual_ = float(result.residual)
-        self.converged_ = bool(result.success) and not self._is_runaway(variances)
+        # Converged means the stopping rule was met by a valid estimate: an indefinite or
+        # degenerate Λ̂ is not a Gaussian, however exactly its criterion was solved.
+        self.converged_ = (bool(result.success) and self.is_positive_definite_
+                           and not self._is_runaway(variances))
         for name in ("kkt_residual_", "log_partition_estimate_", "log_partition_stderr_",
                      "noise_", "perturbation_std_"):
             self.__dict__.pop(name, None)

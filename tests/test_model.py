@@ -297,3 +297,14 @@ def test_a_degenerate_positive_definite_estimate_is_not_converged(data):
                                                 success=True, message=""),
                       mle.location_, None, data.var(axis=0))
     assert sound.converged_
+
+
+def test_an_indefinite_estimate_is_not_converged():
+    """Score matching's closed form solves its system exactly, but on MNIST Λ̂ is
+    indefinite, not a Gaussian: the fit warns and is not converged."""
+    from sparsegauss.datasets import load_mnist, scale_and_noise
+
+    X = scale_and_noise(load_mnist("test")[0][:2000], 0.1, random_state=0)
+    with pytest.warns(UserWarning, match="not positive definite"):
+        model = GridGaussian((28, 28), method="sm").fit(X)
+    assert not model.is_positive_definite_ and not model.converged_
