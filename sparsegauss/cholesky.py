@@ -40,9 +40,11 @@ def _one_blas_thread():
 
     Its dense blocks (``np.linalg.inv`` and ``@`` inside Numba, on SciPy's OpenBLAS) are
     mostly small, and OpenBLAS's threads spin while they wait: with another CPU-bound
-    process on one of two cores, the kernel took 2× (256²) and 2.3× (512²) longer with
-    the default two BLAS threads than alone, and 1.0–1.4× with one (see the README's
-    performance notes). On an idle machine one thread costs up to 25 % at 512².
+    process on one of two cores, the kernel took 2.9× (256²) and 2.0× (512²) its idle
+    time with the default two BLAS threads, and 1.01× and 1.10× with one (see the
+    README's performance notes). On an idle machine one thread costs up to 25 % at 512²
+    (0.92 s against 0.72 s); whole 256² MLE fits were not slower (8.5–8.8 s against
+    9.0–10.3 s).
     """
     global _BLAS_CONTROLLER
     if _BLAS_CONTROLLER is None:

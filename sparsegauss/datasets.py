@@ -72,16 +72,20 @@ IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
+def _open(path):
+    """``path`` opened for reading, decompressed when it is gzip (by its magic bytes,
+    whatever its name)."""
+    with open(path, "rb") as handle:
+        gzipped = handle.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rb") if gzipped else open(path, "rb")
+
+
 def _read_bytes(path):
-    """Content of ``path``, decompressed when it is gzip (by its magic bytes, not name)."""
+    """Content of ``path`` (decompressed), or ``DataError`` naming the file."""
     path = Path(path)
     try:
-        with open(path, "rb") as handle:
-            gzipped = handle.read(2) == b"\x1f\x8b"
-        if gzipped:
-            with gzip.open(path, "rb") as handle:
-                return handle.read()
-        return path.read_bytes()
+        with _open(path) as handle:
+            return handle.read()
     except FileNotFoundError:
         raise DataError(f"{path} does not exist.") from None
     except IsADirectoryError:
@@ -185,14 +189,8 @@ def load_idx(path):
 def is_idx_file(path):
     """Whether ``path`` starts like an IDX file (gzip or raw); reads a few bytes only."""
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(2)
-        if head == b"\x1f\x8b":
-            with gzip.open(path, "rb") as handle:
-                head = handle.read(4)
-        else:
-            with open(path, "rb") as handle:
-                head = handle.read(4)
+        with _open(path) as handle:
+            head = handle.read(4)
     except (OSError, EOFError):
         return False
     return len(head) == 4 and head[:2] == b"\x00\x00" and head[2] in IDX_DTYPES

@@ -46,7 +46,15 @@ _FORMAT_VERSION = 1
 
 
 def _umask():
-    """The process's file-creation mask (read by setting it and putting it back)."""
+    """The process's file-creation mask: from /proc (Linux ≥ 4.7), else by setting it and
+    putting it back (which briefly changes it for every thread)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -401,8 +409,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
 
         callback = self._progress if self.verbose else None
         if self.method == "mle":
-            moments = self._shrink(moments, diagonal_rows=1)
-            self._check_sample_size(n_effective, moments, grid)
+            moments = self._shrunk_moments(moments, n_effective, grid)
             normalizer = GridNormalizer(grid)
             result = self._fit_mle_moments(moments, grid, normalizer)
         elif self.method == "sm" and self.sm_solver != "gradient":
@@ -431,15 +438,16 @@ class GridGaussian(DensityMixin, BaseEstimator):
                 moments=moments)
         return self._finish_fit(grid, result, location, normalizer, moments[0])
 
-    def _is_runaway(self, variances):
+    def _is_runaway(self, factor, variances):
         """Whether a positive-definite Λ̂ is near-singular against the data (and warn).
 
-        Costs one selected inversion. Skipped for the MLE, whose fitted variances equal
-        the data's at its optimum (Dempster's condition).
+        Costs one selected inversion on ``factor``, the fit's own factorization of Λ̂.
+        Skipped for the MLE, whose fitted variances equal the data's at its optimum
+        (Dempster's condition).
         """
-        if not self.is_positive_definite_ or self.method == "mle":
+        if factor is None or self.method == "mle":
             return False
-        fitted = self._normalizer.covariance_fields(self._factor())[0]
+        fitted = self._normalizer.covariance_fields(factor)[0]
         ratio = fitted / np.asarray(variances, dtype=np.float64)
         worst = int(np.argmax(ratio))
         if not ratio[worst] > self._RUNAWAY_VARIANCE_RATIO:      # also catches NaN
@@ -467,11 +475,18 @@ class GridGaussian(DensityMixin, BaseEstimator):
         shrunk[diagonal_rows:] *= 1.0 - self.alpha
         return shrunk
 
+    def _shrunk_moments(self, moments, n_effective, grid):
+        """The pattern moments as the fit uses them (``S_α``), once the sample size and
+        the correlations have been checked (:meth:`_check_sample_size`)."""
+        moments = self._shrink(moments, diagonal_rows=1)
+        self._check_sample_size(n_effective, moments, grid)
+        return moments
+
     def _fit_score_matching_sums(self, sums, n_samples, n_effective, grid, moments):
         """Score matching's closed form or barrier from the extended moment sums."""
+        self._shrunk_moments(moments, n_effective, grid)          # the checks
         # Row 0 of the extended sums is the zero offset, the variances.
         sums = self._shrink(sums, diagonal_rows=1)
-        self._check_sample_size(n_effective, self._shrink(moments, diagonal_rows=1), grid)
         if self.sm_solver == "closed-form":
             return score_matching_closed_form(None, grid, sums=sums, n_samples=n_samples)
         tol, max_iter = self._stopping()
@@ -546,14 +561,14 @@ class GridGaussian(DensityMixin, BaseEstimator):
         if not result.success:
             warnings.warn(f"GridGaussian did not converge: {result.message}. Increase "
                           "max_iter or tol.", ConvergenceWarning, stacklevel=3)
-        self._set_fitted(grid, result.x, location, normalizer)
+        factor = self._set_fitted(grid, result.x, location, normalizer)
         self.n_iter_ = int(result.nit)
         self.history_ = result.history
         self.residual_ = float(result.residual)
         # Converged means the stopping rule was met by a valid estimate: an indefinite or
         # degenerate Λ̂ is not a Gaussian, however exactly its criterion was solved.
         self.converged_ = (bool(result.success) and self.is_positive_definite_
-                           and not self._is_runaway(variances))
+                           and not self._is_runaway(factor, variances))
         for name in ("kkt_residual_", "log_partition_estimate_", "log_partition_stderr_",
                      "noise_", "perturbation_std_"):
             self.__dict__.pop(name, None)
@@ -619,8 +634,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
             moments = source.sum_over_chunks(
                 lambda c: pattern_moments(c, grid, center=location)) / n_samples
             self._check_variances(moments[0], grid.shape)
-            moments = self._shrink(moments, diagonal_rows=1)
-            self._check_sample_size(n_effective, moments, grid)
+            moments = self._shrunk_moments(moments, n_effective, grid)
             normalizer = GridNormalizer(grid)
             result = self._fit_mle_moments(moments, grid, normalizer)
         return self._finish_fit(grid, result, location, normalizer, moments[0])
@@ -662,6 +676,8 @@ class GridGaussian(DensityMixin, BaseEstimator):
               f"{label} {state.residual:.3e}", flush=True)
 
     def _set_fitted(self, grid, theta, location, normalizer=None):
+        """Store the estimate; returns its Cholesky factor (valid until the normalizer's
+        next factorization), or None when Λ̂ is not positive definite."""
         self._grid = grid
         self._normalizer_cache = normalizer
         self.theta_ = np.asarray(theta, dtype=np.float64)
@@ -669,11 +685,14 @@ class GridGaussian(DensityMixin, BaseEstimator):
         self.precision_ = grid.precision(self.theta_)
         self.__dict__.pop("_factor_cache", None)
         try:
-            self._factor_logdet = self._normalizer.factorize(self.theta_).logdet()
-            self.is_positive_definite_ = True
+            factor = self._normalizer.factorize(self.theta_)
         except NotPositiveDefiniteError:
             self._factor_logdet = None
             self.is_positive_definite_ = False
+            return None
+        self._factor_logdet = factor.logdet()
+        self.is_positive_definite_ = True
+        return factor
 
     @property
     def _normalizer(self):
