@@ -20,13 +20,29 @@ from .normalization import GridNormalizer
 __all__ = ["kl_divergence"]
 
 
+def _as_distribution(model, name):
+    """A frozen distribution from a fitted GridGaussian (its ``distribution_``) or itself."""
+    if hasattr(model, "_check_fitted"):
+        model._check_fitted()
+        model = model.distribution_
+    if not hasattr(model, "theta") or not hasattr(model, "grid"):
+        raise TypeError(f"KL divergence: {name} must be a fitted GridGaussian or a "
+                        f"GridGaussianDistribution. Got {type(model).__name__} instead.")
+    if not model.is_positive_definite:
+        raise NotPositiveDefiniteError(
+            f"KL divergence: the precision of {name} is not positive definite, so it "
+            "is not a Gaussian and has no KL divergence.")
+    return model
+
+
 def kl_divergence(p, q):
-    """``KL(p ‖ q)`` in nats between two fitted :class:`~sparsegauss.GridGaussian` models.
+    """``KL(p ‖ q)`` in nats between two grid Gaussians.
 
     Parameters
     ----------
-    p, q : GridGaussian
-        Fitted on the same image shape; any stencils and tyings.
+    p, q : GridGaussian or GridGaussianDistribution
+        Fitted models (their ``distribution_`` is used) or frozen distributions, on the
+        same image shape; any stencils and tyings.
 
     Returns
     -------
@@ -39,26 +55,22 @@ def kl_divergence(p, q):
     NotPositiveDefiniteError
         If either precision is not positive definite (it is then not a Gaussian).
     """
-    for name, model in (("p", p), ("q", q)):
-        model._check_fitted()
-        if not model.is_positive_definite_:
-            raise NotPositiveDefiniteError(
-                f"KL divergence: the precision of {name} is not positive definite, so it "
-                "is not a Gaussian and has no KL divergence.")
-    if tuple(p._grid.shape) != tuple(q._grid.shape):
+    p, q = _as_distribution(p, "p"), _as_distribution(q, "q")
+    if tuple(p.grid.shape) != tuple(q.grid.shape):
         raise ValueError(f"KL divergence needs models of the same image shape; got "
-                         f"{tuple(p._grid.shape)} and {tuple(q._grid.shape)}.")
-    grid = GridParameterization(p._grid.shape, stencil=max(p._grid.stencil, q._grid.stencil),
+                         f"{tuple(p.grid.shape)} and {tuple(q.grid.shape)}.")
+    grid = GridParameterization(p.grid.shape, stencil=max(p.grid.stencil, q.grid.stencil),
                                 tying="untied")
     normalizer = GridNormalizer(grid)
     # Both precisions in the wider stencil's untied layout (zeros where a 4-neighbour
     # model has no diagonal couplings).
-    theta_p, theta_q = (grid.theta_from_precision(m.precision_) for m in (p, q))
+    precision_q = q.precision
+    theta_p, theta_q = grid.theta_from_precision(p.precision), grid.theta_from_precision(precision_q)
     factor_p = normalizer.factorize(theta_p)
+    logdet_p = factor_p.logdet()
     covariance_p = normalizer.covariance_fields(factor_p)
     fields_q = grid.fields(theta_q)
     trace = float(np.sum(grid.multiplicity[:, None] * fields_q * covariance_p))
-    shift = q.location_ - p.location_
-    mahalanobis = float(shift @ (q.precision_ @ shift))
-    logdet_q = normalizer.factorize(theta_q).logdet()
-    return 0.5 * (trace + mahalanobis - grid.n_pixels + factor_p.logdet() - logdet_q)
+    shift = q.mean - p.mean
+    mahalanobis = float(shift @ (precision_q @ shift))
+    return 0.5 * (trace + mahalanobis - grid.n_pixels + logdet_p - q.logdet_precision)

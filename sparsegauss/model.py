@@ -23,8 +23,9 @@ from .optimize import METHODS as OPTIMIZERS
 from .optimize import SCHEDULES, STOCHASTIC
 from .sources import as_source, check_samples, is_out_of_core
 from .grid import STENCIL_OFFSETS, TYINGS, GridParameterization, check_grid_shape
-from .normalization import LOG_2PI, GridNormalizer
-from .stats import pattern_moments, quadratic_forms
+from .distribution import GridGaussianDistribution
+from .normalization import GridNormalizer
+from .stats import pattern_moments
 
 __all__ = ["GridGaussian", "NotFittedError"]
 
@@ -262,8 +263,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
         # The CHOLMOD analysis and factor are C objects that do not pickle; both are
         # rebuilt from theta_ at first use after unpickling (one symbolic analysis).
         state = super().__getstate__()
-        for name in ("_normalizer_cache", "_factor_cache"):
-            state.pop(name, None)
+        state.pop("_distribution_cache", None)
         return state
 
     # -- validation --------------------------------------------------------------------
@@ -676,45 +676,45 @@ class GridGaussian(DensityMixin, BaseEstimator):
               f"{label} {state.residual:.3e}", flush=True)
 
     def _set_fitted(self, grid, theta, location, normalizer=None):
-        """Store the estimate; returns its Cholesky factor (valid until the normalizer's
-        next factorization), or None when Λ̂ is not positive definite."""
+        """Store the estimate; returns its Cholesky factor (owned by ``distribution_``),
+        or None when Λ̂ is not positive definite."""
         self._grid = grid
-        self._normalizer_cache = normalizer
         self.theta_ = np.asarray(theta, dtype=np.float64)
         self.location_ = np.asarray(location, dtype=np.float64)
         self.precision_ = grid.precision(self.theta_)
-        self.__dict__.pop("_factor_cache", None)
-        try:
-            factor = self._normalizer.factorize(self.theta_)
-        except NotPositiveDefiniteError:
-            self._factor_logdet = None
-            self.is_positive_definite_ = False
-            return None
-        self._factor_logdet = factor.logdet()
-        self.is_positive_definite_ = True
-        return factor
+        self._distribution_cache = GridGaussianDistribution(grid, self.theta_, self.location_,
+                                                            normalizer=normalizer)
+        self.is_positive_definite_ = bool(self._distribution_cache.is_positive_definite)
+        return self._distribution_cache.factor() if self.is_positive_definite_ else None
+
+    @property
+    def distribution_(self):
+        """The fitted distribution ``N(location_, Λ(theta_)⁻¹)``, frozen
+        (:class:`~sparsegauss.distribution.GridGaussianDistribution`): what noise,
+        divergences and plots use. Rebuilt (with the same symbolic analysis) if
+        ``theta_`` or ``location_`` were changed, never stale."""
+        self._check_fitted()
+        cached = self.__dict__.get("_distribution_cache")
+        if (cached is None or not np.array_equal(cached.theta, self.theta_)
+                or not np.array_equal(cached.mean, self.location_)):
+            normalizer = None if cached is None else cached._normalizer
+            cached = self._distribution_cache = GridGaussianDistribution(
+                self._grid, self.theta_, self.location_, normalizer=normalizer)
+        return cached
 
     @property
     def _normalizer(self):
-        """The grid's symbolic Cholesky analysis, made at first use (and after unpickling)."""
-        normalizer = self.__dict__.get("_normalizer_cache")
-        if normalizer is None:
-            normalizer = self._normalizer_cache = GridNormalizer(self._grid)
-        return normalizer
+        """The grid's symbolic Cholesky analysis (the fitted distribution's)."""
+        return self.distribution_.normalizer
 
     def _factor(self):
         """The Cholesky factor of the fitted Λ, computed at first use and kept.
 
         Callers that sample in blocks (NCE's noise, shards of a large sample) would
         otherwise refactorize at every call: 6 s each at 1024×1024, where drawing 500
-        noise samples four at a time cost 750 s of factorizations. Keyed by ``theta_``,
-        so a changed estimate is never sampled with a stale factor.
+        noise samples four at a time cost 750 s of factorizations.
         """
-        cached = self.__dict__.get("_factor_cache")
-        if cached is None or not np.array_equal(cached[0], self.theta_):
-            cached = (self.theta_.copy(), self._normalizer.factorize(self.theta_))
-            self._factor_cache = cached
-        return cached[1]
+        return self.distribution_.factor()
 
     # -- using the fitted model --------------------------------------------------------------
     @property
@@ -722,7 +722,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
         """Exact ``log Z = (D/2) log 2π − ½ log det Λ``."""
         self._check_fitted()
         self._require_pd("log_partition_")
-        return 0.5 * self._grid.n_pixels * LOG_2PI - 0.5 * self._factor_logdet
+        return self.distribution_.log_partition
 
     def _require_pd(self, what):
         if not self.is_positive_definite_:
@@ -746,9 +746,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
         self._check_fitted()
         self._require_pd("score_samples")
         X, _ = self._validate_data(X, reset=False)
-        quad = quadratic_forms(X, self._grid, self._grid.fields(self.theta_),
-                               center=self.location_)
-        return -0.5 * quad - self.log_partition_
+        return self.distribution_.score_samples(X)
 
     def score(self, X, y=None):
         """Mean log-likelihood per sample (nats)."""
@@ -803,9 +801,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
             eigenvalues, vectors = np.linalg.eigh(self.precision_.toarray())
             root = (vectors / np.sqrt(eigenvalues)) @ vectors.T
             return self.location_ + rng.standard_normal((int(n_samples), n_pixels)) @ root
-        samples = self._factor().sample(int(n_samples), rng)
-        samples += self.location_          # in place: the samples may be gigabytes
-        return samples
+        return self.distribution_.sample(int(n_samples), rng)
 
     def couplings(self):
         """The fitted Λ in the image-shaped stencil layout.

@@ -34,8 +34,14 @@ instead.
 
 import numpy as np
 
+from .distribution import GridGaussianDistribution
+from .estimators.mle import fit_mle
+from .grid import GridParameterization
+from .normalization import GridNormalizer
+from .stats import pattern_moments
+
 __all__ = ["NOISES", "DiagonalNoise", "EmpiricalNoise", "GridNoise", "IsotropicNoise",
-           "make_noise"]
+           "fit_grid_noise", "make_noise"]
 
 NOISES = ("auto", "isotropic", "diagonal", "empirical", "grid", "grid-untied")
 _LOG_2PI = float(np.log(2.0 * np.pi))
@@ -85,16 +91,31 @@ class EmpiricalNoise:
 
 
 class GridNoise:
-    """A fitted zero-mean grid Gaussian used as noise (tied by default)."""
+    """A grid Gaussian used as noise.
 
-    def __init__(self, model):
-        self.model = model
+    Parameters
+    ----------
+    distribution : GridGaussianDistribution
+        The frozen distribution (``GridGaussian(...).fit(X).distribution_``, or one
+        built from any θ).
+    """
+
+    def __init__(self, distribution):
+        self.distribution = getattr(distribution, "distribution_", distribution)
 
     def sample(self, n_samples, random_state=None):
-        return self.model.sample(n_samples, random_state=random_state)
+        return self.distribution.sample(n_samples, random_state=random_state)
 
     def score_samples(self, X):
-        return self.model.score_samples(X)
+        return self.distribution.score_samples(X)
+
+
+def fit_grid_noise(X, shape, *, stencil=4, tying="tied"):
+    """The exact-MLE grid Gaussian of centred data ``X``, frozen, as a noise."""
+    grid = GridParameterization(shape, stencil, tying)
+    normalizer = GridNormalizer(grid)
+    result = fit_mle(pattern_moments(X, grid) / len(X), grid, normalizer=normalizer)
+    return GridNoise(GridGaussianDistribution(grid, result.x, normalizer=normalizer))
 
 
 def make_noise(noise, X, shape, *, stencil=4):
@@ -139,7 +160,5 @@ def make_noise(noise, X, shape, *, stencil=4):
         # A tiny ridge keeps the Cholesky factor defined when n_samples < D.
         covariance[np.diag_indices(n_pixels)] += 1e-10 * np.mean(variances)
         return EmpiricalNoise(covariance)
-    from .model import GridGaussian
-    tying = "tied" if noise == "grid" else "untied"
-    return GridNoise(GridGaussian(shape, stencil=stencil, tying=tying,
-                                  assume_centered=True).fit(X))
+    return fit_grid_noise(X, shape, stencil=stencil,
+                          tying="tied" if noise == "grid" else "untied")

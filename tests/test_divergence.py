@@ -46,6 +46,8 @@ def test_kl_rejects_other_shapes_and_indefinite_models(fitted):
     with pytest.raises(ValueError, match="same image shape"):
         kl_divergence(fitted["a", 4, "untied"], other)
     indefinite = GridGaussian((6, 7)).fit(np.random.default_rng(1).standard_normal((50, 42)))
-    indefinite.is_positive_definite_ = False
+    theta = indefinite.theta_.copy()
+    theta[:42] = -1.0                       # negative diagonal: not a Gaussian
+    indefinite._set_fitted(indefinite._grid, theta, indefinite.location_)
     with pytest.raises(NotPositiveDefiniteError, match="not positive definite"):
         kl_divergence(fitted["a", 4, "untied"], indefinite)

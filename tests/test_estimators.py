@@ -3,14 +3,15 @@
 import numpy as np
 import pytest
 
-from sparsegauss.estimators.cd import cd_gradient, colouring, gibbs_sample
+from sparsegauss.estimators.cd import cd_gradient
 from sparsegauss.estimators.cnce import cnce_loss_grad
 from sparsegauss.estimators.nce import nce_loss_grad
 from sparsegauss.estimators.rnce import rnce_loss_grad
 from sparsegauss.estimators.score_matching import (fit_score_matching, score_matching_system,
                                                    sm_loss_grad)
 from sparsegauss.grid import GridParameterization
-from sparsegauss.normalization import GridNormalizer
+from sparsegauss.models import GridGaussianEnergy
+from sparsegauss.models.grid_gaussian import colouring, gibbs_sample
 from conftest import dense_precision, random_spd_theta
 
 GRIDS = [(stencil, tying) for stencil in (4, 8) for tying in ("untied", "tied")]
@@ -41,19 +42,19 @@ def problem(rng, request):
 def test_nce_learned_gradient(problem, rng):
     grid, theta, data, noise = problem
     log_pn = lambda Y: -0.5 * np.sum(Y ** 2, axis=1) / 1.44   # noqa: E731
-    fun = lambda p: nce_loss_grad(p, grid, data, noise, log_pn(data), log_pn(noise))  # noqa: E731
+    fun = lambda p: nce_loss_grad(GridGaussianEnergy(grid), p, data, noise, log_pn(data), log_pn(noise))  # noqa: E731
     check_gradient(fun, np.append(theta, 3.0))
 
 
 @pytest.mark.parametrize("problem", GRIDS, indirect=True)
 def test_nce_exact_gradient_and_loss(problem):
     grid, theta, data, noise = problem
-    normalizer = GridNormalizer(grid)
+    model = GridGaussianEnergy(grid)
     log_pn_data, log_pn_noise = -0.3 * np.sum(data ** 2, 1), -0.3 * np.sum(noise ** 2, 1)
 
     def fun(t):
-        return nce_loss_grad(t, grid, data, noise, log_pn_data, log_pn_noise,
-                             normalization="exact", normalizer=normalizer)
+        return nce_loss_grad(model, t, data, noise, log_pn_data, log_pn_noise,
+                             normalization="exact")
 
     check_gradient(fun, theta)
     # Dense oracle of the loss: logistic loss with ν = 60/40.
@@ -69,7 +70,7 @@ def test_nce_exact_gradient_and_loss(problem):
 def test_rnce_gradient(problem):
     grid, theta, data, noise = problem
     noise = noise[:40 * 1].repeat(3, axis=0) * 0.9      # K = 3 per data sample
-    check_gradient(lambda t: rnce_loss_grad(t, grid, data, noise, -0.2 * np.sum(data ** 2, 1),
+    check_gradient(lambda t: rnce_loss_grad(GridGaussianEnergy(grid), t, data, noise, -0.2 * np.sum(data ** 2, 1),
                                             -0.2 * np.sum(noise ** 2, 1)), theta)
 
 
@@ -77,26 +78,27 @@ def test_rnce_gradient(problem):
 def test_cnce_gradient(problem, rng):
     grid, theta, data, _ = problem
     perturbed = np.repeat(data, 4, axis=0) + 0.3 * rng.normal(size=(160, grid.n_pixels))
-    check_gradient(lambda t: cnce_loss_grad(t, grid, data, perturbed), theta)
+    check_gradient(lambda t: cnce_loss_grad(GridGaussianEnergy(grid), t, data, perturbed), theta)
 
 
 @pytest.mark.parametrize("problem", GRIDS, indirect=True)
 def test_score_matching_gradient_form_and_system(problem):
     grid, theta, data, _ = problem
-    check_gradient(lambda t: sm_loss_grad(t, grid, data), theta)
+    check_gradient(lambda t: sm_loss_grad(GridGaussianEnergy(grid), t, data), theta)
     A, b = score_matching_system(data, grid)
     dense = dense_precision(grid, theta)
     S = data.T @ data / len(data)
     dense_loss = -np.trace(dense) + 0.5 * np.trace(dense @ S @ dense)
     np.testing.assert_allclose(0.5 * theta @ (A @ theta) - b @ theta, dense_loss, rtol=1e-12)
-    np.testing.assert_allclose(sm_loss_grad(theta, grid, data)[0], dense_loss, rtol=1e-12)
+    np.testing.assert_allclose(sm_loss_grad(GridGaussianEnergy(grid), theta, data)[0], dense_loss,
+                               rtol=1e-12)
 
 
 @pytest.mark.parametrize("problem", GRIDS, indirect=True)
 def test_score_matching_closed_form_is_the_gradient_form_minimizer(problem):
     grid, _, data, _ = problem
     theta, loss = fit_score_matching(data, grid)
-    loss_at, grad_at = sm_loss_grad(theta, grid, data)
+    loss_at, grad_at = sm_loss_grad(GridGaussianEnergy(grid), theta, data)
     np.testing.assert_allclose(grad_at, 0, atol=1e-9)
     np.testing.assert_allclose(loss_at, loss, rtol=1e-12)
 
@@ -104,7 +106,7 @@ def test_score_matching_closed_form_is_the_gradient_form_minimizer(problem):
 @pytest.mark.parametrize("problem", GRIDS, indirect=True)
 def test_cd_gradient_is_the_moment_difference(problem, rng):
     grid, theta, data, noise = problem
-    loss, grad = cd_gradient(theta, grid, data, noise, GridNormalizer(grid))
+    loss, grad = cd_gradient(GridGaussianEnergy(grid), theta, data, noise)
     dense = dense_precision(grid, theta)
     log_z = 0.5 * grid.n_pixels * np.log(2 * np.pi) - 0.5 * np.linalg.slogdet(dense)[1]
     np.testing.assert_allclose(loss, log_z + 0.5 * np.mean(np.einsum("ni,ij,nj->n", data, dense, data)))

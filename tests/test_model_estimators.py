@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from sparsegauss.models import GridGaussianEnergy
+
 from sparsegauss import ConvergenceWarning, GridGaussian, NotPositiveDefiniteError
 from sparsegauss.datasets import load_mnist, scale_and_noise
 from sparsegauss.estimators.score_matching import sm_loss_grad
@@ -32,8 +34,8 @@ def test_score_matching_on_mnist_is_indefinite_and_the_barrier_fixes_it(mnist_im
     assert barrier.is_positive_definite_ and barrier.converged_
     assert np.linalg.eigvalsh(barrier.precision_.toarray())[0] > 0
     centred = mnist_images - mnist_images.mean(axis=0)
-    j_closed = sm_loss_grad(closed.theta_, closed._grid, centred)[0]
-    j_barrier = sm_loss_grad(barrier.theta_, barrier._grid, centred)[0]
+    j_closed = sm_loss_grad(GridGaussianEnergy(closed._grid), closed.theta_, centred)[0]
+    j_barrier = sm_loss_grad(GridGaussianEnergy(barrier._grid), barrier.theta_, centred)[0]
     # Constrained to the cone, the barrier estimate cannot beat the unconstrained minimum.
     assert j_barrier >= j_closed
     assert np.isfinite(barrier.score(mnist_images))

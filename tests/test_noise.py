@@ -24,7 +24,7 @@ def test_noise_density_and_samples(kind, data, rng):
     elif kind == "empirical":
         expected = data.T @ data / len(data)
     else:
-        expected = np.linalg.inv(noise.model.precision_.toarray())
+        expected = np.linalg.inv(noise.distribution.precision.toarray())
     np.testing.assert_allclose(noise.score_samples(data[:20]),
                                multivariate_normal(np.zeros(12), expected).logpdf(data[:20]),
                                rtol=1e-6)
@@ -67,7 +67,7 @@ def test_nce_starts_at_the_noise_when_the_model_family_holds_it():
     untied = make_noise("grid-untied", X, shape)
     grid8 = GridParameterization(shape, 8)
     theta8 = noise_start(untied, grid8)       # 4-neighbour noise inside an 8-neighbour model
-    dense = untied.model.precision_.toarray()
+    dense = untied.distribution.precision.toarray()
     np.testing.assert_allclose(grid8.precision(theta8).toarray(), dense, atol=1e-12)
     # Untied couplings cannot be written with tied parameters, nor a dense covariance.
     assert noise_start(untied, GridParameterization(shape, 4, "tied")) is None
@@ -123,13 +123,12 @@ def test_separation_is_judged_against_the_know_nothing_loss():
     """A fit started thousands of nats from the noise that ends near 2 log 2 converged; a
     loss near 0 is separation (regression: the start's loss was the reference, and a
     1024×1024 NCE ending at 1.39 from 3,180 was called separated)."""
-    from sparsegauss.estimators.fitting import chance_loss, separated
+    from sparsegauss.estimators.nce import chance_loss, separated
 
-    assert np.isclose(chance_loss("nce", 1.0), 2 * np.log(2))
-    assert np.isclose(chance_loss("nce", 4.0), np.log(5) + 4 * np.log(1.25))
-    assert np.isclose(chance_loss("rnce", n_noise=9), np.log(10))
-    assert not separated(1.39, "nce", 1.0)
-    assert separated(4e-7, "nce", 1.0) and separated(1e-3, "rnce", n_noise=10)
+    assert np.isclose(chance_loss(1.0), 2 * np.log(2))
+    assert np.isclose(chance_loss(4.0), np.log(5) + 4 * np.log(1.25))
+    assert not separated(1.39, chance_loss(1.0))
+    assert separated(4e-7, chance_loss(1.0)) and separated(1e-3, np.log(11))
 
 
 def test_noise_start_tolerates_rounding_of_tied_means():
@@ -142,10 +141,17 @@ def test_noise_start_tolerates_rounding_of_tied_means():
 
     truth, _ = make_grid_gaussian((16, 16), tying="tied", random_state=0)
     grid = GridParameterization((16, 16), 4, "tied")
-    rounding = truth.precision_.copy()
-    rounding.data *= 1 + 1e-11 * np.random.default_rng(0).standard_normal(rounding.nnz)
-    truth.precision_ = rounding
-    np.testing.assert_allclose(noise_start(GridNoise(truth), grid), truth.theta_, rtol=1e-9)
+    rounded = GridNoise(truth)
+
+    class Rounded(type(rounded.distribution)):
+        @property
+        def precision(self):
+            rounding = super().precision
+            rounding.data *= 1 + 1e-11 * np.random.default_rng(0).standard_normal(rounding.nnz)
+            return rounding
+
+    rounded.distribution.__class__ = Rounded
+    np.testing.assert_allclose(noise_start(rounded, grid), truth.theta_, rtol=1e-9)
     untied, _ = make_grid_gaussian((16, 16), random_state=0)
     assert noise_start(GridNoise(untied), grid) is None
 
@@ -153,7 +159,7 @@ def test_noise_start_tolerates_rounding_of_tied_means():
 def test_noise_is_drawn_in_blocks_in_the_data_dtype(monkeypatch):
     """float32 data get float32 noise, drawn block by block (no float64 copy of the whole
     sample), scored as stored; a noise returning the wrong shape is named."""
-    from sparsegauss.estimators import fitting
+    from sparsegauss.estimators import _driver as fitting
 
     X = np.random.default_rng(0).standard_normal((50, 12))
     noise = CountingNoise(X)

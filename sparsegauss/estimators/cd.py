@@ -1,76 +1,106 @@
-"""Contrastive divergence (Hinton 2002) for the grid Gaussian.
+"""Contrastive divergence (Hinton 2002), for any energy model with an MCMC kernel.
 
-The gradient of the negative mean log-likelihood is ``½ adjoint(m ⊙ (S − Σ))``; CD
-replaces the model's ``Σ`` on the pattern by the second moments of *negative samples*:
+The gradient of the negative mean log-likelihood is
+``−E_data[∇_θ f] + E_model[∇_θ f]``; CD replaces the model expectation by an average
+over *negative samples*:
 
-    ∂(−ℓ)/∂θ ≈ ½ adjoint(m ⊙ (T_data − T_negatives)) / n.
+    ∇(−ℓ) ≈ −(1/n) Σ_n ∇_θ f(x_n) + (1/m) Σ_j ∇_θ f(y_j).
 
-Negative samples come from k sweeps (``cd_steps``) of a chromatic Gibbs sampler started
-at the data batch (CD-k), from persistent chains carried across steps (PCD, Tieleman
-2008), or exactly from the Cholesky factor. Gibbs colourings: a checkerboard for 4
-neighbours, a 2×2 pattern (4 colours) for 8, so that no two pixels of one colour are
-neighbours and each colour class is updated in parallel.
+Negative samples come from k steps (``cd_steps``) of the model's MCMC kernel started at
+the data batch (CD-k), from persistent chains carried across steps (PCD, Tieleman 2008),
+or exactly from the model's own sampler (the grid Gaussian's Cholesky factor). For the
+grid Gaussian the kernel is a chromatic Gibbs sweep
+(:func:`sparsegauss.models.grid_gaussian.gibbs_sample`).
 """
+
+from dataclasses import dataclass
 
 import numpy as np
 
-from .. import _kernels
-from ..stats import pattern_moments, quadratic_forms
+from ..models.grid_gaussian import colouring, gibbs_sample  # noqa: F401  (re-exported)
+from ._driver import OptimizerOptions, run
 
-__all__ = ["cd_gradient", "colouring", "gibbs_sample"]
+__all__ = ["CDOptions", "cd_gradient", "fit_cd"]
 
-
-def colouring(grid):
-    """Colour of every pixel and the number of colours (no two neighbours share one)."""
-    rows, cols = np.divmod(np.arange(grid.n_pixels), grid.shape[1])
-    if grid.stencil == 4:
-        return ((rows + cols) % 2).astype(np.int64), 2
-    return (2 * (rows % 2) + cols % 2).astype(np.int64), 4
+SAMPLERS = ("gibbs", "exact")
 
 
-def gibbs_sample(start, grid, theta, n_sweeps, random_state=None):
-    """Run ``n_sweeps`` chromatic Gibbs sweeps for ``N(0, Λ(θ)⁻¹)`` from ``start``.
+@dataclass(frozen=True)
+class CDOptions:
+    """Contrastive divergence's own settings.
 
-    Parameters
+    Attributes
     ----------
-    start : ndarray, shape (n, D)
-        Chains' initial states (copied).
-    theta : ndarray
-        Must have a positive diagonal (the conditional precisions).
-
-    Returns
-    -------
-    ndarray, shape (n, D)
+    cd_steps : int
+        MCMC steps per gradient step (k of CD-k).
+    sampler : {"gibbs", "exact"}
+        The model's MCMC kernel, or its exact sampler.
+    persistent : bool
+        Carry the chains across steps (PCD) instead of restarting them at the data.
     """
-    rng = np.random.default_rng(random_state)
-    chains = np.array(start, dtype=np.float64, order="C", copy=True)
-    colours, n_colours = colouring(grid)
-    normals = rng.standard_normal((n_sweeps,) + chains.shape)
-    _kernels.gibbs_sweeps(chains, grid.fields(theta), grid.shifts, colours, n_colours, normals)
-    return chains
+
+    cd_steps: int = 1
+    sampler: str = "gibbs"
+    persistent: bool = False
 
 
-def cd_gradient(theta, grid, data, negatives, normalizer):
-    """Exact negative mean log-likelihood of ``data`` and the CD gradient.
+def cd_gradient(model, theta, data, negatives):
+    """The loss CD reports and its gradient estimate.
 
-    Parameters
-    ----------
-    theta : ndarray
-    grid : GridParameterization
-    data, negatives : ndarray, shape (n, D)
-        Centred data batch and the negative samples.
-    normalizer : GridNormalizer
-        Gives the exact log Z (so the reported loss is the true objective) and raises
-        ``NotPositiveDefiniteError`` outside the cone.
+    The loss is the exact negative mean log-likelihood ``log Z(θ) − mean f_θ(data)``
+    when the model has an exact log Z (for the grid Gaussian this also raises
+    ``NotPositiveDefiniteError`` outside the cone, which the optimizer backs off from),
+    and otherwise the free-energy gap ``mean f_θ(negatives) − mean f_θ(data)``.
 
     Returns
     -------
     loss : float
-    grad : ndarray
+    grad : ndarray, shape (n_params,)
     """
-    log_z = normalizer.log_partition(theta)
-    fields = grid.fields(theta)
-    loss = log_z + 0.5 * float(np.mean(quadratic_forms(data, grid, fields)))
-    difference = (pattern_moments(data, grid) / len(data)
-                  - pattern_moments(negatives, grid) / len(negatives))
-    return loss, 0.5 * grid.adjoint(grid.multiplicity[:, None] * difference)
+    mean_data = float(np.mean(model.log_density(theta, data)))
+    if model.has_log_partition:
+        loss = model.log_partition_value(theta) - mean_data
+    else:
+        loss = float(np.mean(model.log_density(theta, negatives))) - mean_data
+    grad = (model.log_density_grad(theta, data, np.full(len(data), -1.0 / len(data)))
+            + model.log_density_grad(theta, negatives,
+                                     np.full(len(negatives), 1.0 / len(negatives))))
+    return loss, grad
+
+
+def fit_cd(model, X, *, theta0, scale, options=CDOptions(), optimizer=OptimizerOptions(),
+           rng=None):
+    """Fit θ by contrastive divergence (a stochastic optimizer is required).
+
+    Returns
+    -------
+    scipy.optimize.OptimizeResult
+    """
+    if not optimizer.stochastic:
+        raise ValueError("Contrastive divergence has a stochastic gradient and no loss to "
+                         f"line-search; use optimizer 'adam', 'sgd' or 'rmsprop', not "
+                         f"{optimizer.optimizer!r}.")
+    rng = np.random.default_rng(rng)
+    chains = {}
+
+    def draw(rows):
+        return X[rows], ()
+
+    def objective(theta, batch, _drawn):
+        if model.has_log_partition:
+            # Outside the cone the Gibbs conditionals are undefined: fail before sampling.
+            model.log_partition_value(theta)
+        if options.sampler == "exact":
+            negatives = model.sample(theta, len(batch), rng)
+        elif options.persistent:
+            start = chains.get("state")
+            if start is None or len(start) != len(batch):
+                start = batch
+            negatives = chains["state"] = model.mcmc(theta, start, options.cd_steps, rng)
+        else:
+            negatives = model.mcmc(theta, batch, options.cd_steps, rng)
+        return cd_gradient(model, theta, batch, negatives)
+
+    result = run(objective, draw, len(X), theta0, scale, optimizer, rng, name="cd")
+    result.fixed_draw = None
+    return result

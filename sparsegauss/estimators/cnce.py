@@ -2,10 +2,10 @@
 
 Each data sample ``x`` is paired with K perturbations ``y = x + ε``, ``ε ~ N(0, σ²I)``.
 The perturbation is symmetric, so its density cancels from the log-ratio and so does the
-normalizing constant: ``G(x, y) = log φ(x) − log φ(y)``. The loss is
+normalizing constant: ``G(x, y) = f_θ(x) − f_θ(y)``. The loss is
 
     J(θ) = (1/(NK)) Σ_{i,k} log(1 + exp(−G(x_i, y_ik))),
-    ∂J/∂θ = −(1/(NK)) Σ_{i,k} σ(−G_ik) [∂ log φ(x_i) − ∂ log φ(y_ik)].
+    ∂J/∂θ = −(1/(NK)) Σ_{i,k} σ(−G_ik) [∇_θ f(x_i) − ∇_θ f(y_ik)].
 
 Default σ. The classification should be neither trivial nor hopeless: at the independent
 model Λ₀ = diag(1/S_pp), ``E_ε[G] = ½ σ² tr Λ₀``; :func:`default_perturbation_std` picks
@@ -20,12 +20,33 @@ the truth is then ≈ (1 + D/K) × score matching's (measured: 4.3x for D = 64, 
 11.6x for D = 100, K = 10). In high dimension CNCE needs many perturbations per sample.
 """
 
+from dataclasses import dataclass
+from typing import Optional
+
 import numpy as np
 from scipy.special import expit
 
-from ._density import log_phi, weighted_log_phi_grad
+from ._driver import OptimizerOptions, run
 
-__all__ = ["cnce_loss_grad", "default_perturbation_std"]
+__all__ = ["CNCEOptions", "antithetic_normals", "cnce_loss_grad", "default_perturbation_std",
+           "fit_cnce"]
+
+
+@dataclass(frozen=True)
+class CNCEOptions:
+    """Conditional NCE's own settings.
+
+    Attributes
+    ----------
+    n_noise : int
+        K, perturbations per data sample (drawn in ± pairs).
+    perturbation_std : float or ndarray of shape (D,), optional
+        σ of the perturbation ``ε ~ N(0, diag(σ²))`` (a scalar for isotropic); the
+        caller's default when None.
+    """
+
+    n_noise: int = 10
+    perturbation_std: Optional[object] = None
 
 
 def default_perturbation_std(variances):
@@ -33,15 +54,26 @@ def default_perturbation_std(variances):
     return float(np.sqrt(2.0 / np.sum(1.0 / np.asarray(variances))))
 
 
-def cnce_loss_grad(theta, grid, data, perturbed):
+def antithetic_normals(rng, n, k, d):
+    """Standard normals for k perturbations per sample, in ± pairs.
+
+    The perturbation density is symmetric, so ``x − ε`` is as valid a partner of ``x`` as
+    ``x + ε``. Using both cancels the log-ratio's odd term ``xᵀΛε`` between the two, the
+    main source of CNCE's sampling noise (on an 8×8 grid with 20,000 samples the KL to
+    the truth fell from 0.096 to 0.063 with K = 5, and from 0.024 to 0.017 with K = 20).
+    """
+    half = rng.standard_normal((n, (k + 1) // 2, d))
+    return np.concatenate([half, -half], axis=1)[:, :k].reshape(n * k, d)
+
+
+def cnce_loss_grad(model, theta, data, perturbed):
     """Conditional-NCE loss and gradient.
 
     Parameters
     ----------
+    model : EnergyModel
     theta : ndarray, shape (n_params,)
-    grid : GridParameterization
     data : ndarray, shape (N, D)
-        Centred data.
     perturbed : ndarray, shape (N * K, D)
         Row ``i * K + k`` is ``data[i] + ε_ik``.
 
@@ -51,13 +83,47 @@ def cnce_loss_grad(theta, grid, data, perturbed):
     grad : ndarray, shape (n_params,)
     """
     n_data, n_pairs = len(data), len(perturbed)
-    fields = grid.fields(theta)
-    log_phi_data = log_phi(fields, grid, data)
-    ratio = (np.repeat(log_phi_data, n_pairs // n_data)
-             - log_phi(fields, grid, perturbed))
+    ratio = (np.repeat(model.log_density(theta, data), n_pairs // n_data)
+             - model.log_density(theta, perturbed))
     loss = np.mean(np.logaddexp(0.0, -ratio))
     d_ratio = -expit(-ratio) / n_pairs                  # ∂J/∂G per pair
     per_data = d_ratio.reshape(n_data, -1).sum(axis=1)
-    grad = (weighted_log_phi_grad(grid, data, per_data)
-            - weighted_log_phi_grad(grid, perturbed, d_ratio))
+    grad = (model.log_density_grad(theta, data, per_data)
+            - model.log_density_grad(theta, perturbed, d_ratio))
     return float(loss), grad
+
+
+def fit_cnce(model, X, *, theta0, scale, perturbation_std, options=CNCEOptions(),
+             optimizer=OptimizerOptions(), rng=None):
+    """Fit θ by conditional NCE.
+
+    Parameters
+    ----------
+    model : EnergyModel
+    X : ndarray, shape (N, D)
+    theta0, scale : ndarray, shape (n_params,)
+    perturbation_std : float or ndarray of shape (D,)
+        σ of the perturbations (per pixel, or one for all).
+    options : CNCEOptions
+    optimizer : OptimizerOptions
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    scipy.optimize.OptimizeResult
+    """
+    rng = np.random.default_rng(rng)
+    sigma = np.asarray(perturbation_std, dtype=np.float64)
+    k = options.n_noise
+
+    def draw(rows):
+        batch = X if rows is None else X[rows]
+        return batch, (np.repeat(batch, k, axis=0)
+                       + sigma * antithetic_normals(rng, len(batch), k, batch.shape[1]),)
+
+    def objective(theta, batch, drawn):
+        return cnce_loss_grad(model, theta, batch, *drawn)
+
+    result = run(objective, draw, len(X), theta0, scale, optimizer, rng, name="cnce")
+    result.fixed_draw = None
+    return result

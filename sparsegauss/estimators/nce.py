@@ -1,12 +1,12 @@
 """Noise-contrastive estimation (Gutmann & Hyvärinen 2010, 2012).
 
 A logistic classifier tells N data samples ``x_t`` from M = νN noise samples ``y_s`` with
-the log-ratio ``G(u) = log p_m(u) − log p_n(u)``, where ``log p_m(u) = log φ(u; θ) − ζ``.
+the log-ratio ``G(u) = log p_m(u) − log p_n(u)``, where ``log p_m(u) = f_θ(u) − ζ``.
 With ``h(u) = σ(G(u) − log ν)`` the loss is
 
     J(θ, ζ) = −(1/N) [Σ_t log h(x_t) + Σ_s log(1 − h(y_s))],
 
-    ∂J/∂θ = −(1/N) [Σ_t (1 − h(x_t)) ∂ log φ(x_t) − Σ_s h(y_s) ∂ log φ(y_s)],
+    ∂J/∂θ = −(1/N) [Σ_t (1 − h(x_t)) ∇_θ f(x_t) − Σ_s h(y_s) ∇_θ f(y_s)],
     ∂J/∂ζ =  (1/N) [Σ_t (1 − h(x_t)) − Σ_s h(y_s)].
 
 ``normalization="learned"``: ζ is a free parameter, NCE's estimate of log Z (consistent:
@@ -21,32 +21,74 @@ rule adds ``(∂J/∂ζ) ∂ log Z/∂θ = −½ (∂J/∂ζ) adjoint(m ⊙ Σ)`
 then stay positive definite.
 """
 
+import dataclasses
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.special import expit
 
-from ._density import log_phi, weighted_log_phi_grad
+from ._driver import NoisePool, OptimizerOptions, draw_noise, run
 
-__all__ = ["log_partition_standard_error", "nce_loss_grad"]
+__all__ = ["NCEOptions", "chance_loss", "fit_nce", "log_partition_standard_error",
+           "nce_loss_grad", "separated"]
+
+# A final loss below this fraction of a know-nothing classifier's means separation.
+_SEPARATED = 1e-3
 
 
-def nce_loss_grad(params, grid, data, noise, log_noise_data, log_noise_noise, *,
-                  normalization="learned", normalizer=None):
+@dataclass(frozen=True)
+class NCEOptions:
+    """NCE's own settings.
+
+    Attributes
+    ----------
+    nu : float
+        Noise samples per data sample (ν = M / N).
+    normalization : {"learned", "exact"}
+        ζ = log Z a free parameter, or the exact log Z of the model.
+    noise_sampling : {"pool", "fresh"}
+        Stochastic optimizers: minibatches of one pool of νN noise points drawn once,
+        or fresh noise at every step.
+    """
+
+    nu: float = 1.0
+    normalization: str = "learned"
+    noise_sampling: str = "pool"
+
+
+def chance_loss(nu=1.0):
+    """NCE's loss when the model equals the noise: ``log(1 + ν) + ν log(1 + 1/ν)``."""
+    return np.log1p(nu) + nu * np.log1p(1.0 / nu)
+
+
+def separated(loss, reference):
+    """Whether a final loss says the classifier separates data from noise.
+
+    A convex classifier's loss only approaches 0 when the two samples are separable (then
+    no finite estimate exists): below a thousandth of ``reference``, the know-nothing
+    loss (:func:`chance_loss`, or ranking NCE's ``log(K + 1)``). The reference is not the
+    starting loss: a fit started far from the noise starts at thousands of nats and may
+    converge to a loss near chance.
+    """
+    return loss < _SEPARATED * reference
+
+
+def nce_loss_grad(model, params, data, noise, log_noise_data, log_noise_noise, *,
+                  normalization="learned"):
     """NCE loss and gradient.
 
     Parameters
     ----------
+    model : EnergyModel
     params : ndarray
-        ``[θ, ζ]`` (learned normalization) or ``θ`` (exact).
-    grid : GridParameterization
+        ``[θ, ζ]`` (learned normalization) or ``θ`` (exact: needs
+        ``model.log_partition``).
     data : ndarray, shape (N, D)
-        Centred data samples.
     noise : ndarray, shape (M, D)
-        Noise samples (centred coordinates); ν = M / N.
+        Noise samples; ν = M / N.
     log_noise_data, log_noise_noise : ndarray, shapes (N,) and (M,)
         ``log p_n`` of the data and of the noise samples.
     normalization : {"learned", "exact"}
-    normalizer : GridNormalizer
-        Needed for ``"exact"``.
 
     Returns
     -------
@@ -59,41 +101,143 @@ def nce_loss_grad(params, grid, data, noise, log_noise_data, log_noise_noise, *,
         theta, zeta = params[:-1], params[-1]
     else:
         theta = params
-        log_z, grad_log_z, _ = normalizer.value_and_grad(theta)
-        zeta = log_z
-    fields = grid.fields(theta)
-    a_data = log_phi(fields, grid, data) - zeta - log_noise_data - log_nu
-    a_noise = log_phi(fields, grid, noise) - zeta - log_noise_noise - log_nu
+        zeta, grad_log_z = model.log_partition(theta)
+    a_data = model.log_density(theta, data) - zeta - log_noise_data - log_nu
+    a_noise = model.log_density(theta, noise) - zeta - log_noise_noise - log_nu
     # −log σ(a) = softplus(−a) and −log(1 − σ(a)) = softplus(a), computed stably.
     loss = (np.sum(np.logaddexp(0.0, -a_data)) + np.sum(np.logaddexp(0.0, a_noise))) / n_data
     d_data = -(1.0 - expit(a_data)) / n_data        # ∂J/∂G at the data
     d_noise = expit(a_noise) / n_data               # ∂J/∂G at the noise
-    grad_theta = (weighted_log_phi_grad(grid, data, d_data)
-                  + weighted_log_phi_grad(grid, noise, d_noise))
+    grad_theta = (model.log_density_grad(theta, data, d_data)
+                  + model.log_density_grad(theta, noise, d_noise))
     grad_zeta = -(np.sum(d_data) + np.sum(d_noise))
     if normalization == "learned":
         return float(loss), np.append(grad_theta, grad_zeta)
     return float(loss), grad_theta + grad_zeta * grad_log_z
 
 
-def log_partition_standard_error(theta, zeta, grid, data, noise, log_noise_data,
+def log_partition_standard_error(model, theta, zeta, data, noise, log_noise_data,
                                  log_noise_noise):
-    """Standard error of NCE's learned ζ (log Z), from its estimating equation.
+    """Standard error of NCE's learned ζ (log Z) given θ, from its estimating equation.
 
     At the optimum ``∂J/∂ζ = 0``: ``Σ_t (1 − h(x_t)) = Σ_s h(y_s)``, an M-estimating
     equation for ζ given θ. Its sandwich variance is
 
         SE(ζ̂)² = [Σ_t (ψ_t − ψ̄_x)² + Σ_s (ψ_s − ψ̄_y)²] / [Σ_t h_t(1−h_t) + Σ_s h_s(1−h_s)]²
 
-    with ``ψ_t = 1 − h(x_t)``, ``ψ_s = h(y_s)``. It is large when the noise overlaps the
-    data little (the classifier is sure) and shrinks as ``1/√N``; the gap between ζ̂ and
-    the exact log Z of the estimated Λ is of this size.
+    with ``ψ_t = 1 − h(x_t)``, ``ψ_s = h(y_s)``. It holds θ fixed, so it omits the error
+    that ζ̂ inherits from θ̂ (see :func:`fit_nce`).
     """
     n_data, n_noise = len(data), len(noise)
-    fields = grid.fields(theta)
     log_nu = np.log(n_noise / n_data)
-    h_data = expit(log_phi(fields, grid, data) - zeta - log_noise_data - log_nu)
-    h_noise = expit(log_phi(fields, grid, noise) - zeta - log_noise_noise - log_nu)
+    h_data = expit(model.log_density(theta, data) - zeta - log_noise_data - log_nu)
+    h_noise = expit(model.log_density(theta, noise) - zeta - log_noise_noise - log_nu)
     spread = np.sum((h_data - h_data.mean()) ** 2) + np.sum((h_noise - h_noise.mean()) ** 2)
     slope = np.sum(h_data * (1 - h_data)) + np.sum(h_noise * (1 - h_noise))
     return float(np.sqrt(spread) / slope)
+
+
+def fit_nce(model, X, noise, *, theta0, scale, options=NCEOptions(),
+            optimizer=OptimizerOptions(), rng=None, reference=None):
+    """Fit θ (and ζ = log Z when learned) by NCE against one noise distribution.
+
+    Parameters
+    ----------
+    model : EnergyModel
+    X : ndarray, shape (N, D)
+        Data, in the model's coordinates.
+    noise : object
+        ``sample(n, random_state)`` and ``score_samples(X)`` (log-density).
+    theta0, scale : ndarray, shape (n_params,)
+        Start and parameter scale (see :func:`sparsegauss.estimators._driver.run`). ζ
+        starts at the exact log Z of ``theta0`` when the model has it, else at the value
+        that balances the classifier at the start (the mean log-ratio of the data).
+    options : NCEOptions
+    optimizer : OptimizerOptions
+    rng : numpy.random.Generator
+    reference : ndarray, optional
+        θ at which the relative stopping rule takes its reference gradient.
+
+    Returns
+    -------
+    scipy.optimize.OptimizeResult
+        ``x`` θ̂; ``log_partition_estimate``, ``log_partition_stderr`` (learned ζ);
+        ``separated`` whether the classifier separated data from noise (then
+        ``success`` is False).
+    """
+    rng = np.random.default_rng(rng)
+    n_samples, n_pixels = X.shape
+    nu = options.nu
+    learned = options.normalization == "learned"
+    log_noise_X = np.asarray(noise.score_samples(X), dtype=np.float64)   # scored once
+
+    def noise_count(n):
+        return max(1, int(round(nu * n)))
+
+    pool = None
+    if optimizer.stochastic and options.noise_sampling == "pool":
+        pool = NoisePool(noise, noise_count(n_samples), n_pixels,
+                         noise_count(optimizer.batch_size), rng, X.dtype)
+
+    def draw(rows):
+        batch = X if rows is None else X[rows]
+        if pool is not None:
+            samples, log_noise_samples = pool.next()
+        else:
+            samples, log_noise_samples = draw_noise(noise, noise_count(len(batch)),
+                                                    n_pixels, rng, X.dtype)
+        log_noise_batch = log_noise_X if rows is None else log_noise_X[rows]
+        return batch, (samples, log_noise_batch, log_noise_samples)
+
+    def objective(params, batch, drawn):
+        return nce_loss_grad(model, params, batch, *drawn,
+                             normalization=options.normalization)
+
+    x0, scale = np.asarray(theta0, dtype=np.float64), np.asarray(scale, dtype=np.float64)
+    if learned:
+        if model.has_log_partition:
+            zeta0 = model.log_partition(x0)[0]
+        else:
+            zeta0 = float(np.mean(model.log_density(x0, X[:1000]) - log_noise_X[:1000]))
+        # ζ is in nats and its gradient is O(1): no rescaling.
+        x0, scale = np.append(x0, zeta0), np.append(scale, 1.0)
+        reference = None if reference is None else np.append(reference, zeta0)
+    estimates = []
+
+    def record(state):
+        if learned:
+            estimates.append(float(scale[-1] * state.x[-1]))
+        if optimizer.callback is not None:
+            optimizer.callback(state)
+
+    result = run(objective, draw, n_samples, x0, scale,
+                 dataclasses.replace(optimizer, callback=record), rng,
+                 reference=reference, name="nce")
+    result.separated = separated(result.fun, chance_loss(nu))
+    if result.separated:
+        # The loss of a convex classifier only approaches 0 when the data and the noise
+        # are separable: then no finite estimate exists and θ̂ is wherever it stopped.
+        result.success = False
+        result.message = (
+            f"the classifier separates the data from the noise (loss {result.fun:.3g}, "
+            f"from {result.history[0]['loss']:.3g}): NCE has no finite estimate with "
+            "this noise. Use noise closer to the data")
+    if learned:
+        params = result.x
+        result.x = params[:-1]
+        result.log_partition_estimate = float(params[-1])
+        # On all the data and ν N noise points: the pool's or the full-batch fit's fixed
+        # sample when the fit had one (no second sample is held).
+        if pool is not None:
+            noise_sample, log_noise_sample = pool.samples, pool.log_density
+        elif result.fixed_draw is not None:
+            noise_sample, _, log_noise_sample = result.fixed_draw[1]
+        else:
+            noise_sample, log_noise_sample = draw_noise(
+                noise, noise_count(n_samples), n_pixels, rng, X.dtype)
+        result.log_partition_stderr = log_partition_standard_error(
+            model, params[:-1], params[-1], X, noise_sample, log_noise_X, log_noise_sample)
+        for row, value in zip(result.history, [float(x0[-1])] + estimates):
+            row["log_partition_estimate"] = value
+    result.fixed_draw = None
+    return result

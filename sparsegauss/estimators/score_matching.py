@@ -30,10 +30,12 @@ from ..grid import STENCIL_OFFSETS
 from ..normalization import GridNormalizer
 from ..optimize import minimize
 from ..stats import as_float_array
+from ._driver import OptimizerOptions, run
 from .mle import hessian_diagonal
 
 __all__ = ["extended_moment_sums", "extended_offset_index", "fit_score_matching",
-           "fit_score_matching_barrier", "score_matching_system", "sm_loss_grad"]
+           "fit_score_matching_barrier", "fit_sm_gradient", "score_matching_system",
+           "sm_loss_grad"]
 
 
 def _half(offset):
@@ -185,25 +187,41 @@ def fit_score_matching(X, grid, *, sums=None, n_samples=None):
     return theta, float(-0.5 * b @ theta)
 
 
-def sm_loss_grad(theta, grid, X):
-    """Score-matching loss and gradient on a batch (the minibatch form).
+def sm_loss_grad(model, theta, X):
+    """Score-matching loss and gradient on a batch, for any energy model.
 
-    ``J = −Σ_p Λ_pp + (1/2n) Σ_n ‖Λx_n‖²``;
-    ``∂J/∂θ = −b + (1/n) adjoint(C)``, ``C[k, p] = Σ_n (u_np x_n,p+δ + x_np u_n,p+δ)``
-    (half of it on the diagonal term), with ``u_n = Λ x_n``.
+    ``J = (1/n) Σ_n [Δf(x_n) + ½ ‖ψ(x_n)‖²]``, ``∇J = (1/n) Σ_n ∇_θ Δf(x_n) +
+    (1/n) Σ_n Σ_i ψ_i(x_n) ∇_θ ψ_i(x_n)`` (see :mod:`sparsegauss.models.base`). For the
+    grid Gaussian ``J = −Σ_p Λ_pp + (1/2n) Σ_n ‖Λx_n‖²``.
     """
     X = as_float_array(X)
     n_samples = len(X)
-    fields = grid.fields(theta)
-    U = _kernels.apply_stencil(X, fields, grid.shifts)
-    cross = _kernels.pattern_cross_moments(X, U, np.ones(n_samples), grid.shifts,
-                                           _kernels.default_chunks(n_samples))
-    cross[0] *= 0.5
-    cross[~grid.valid] = 0.0
-    indicator = np.zeros_like(fields)
-    indicator[0] = 1.0
-    loss = -np.sum(fields[0]) + 0.5 * np.sum(U * U) / n_samples
-    return float(loss), grid.adjoint(cross) / n_samples - grid.adjoint(indicator)
+    score = model.score(theta, X)
+    loss = (float(np.sum(model.laplacian(theta, X))) + 0.5 * float(np.sum(score * score))
+            ) / n_samples
+    grad = (model.laplacian_grad(theta, X, np.full(n_samples, 1.0 / n_samples))
+            + model.score_vjp(theta, X, score / n_samples))
+    return loss, grad
+
+
+def fit_sm_gradient(model, X, *, theta0, scale, optimizer=OptimizerOptions(), rng=None):
+    """Score matching by minimizing :func:`sm_loss_grad` (any energy model).
+
+    Returns
+    -------
+    scipy.optimize.OptimizeResult
+    """
+    rng = np.random.default_rng(rng)
+
+    def draw(rows):
+        return (X if rows is None else X[rows]), ()
+
+    def objective(theta, batch, _drawn):
+        return sm_loss_grad(model, theta, batch)
+
+    result = run(objective, draw, len(X), theta0, scale, optimizer, rng, name="sm")
+    result.fixed_draw = None
+    return result
 
 
 def fit_score_matching_barrier(X, grid, *, theta0, final_weight=1e-6, tol=1e-8,

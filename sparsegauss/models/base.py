@@ -1,0 +1,130 @@
+"""The interface every estimator of an unnormalized model is written against.
+
+An *energy model* is a family of unnormalized log-densities ``f_θ(x)`` on ``ℝᴰ`` with a
+flat parameter vector ``θ ∈ ℝᵖ``; ``p_θ(x) = exp f_θ(x) / Z(θ)``. The estimators of
+:mod:`sparsegauss.estimators` (NCE, ranking NCE, conditional NCE, score matching, CD)
+need only the pieces below, and each piece is a whole-batch array operation, so that a
+model implements it with a few matrix products or one compiled kernel and never with a
+Python loop over samples:
+
+========================  ==========================================  ==================
+method                    value                                       used by
+========================  ==========================================  ==================
+``log_density``           ``f_θ(x_n)`` for every row                  all
+``log_density_grad``      ``Σ_n w_n ∇_θ f_θ(x_n)`` (no n × p array)    NCE, RNCE, CNCE, CD
+``score``                 ``ψ_θ(x_n) = ∇_x f_θ(x_n)``                  score matching
+``laplacian``             ``Δf_θ(x_n) = Σ_i ∂²f_θ/∂x_i²``              score matching
+``laplacian_grad``        ``Σ_n w_n ∇_θ Δf_θ(x_n)``                    score matching
+``score_vjp``             ``Σ_n Σ_i V_ni ∇_θ ψ_θ,i(x_n)``              score matching
+``log_partition``         exact ``log Z(θ)`` and ``∇_θ log Z``         NCE (exact), CD
+``sample``                exact samples of ``p_θ``                     CD (exact sampler)
+``mcmc``                  a Markov chain that leaves ``p_θ`` invariant CD
+========================  ==========================================  ==================
+
+The last three are optional (``has_log_partition``, ``has_exact_sampler`` say whether a
+model has them). Score matching's objective and gradient,
+
+    J(θ) = (1/n) Σ_n [Δf_θ(x_n) + ½ ‖ψ_θ(x_n)‖²],
+    ∇J   = (1/n) Σ_n ∇_θ Δf_θ(x_n) + (1/n) Σ_n Σ_i ψ_i(x_n) ∇_θ ψ_i(x_n),
+
+are therefore ``laplacian_grad(θ, X, 1/n)`` plus ``score_vjp(θ, X, ψ/n)``: the model never
+builds a per-sample Jacobian or Hessian.
+"""
+
+import abc
+
+import numpy as np
+
+__all__ = ["EnergyModel", "FrozenModel"]
+
+
+class EnergyModel(abc.ABC):
+    """Abstract unnormalized model ``f_θ(x)`` (see the module docstring).
+
+    Attributes
+    ----------
+    n_params : int
+        Length of θ.
+    n_features : int
+        Dimension D of x.
+    """
+
+    n_params: int
+    n_features: int
+    #: Whether :meth:`log_partition` is available (exact and affordable).
+    has_log_partition = False
+    #: Whether :meth:`sample` draws exact samples.
+    has_exact_sampler = False
+
+    @abc.abstractmethod
+    def log_density(self, theta, X):
+        """Unnormalized log-density ``f_θ(x_n)`` of every row, shape (n,)."""
+
+    @abc.abstractmethod
+    def log_density_grad(self, theta, X, weights):
+        """``Σ_n w_n ∇_θ f_θ(x_n)``, shape (n_params,)."""
+
+    def score(self, theta, X):
+        """``∇_x f_θ(x_n)`` for every row, shape (n, D)."""
+        raise NotImplementedError(f"{type(self).__name__} has no score (∇ₓ log p̃).")
+
+    def laplacian(self, theta, X):
+        """``Σ_i ∂²f_θ(x_n)/∂x_i²`` for every row, shape (n,)."""
+        raise NotImplementedError(f"{type(self).__name__} has no Laplacian.")
+
+    def laplacian_grad(self, theta, X, weights):
+        """``Σ_n w_n ∇_θ Δf_θ(x_n)``, shape (n_params,)."""
+        raise NotImplementedError(f"{type(self).__name__} has no Laplacian gradient.")
+
+    def score_vjp(self, theta, X, V):
+        """``Σ_n Σ_i V_ni ∇_θ ψ_θ,i(x_n)``, shape (n_params,), ``V`` of shape (n, D)."""
+        raise NotImplementedError(f"{type(self).__name__} has no score Jacobian.")
+
+    def log_partition(self, theta):
+        """Exact ``log Z(θ)`` and its gradient ``∇_θ log Z``."""
+        raise NotImplementedError(f"{type(self).__name__} has no exact log Z.")
+
+    def log_partition_value(self, theta):
+        """Exact ``log Z(θ)`` alone (models may skip the gradient's cost)."""
+        return self.log_partition(theta)[0]
+
+    def sample(self, theta, n_samples, random_state=None):
+        """``n_samples`` exact samples of ``p_θ``, shape (n_samples, D)."""
+        raise NotImplementedError(f"{type(self).__name__} has no exact sampler.")
+
+    def mcmc(self, theta, start, n_steps, random_state=None):
+        """Run a ``p_θ``-invariant Markov chain ``n_steps`` steps from each row of ``start``."""
+        raise NotImplementedError(f"{type(self).__name__} has no MCMC sampler.")
+
+    def frozen(self, theta):
+        """The normalized distribution ``p_θ`` as an object with ``sample(n,
+        random_state)`` and ``score_samples(X)`` (NCE's adaptive noise); needs the exact
+        sampler and log Z. Models override it to keep a factorization between draws."""
+        return FrozenModel(self, theta)
+
+    def check_params(self, theta):
+        """θ as a float64 vector of length ``n_params``, or ``ValueError``."""
+        theta = np.asarray(theta, dtype=np.float64)
+        if theta.shape != (self.n_params,):
+            raise ValueError(f"theta must have shape ({self.n_params},) for "
+                             f"{type(self).__name__}. Got shape {theta.shape} instead.")
+        return theta
+
+
+class FrozenModel:
+    """An energy model frozen at θ as a normalized distribution (``sample``,
+    ``score_samples``): the form NCE's noise takes. Needs the model's exact sampler and
+    exact log Z."""
+
+    def __init__(self, model, theta):
+        if not (model.has_exact_sampler and model.has_log_partition):
+            raise TypeError(f"{type(model).__name__} has no exact sampler or no exact log Z, "
+                            "so a frozen copy of it cannot serve as NCE's noise.")
+        self.model, self.theta = model, model.check_params(theta).copy()
+        self.log_partition = model.log_partition_value(self.theta)
+
+    def sample(self, n_samples, random_state=None):
+        return self.model.sample(self.theta, n_samples, random_state)
+
+    def score_samples(self, X):
+        return self.model.log_density(self.theta, X) - self.log_partition

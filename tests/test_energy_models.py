@@ -1,0 +1,169 @@
+"""The energy-model contract, over every model and every estimator.
+
+Three models implement :class:`sparsegauss.models.EnergyModel`: the grid Gaussian (on the
+library's kernels) and two plain-NumPy models from ``tests/energy_models.py`` (a
+diagonal Gaussian and a Gaussian times a softplus, i.e. a two-component mixture with a
+closed-form log Z). Every estimator module is run on each, unchanged.
+"""
+
+import numpy as np
+import pytest
+
+from energy_models import DiagonalGaussianEnergy, SoftplusGaussianEnergy
+from sparsegauss.estimators._driver import OptimizerOptions
+from sparsegauss.estimators.cd import CDOptions, fit_cd
+from sparsegauss.estimators.cnce import CNCEOptions, fit_cnce
+from sparsegauss.estimators.nce import NCEOptions, fit_nce
+from sparsegauss.estimators.rnce import RNCEOptions, fit_rnce
+from sparsegauss.estimators.score_matching import fit_sm_gradient, sm_loss_grad
+from sparsegauss.grid import GridParameterization
+from sparsegauss.models import GridGaussianEnergy
+from sparsegauss.noise import DiagonalNoise
+from sparsegauss.optimize import minimize
+from conftest import random_spd_theta
+
+
+def _grid_case(rng):
+    grid = GridParameterization((3, 4), 8)
+    return GridGaussianEnergy(grid), random_spd_theta(grid, rng, margin=0.5)
+
+
+def _diagonal_case(rng):
+    return DiagonalGaussianEnergy(6), rng.normal(0.0, 0.5, 6)
+
+
+def _softplus_case(rng):
+    model = SoftplusGaussianEnergy(5)
+    return model, np.concatenate([[0.2], rng.normal(0.0, 1.0, 5), [-0.5]])
+
+
+CASES = {"grid": _grid_case, "diagonal": _diagonal_case, "softplus": _softplus_case}
+
+
+def central(fun, x, step=1e-5):
+    """Central differences of a scalar function (truncation O(step²))."""
+    return np.array([(fun(x + step * e) - fun(x - step * e)) / (2 * step)
+                     for e in np.eye(len(x))])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_derivative_matches_finite_differences(case):
+    rng = np.random.default_rng(0)
+    model, theta = CASES[case](rng)
+    X = rng.normal(size=(7, model.n_features))
+    w = rng.normal(size=7)
+    V = rng.normal(size=X.shape)
+    tol = dict(rtol=1e-6, atol=1e-8)
+    # θ-gradient of Σ w f(x_n).
+    np.testing.assert_allclose(model.log_density_grad(theta, X, w),
+                               central(lambda t: w @ model.log_density(t, X), theta), **tol)
+    # Score: x-gradient of f, row by row.
+    score = model.score(theta, X)
+    for n in range(3):
+        np.testing.assert_allclose(
+            score[n], central(lambda x: model.log_density(theta, x[None])[0], X[n]), **tol)
+    # Laplacian: trace of the score's x-Jacobian.
+    for n in range(3):
+        trace = sum(central(lambda x: model.score(theta, x[None])[0, i], X[n])[i]
+                    for i in range(model.n_features))
+        np.testing.assert_allclose(model.laplacian(theta, X)[n], trace, **tol)
+    # θ-gradients of Σ w Δf and of Σ V·ψ.
+    np.testing.assert_allclose(model.laplacian_grad(theta, X, w),
+                               central(lambda t: w @ model.laplacian(t, X), theta), **tol)
+    np.testing.assert_allclose(model.score_vjp(theta, X, V),
+                               central(lambda t: np.sum(V * model.score(t, X)), theta), **tol)
+    # Exact log Z's gradient (its value: the next test, and tests/test_mle.py for the grid).
+    _, grad = model.log_partition(theta)
+    np.testing.assert_allclose(grad, central(lambda t: model.log_partition(t)[0], theta), **tol)
+    # Score matching's objective is assembled from these pieces alone.
+    _, sm_grad = sm_loss_grad(model, theta, X)
+    np.testing.assert_allclose(sm_grad, central(lambda t: sm_loss_grad(model, t, X)[0], theta),
+                               **tol)
+
+
+@pytest.mark.parametrize("case", ["diagonal", "softplus"])
+def test_plain_numpy_models_have_the_log_partition_they_claim(case):
+    """The claimed log Z normalizes the density: ``E_q[exp(f − log Z) / q] = 1`` under a
+    wide Gaussian q (importance sampling, within 4 standard errors)."""
+    rng = np.random.default_rng(1)
+    model, theta = CASES[case](rng)
+    scale = 3.0
+    Y = rng.normal(0.0, scale, size=(400_000, model.n_features))
+    log_q = -0.5 * np.sum(Y ** 2, 1) / scale ** 2 - model.n_features * np.log(
+        scale * np.sqrt(2 * np.pi))
+    ratio = np.exp(model.log_density(theta, Y) - model.log_partition(theta)[0] - log_q)
+    assert abs(ratio.mean() - 1.0) < 4 * ratio.std() / np.sqrt(len(Y))
+
+
+def _mle(model, X, theta0):
+    def nll(t):
+        value, grad_z = model.log_partition(t)
+        return (value - np.mean(model.log_density(t, X)),
+                grad_z - model.log_density_grad(t, X, np.full(len(X), 1.0 / len(X))))
+    # The library's L-BFGS: its line search backs off where log Z is undefined.
+    return minimize(nll, theta0, method="lbfgs", tol=1e-10, maxiter=2000).x
+
+
+def _kl(model, truth, estimate, rng):
+    """KL(truth ‖ estimate) from 200,000 exact samples of the truth (exact log Z's)."""
+    Y = model.sample(truth, 200_000, rng)
+    return float(np.mean(model.log_density(truth, Y) - model.log_density(estimate, Y))
+                 - model.log_partition(truth)[0] + model.log_partition(estimate)[0])
+
+
+#: KL to the truth allowed, as a multiple of the exact MLE's on the same data. Measured
+#: (n = 4,000, seeds as below): 0.9–1.8× on every pair except ranking NCE on the grid
+#: (3.2×) and NCE / ranking NCE on the softplus model (2.6× / 2.4×), whose diagonal
+#: noise is far from the data.
+FACTOR = 5.0
+FULL = OptimizerOptions(optimizer="lbfgs", tol=1e-7, max_iter=2000)
+STOCHASTIC = OptimizerOptions(optimizer="adam", tol=0.0, max_iter=3000, learning_rate=2e-2,
+                              batch_size=200)
+
+
+def _fit(estimator, model, X, theta0, rng):
+    scale = np.ones(model.n_params)
+    variances = X.var(axis=0)
+    noise = DiagonalNoise(variances * 1.5)
+    if estimator == "nce":
+        return fit_nce(model, X, noise, theta0=theta0, scale=scale, options=NCEOptions(nu=4.0),
+                       optimizer=FULL, rng=rng).x
+    if estimator == "rnce":
+        return fit_rnce(model, X, noise, theta0=theta0, scale=scale,
+                        options=RNCEOptions(n_noise=4), optimizer=FULL, rng=rng).x
+    if estimator == "cnce":
+        return fit_cnce(model, X, theta0=theta0, scale=scale,
+                        perturbation_std=0.5 * np.sqrt(variances),
+                        options=CNCEOptions(n_noise=20), optimizer=FULL, rng=rng).x
+    if estimator == "sm":
+        return fit_sm_gradient(model, X, theta0=theta0, scale=scale, optimizer=FULL, rng=rng).x
+    return fit_cd(model, X, theta0=theta0, scale=scale, options=CDOptions(cd_steps=5),
+                  optimizer=STOCHASTIC, rng=rng).x
+
+
+@pytest.mark.parametrize("estimator", ["nce", "rnce", "cnce", "sm", "cd"])
+@pytest.mark.parametrize("case", CASES)
+def test_every_estimator_is_consistent_on_every_model(case, estimator):
+    """Each estimator, started away from the truth and given only the data (NCE and
+    ranking NCE a diagonal noise of 1.5× the data's variances, CNCE perturbations of
+    half the data's std), lands within FACTOR × the exact MLE's KL to the truth."""
+    rng = np.random.default_rng(0)
+    model, truth = CASES[case](rng)
+    X = model.sample(truth, 4000, rng)
+    theta0 = _independent_start(model, case, X)
+    mle_kl = _kl(model, truth, _mle(model, X, theta0), np.random.default_rng(5))
+    estimate = _fit(estimator, model, X, theta0, np.random.default_rng(1))
+    kl = _kl(model, truth, estimate, np.random.default_rng(5))
+    assert 0 < mle_kl and kl < FACTOR * mle_kl, (kl, mle_kl)
+
+
+def _independent_start(model, case, X):
+    """A start that knows only the pixel variances (no couplings, no mixture)."""
+    if case == "grid":
+        grid = model.grid
+        fields = np.zeros((grid.n_terms, grid.n_pixels))
+        fields[0] = 1.0 / X.var(axis=0)
+        return grid.project(fields)
+    if case == "diagonal":
+        return -np.log(X.var(axis=0))
+    return np.concatenate([[-np.log(X.var())], np.zeros(model.n_features), [0.0]])
