@@ -93,9 +93,6 @@ class EstimatorFit:
     def track_log_partition_estimate(self, stencil, case):
         return getattr(self.model, "log_partition_estimate_", math.nan)
 
-    def track_log_partition_stderr(self, stencil, case):
-        return getattr(self.model, "log_partition_stderr_", math.nan)
-
     def track_log_partition_exact(self, stencil, case):
         return self.model.log_partition_ if self.model.is_positive_definite_ else math.nan
 
@@ -118,8 +115,7 @@ def summarize(results):
     for params, v in values.items():
         stencil, case = (part.split("=", 1)[1] for part in params.split(", ", 1))
         estimate = v.get("track_log_partition_estimate", math.nan)
-        stderr = v.get("track_log_partition_stderr", math.nan)
-        z = "—" if math.isnan(estimate) else f"{estimate:.3f} ± {stderr:.3f}"
+        z = "—" if math.isnan(estimate) else f"{estimate:.3f}"
         lines.append(
             f"| {stencil} | {case} | {fmt(v.get('time_fit'), '.2f')} "
             f"| {fmt(v.get('track_heldout_loglik'), '.2f')} "

@@ -38,6 +38,9 @@ SM_SOLVERS = ("closed-form", "barrier", "gradient")
 #: rescaled gradient entry for full-batch fits; the windowed loss plateau for stochastic.
 DEFAULT_TOL = {"mle": 1e-8, "full-batch": 1e-6, "stochastic": 0.0}
 DEFAULT_MAX_ITER = {"mle": 100, "full-batch": 1000, "stochastic": 5000}
+#: Per-method defaults chosen by measurement (see the ``sampler`` parameter for CD's).
+METHOD_DEFAULTS = {"cd": dict(max_iter=4000, learning_rate=2e-2)}
+DEFAULT_LEARNING_RATE = 1e-2
 #: Largest D for dense symmetric-square-root sampling (a 4096² eigendecomposition, ~20 s).
 SYMMETRIC_SAMPLING_MAX_PIXELS = 4096
 #: Largest ``alpha``: 1 would drop every coupling from the moments (the independent model).
@@ -123,15 +126,17 @@ class GridGaussian(DensityMixin, BaseEstimator):
         windowed mean loss).
     max_iter : int, optional
         Most iterations. Default: 100 Newton steps for ``"mle"``, 1000 steps for the
-        full-batch optimizers and 5000 minibatch steps for the stochastic ones.
+        full-batch optimizers and 5000 minibatch steps for the stochastic ones (4000 for
+        ``"cd"``, see ``sampler``).
     random_state : None, int or numpy.random.Generator, default=None
         Default source of randomness for :meth:`sample`.
     verbose : bool, default=False
         Print one line per iteration.
     optimizer : {"newton-cg", "lbfgs", "scipy-lbfgs", "adam", "sgd", "rmsprop"}, optional
         Default: ``"newton-cg"`` for MLE, ``"adam"`` for CD, ``"lbfgs"`` otherwise.
-    learning_rate : float, default=0.01
-        Step size of the stochastic optimizers (in rescaled parameters).
+    learning_rate : float, optional
+        Step size of the stochastic optimizers (in rescaled parameters). Default 0.02 for
+        ``"cd"`` and 0.01 otherwise (see ``sampler``).
     schedule : {"constant", "cosine", "inverse-sqrt"}, default="cosine"
         Learning-rate schedule of the stochastic optimizers. A decaying step is what lets
         a minibatch fit settle: on an 8×8 synthetic grid, CD with a constant step stalls
@@ -163,8 +168,17 @@ class GridGaussian(DensityMixin, BaseEstimator):
         CNCE's σ; default ``√(2 / Σ_p 1/S_pp)`` (expected log-ratio 1 at the start).
     cd_steps : int, default=1
         Gibbs sweeps per CD step.
-    sampler : {"gibbs", "exact"}, default="gibbs"
-        CD's negative samples: Gibbs sweeps, or exact samples from the Cholesky factor.
+    sampler : {"exact", "gibbs"}, default="exact"
+        CD's negative samples: exact samples of the current estimate from its Cholesky
+        factor (the limit of infinitely many Gibbs sweeps: CD is then maximum likelihood
+        by stochastic approximation), or ``cd_steps`` Gibbs sweeps. The defaults (exact,
+        Adam, learning rate 0.02, 4000 steps, cosine schedule) were chosen by
+        measurement on MNIST (60,000 images, noise std 0.1; KL to the exact MLE, fit
+        time on 2 cores): 0.009 nats in 20 s (4 neighbours), 0.12 in 23 s (8); and on a
+        16×16 synthetic grid with 10⁵ samples, 1.9× the MLE's KL to the truth. Gibbs
+        sweeps restarted at the data (CD-1, the former default) left KL 54 (4
+        neighbours) and 133 (8) with degenerate Λ; CD-5 52 / 100; persistent chains
+        (PCD-1) 1.06 / 15 in 27 / 112 s; PCD-5 0.25 in 73 s (4 neighbours).
     persistent : bool, default=False
         Persistent CD: Gibbs chains carried across steps.
     sm_solver : {"closed-form", "barrier", "gradient"}, default="closed-form"
@@ -193,10 +207,12 @@ class GridGaussian(DensityMixin, BaseEstimator):
         Whether Λ(θ̂) is positive definite; if not, ``log_partition_``, ``sample`` and
         ``score_samples`` raise ``NotPositiveDefiniteError``.
     log_partition_estimate_ : float
-        NCE with learned normalization only: the estimated log Z.
-    log_partition_stderr_ : float
-        Its standard error (sandwich estimate from NCE's estimating equation for log Z):
-        the scale of its expected gap to the exact ``log_partition_``.
+        NCE with learned normalization only: the estimated log Z. Its gap to the exact
+        ``log_partition_`` of the same estimate is mostly a finite-sample bias of order
+        −p/N (p parameters, N samples). No standard error is reported: the sandwich
+        s.e. of ζ given θ̂ that earlier versions gave was checked on 30 repeated fits of
+        an 8×8 grid Gaussian (N = 5,000 and 20,000) and understated the spread of the gap
+        by 1.86× and its size by ~20× (the bias), so it was dropped.
     noise_ : object
         NCE and ranking NCE: the fitted noise distribution.
 
@@ -223,10 +239,10 @@ class GridGaussian(DensityMixin, BaseEstimator):
     def __init__(self, shape=None, *, stencil=4, tying="untied", method="mle",
                  assume_centered=False, alpha=0.0, tol=None, max_iter=None,
                  random_state=None,
-                 verbose=False, optimizer=None, learning_rate=1e-2, schedule="cosine",
+                 verbose=False, optimizer=None, learning_rate=None, schedule="cosine",
                  batch_size=256, nu=1.0, noise="auto", noise_sampling="pool",
                  normalization="learned", n_noise=10, perturbation_std=None, cd_steps=1,
-                 sampler="gibbs", persistent=False,
+                 sampler="exact", persistent=False,
                  sm_solver="closed-form"):
         self.shape = shape
         self.stencil = stencil
@@ -301,7 +317,8 @@ class GridGaussian(DensityMixin, BaseEstimator):
         if self.method == "mle" and self.optimizer not in (None, "newton-cg", "lbfgs"):
             raise ValueError("The 'mle' method uses optimizer 'newton-cg' or 'lbfgs'. "
                              f"Got {self.optimizer!r} instead.")
-        _check_positive(self.learning_rate, "learning_rate")
+        if self.learning_rate is not None:
+            _check_positive(self.learning_rate, "learning_rate")
         _check_choice(self.schedule, "schedule", SCHEDULES)
         _check_int(self.batch_size, "batch_size", 2)
         _check_positive(self.nu, "nu")
@@ -429,7 +446,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
             result = fit_estimator(
                 self.method, centred, grid, random_state=self.random_state,
                 optimizer=self.optimizer, tol=tol, max_iter=max_iter,
-                callback=callback, learning_rate=self.learning_rate,
+                callback=callback, learning_rate=self._learning_rate(),
                 schedule=self.schedule, batch_size=self.batch_size, nu=self.nu,
                 noise=self.noise, noise_sampling=self.noise_sampling,
                 normalization=self.normalization, n_noise=self.n_noise,
@@ -569,14 +586,13 @@ class GridGaussian(DensityMixin, BaseEstimator):
         # degenerate Λ̂ is not a Gaussian, however exactly its criterion was solved.
         self.converged_ = (bool(result.success) and self.is_positive_definite_
                            and not self._is_runaway(factor, variances))
-        for name in ("kkt_residual_", "log_partition_estimate_", "log_partition_stderr_",
-                     "noise_", "perturbation_std_"):
+        for name in ("kkt_residual_", "log_partition_estimate_", "noise_",
+                     "perturbation_std_"):
             self.__dict__.pop(name, None)
         if self.method == "mle":
             self.kkt_residual_ = float(result.residual)
         if "log_partition_estimate" in result:
             self.log_partition_estimate_ = result.log_partition_estimate
-            self.log_partition_stderr_ = result.log_partition_stderr
         if "noise" in result:
             self.noise_ = result.noise
         if "perturbation_std" in result:
@@ -648,7 +664,18 @@ class GridGaussian(DensityMixin, BaseEstimator):
             optimizer = self.optimizer or DEFAULT_OPTIMIZER[self.method]
             kind = "stochastic" if optimizer in STOCHASTIC else "full-batch"
         return (DEFAULT_TOL[kind] if self.tol is None else self.tol,
-                DEFAULT_MAX_ITER[kind] if self.max_iter is None else self.max_iter)
+                self._default_max_iter(kind) if self.max_iter is None else self.max_iter)
+
+    def _default_max_iter(self, kind):
+        default = DEFAULT_MAX_ITER[kind]
+        if kind == "stochastic":
+            default = METHOD_DEFAULTS.get(self.method, {}).get("max_iter", default)
+        return default
+
+    def _learning_rate(self):
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return METHOD_DEFAULTS.get(self.method, {}).get("learning_rate", DEFAULT_LEARNING_RATE)
 
     def _fit_mle_moments(self, moments, grid, normalizer):
         """Exact MLE from the pattern moments (in memory or summed over chunks)."""
@@ -841,8 +868,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
             history=np.array([[row[k] for k in history_keys] for row in self.history_],
                              dtype=np.float64).reshape(len(self.history_), len(history_keys)),
         )
-        for name in ("kkt_residual_", "log_partition_estimate_", "log_partition_stderr_",
-                     "perturbation_std_"):
+        for name in ("kkt_residual_", "log_partition_estimate_", "perturbation_std_"):
             if hasattr(self, name):
                 arrays[name.rstrip("_")] = np.array(getattr(self, name))
         for name in self._get_param_names():
@@ -917,7 +943,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
         model.n_iter_ = int(content["n_iter"])
         model.residual_ = float(content["residual"])
         model.converged_ = bool(content["converged"])
-        for name in ("kkt_residual", "log_partition_estimate", "log_partition_stderr",
+        for name in ("kkt_residual", "log_partition_estimate",
                      "perturbation_std"):
             if name in content:
                 setattr(model, name + "_", float(content[name]))

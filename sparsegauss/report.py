@@ -25,11 +25,11 @@ def _find(rows, estimator, stencil):
 
 def _results_table(rows):
     lines = ["| estimator | neighbours | fit time (s) | train LL | held-out LL | "
-             "KL(MLE ‖ est.) | exact log Z | NCE log Z (± s.e.) | PD |",
+             "KL(MLE ‖ est.) | exact log Z | NCE log Z | PD |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         estimate = r.get("log_partition_estimate")
-        z = "" if estimate is None else f"{estimate:.3f} ± {r['log_partition_stderr']:.3f}"
+        z = "" if estimate is None else f"{estimate:.3f}"
         lines.append(f"| {r['estimator']} | {r['stencil']} | {_f(r['seconds'])} "
                      f"| {_f(r['train_loglik'])} | {_f(r['test_loglik'])} "
                      f"| {_f(r['kl_to_mle'], '.3f')} | {_f(r['log_partition'], '.3f')} | {z} "
@@ -108,15 +108,33 @@ def render(summary):
                 continue
             error = r["log_partition_error"]
             lines.append(f"- {r['stencil']} neighbours: learned {r['log_partition_estimate']:.3f}"
-                         f" ± {r['log_partition_stderr']:.3f} (sandwich s.e.), exact "
-                         f"{r['log_partition']:.3f}: error {error:+.3f} nats "
-                         f"({abs(error) / max(r['log_partition_stderr'], 1e-12):.1f} s.e.).")
+                         f", exact {r['log_partition']:.3f}: error {error:+.3f} nats, "
+                         f"{error / (r['n_params'] / r['n_train']):+.2f} p/N.")
         lines += ["", "Learning curves (objective, and the log Z estimate against the exact "
                   "value of the final estimate):", ""]
         lines += [f"![NCE, {r['stencil']} neighbours](nce-curve-{r['stencil']}.png)"
                   for r in nce_rows] + [""]
 
     lines += _noise_section(summary.get("noise_check", []))
+
+    cd_rows = [r for r in rows if r["estimator"] == "cd"]
+    if cd_rows:
+        lines += ["## Contrastive divergence", "",
+                  "CD follows the likelihood's gradient with the model's expectation replaced "
+                  "by an average over negative samples. At its defaults those are exact "
+                  "samples of the current estimate from its sparse Cholesky factor (the "
+                  "limit of infinitely many Gibbs sweeps; CD-1 from the data, the textbook "
+                  "choice, ended tens of nats from the MLE with a degenerate Λ), with Adam "
+                  "and a cosine-annealed step over 4,000 minibatches of 256:", ""]
+        for r in cd_rows:
+            lines.append(f"- {r['stencil']} neighbours: held-out {_f(r['test_loglik'])} "
+                         f"nats/image, KL to the MLE {_f(r['kl_to_mle'], '.3f')}, "
+                         f"{r['seconds']:.2f} s, "
+                         + ("positive definite." if r["positive_definite"]
+                            else "**not** positive definite."))
+        lines += ["", "It is slower than the exact MLE here because every step draws and "
+                  "scores a minibatch of negative samples, where the MLE reads the "
+                  "model's covariance on the pattern from one selected inversion.", ""]
 
     sm_rows = [r for r in rows if r["estimator"].startswith("sm")]
     if sm_rows:

@@ -71,13 +71,13 @@ def test_estimator_recovers_the_truth(truth, method):
 def test_nce_learned_log_partition_matches_the_exact_value(truth):
     """ζ̂ − log Z(θ̂) = finite-sample bias + sampling error. The bias is of order p/N
     (measured −2.8, −2.8 and −1.4 p/N at N = 5,000, 20,000, 80,000 on the 4-neighbour
-    grid: it vanishes as 1/N); the sampling error is ``log_partition_stderr_``. Allow
-    4 p/N + 4 standard errors."""
+    grid: it vanishes as 1/N); the sampling error is about a tenth of it (see
+    test_nce_log_partition_gap_is_bias_not_noise). Allow 4 p/N."""
     stencil, grid, theta, X, _ = truth
     model = GridGaussian(SHAPE, stencil=stencil, method="nce", assume_centered=True,
                          random_state=1).fit(X)
-    tolerance = 4 * grid.n_params / len(X) + 4 * model.log_partition_stderr_
-    assert 0 < model.log_partition_stderr_ < 0.05
+    tolerance = 4 * grid.n_params / len(X)
+    assert not hasattr(model, "log_partition_stderr_")
     assert abs(model.log_partition_estimate_ - model.log_partition_) < tolerance
     estimates = [row["log_partition_estimate"] for row in model.history_]
     assert len(estimates) == model.n_iter_ + 1 and estimates[-1] == model.log_partition_estimate_
@@ -91,3 +91,26 @@ def test_nce_exact_normalization_and_optimizers_agree(truth):
         model = GridGaussian(SHAPE, stencil=stencil, method="nce", assume_centered=True,
                              random_state=0, **kwargs).fit(X)
         assert kl_divergence(grid, theta, model.theta_) <= FACTORS["nce"] * kl_mle, kwargs
+
+
+def test_nce_log_partition_gap_is_bias_not_noise():
+    """Why NCE reports no standard error for log Z: over repeated fits (fresh data, fresh
+    noise) the gap ζ̂ − log Z(θ̂) is a negative bias of order p/N whose spread is a small
+    fraction of it (measured on an 8×8 grid, N = 5,000, 30 fits: mean −0.036 = −1.03 p/N,
+    sd 0.0035), so a sampling standard error would misstate the error by ~10×."""
+    grid = GridParameterization((8, 8), 4)
+    rng = np.random.default_rng(0)
+    fields = np.zeros((grid.n_terms, grid.n_pixels))
+    fields[0] = 1 + rng.uniform(0, 1, grid.n_pixels)
+    fields[1:] = -rng.uniform(0.05, 0.45, (grid.n_terms - 1, grid.n_pixels)) / 2
+    theta = grid.project(fields * grid.valid)
+    factor = GridNormalizer(grid).factorize(theta)
+    gaps = []
+    for seed in range(10):
+        X = factor.sample(5000, np.random.default_rng(100 + seed))
+        model = GridGaussian((8, 8), method="nce", assume_centered=True,
+                             random_state=seed).fit(X)
+        gaps.append(model.log_partition_estimate_ - model.log_partition_)
+    bias_per_p_over_n = np.mean(gaps) / (grid.n_params / 5000)
+    assert -3.0 < bias_per_p_over_n < -0.3
+    assert np.std(gaps, ddof=1) < 0.25 * abs(np.mean(gaps))

@@ -44,15 +44,13 @@ def test_score_matching_on_mnist_is_indefinite_and_the_barrier_fixes_it(mnist_im
 
 def test_nce_on_mnist_reports_log_partition_and_saves_it(mnist_images, tmp_path):
     """With the default (untied grid) noise NCE on MNIST is positive definite and its log Z
-    gap stays within the finite-sample bias (≈ p/N, large here: p = 2,296, N = 4,000) plus
-    sampling error. tol=1e-4: the loss agrees with a tol=1e-6 fit to 6 digits."""
+    gap stays within the finite-sample bias (≈ p/N, large here: p = 2,296, N = 4,000). tol=1e-4: the loss agrees with a tol=1e-6 fit to 6 digits."""
     model = GridGaussian((28, 28), method="nce", tol=1e-4, random_state=0).fit(mnist_images)
     assert model.is_positive_definite_ and model.converged_
     gap = abs(model.log_partition_estimate_ - model.log_partition_)
-    assert gap < 4 * model._grid.n_params / len(mnist_images) + 4 * model.log_partition_stderr_
+    assert gap < 4 * model._grid.n_params / len(mnist_images)
     loaded = GridGaussian.load(model.save(tmp_path / "nce.npz"))
     assert loaded.log_partition_estimate_ == model.log_partition_estimate_
-    assert loaded.log_partition_stderr_ == model.log_partition_stderr_
     assert loaded.get_params()["method"] == "nce" and loaded.get_params()["noise"] == "auto"
     assert [r["log_partition_estimate"] for r in loaded.history_] == \
         [r["log_partition_estimate"] for r in model.history_]

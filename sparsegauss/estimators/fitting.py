@@ -91,7 +91,7 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
                   max_iter=500, callback=None, learning_rate=1e-2, schedule="cosine",
                   batch_size=256, nu=1.0, noise="auto", noise_sampling="pool",
                   normalization="learned",
-                  n_noise=10, perturbation_std=None, cd_steps=1, sampler="gibbs",
+                  n_noise=10, perturbation_std=None, cd_steps=1, sampler="exact",
                   persistent=False, sm_solver="closed-form", noise_stencil=4,
                   moments=None):
     """Fit θ (and NCE's log Z) of a grid Gaussian to centred data ``X``.
@@ -103,8 +103,7 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
     Returns
     -------
     scipy.optimize.OptimizeResult
-        ``x`` is θ̂; also ``log_partition_estimate`` and ``log_partition_stderr`` (NCE
-        with learned normalization), ``noise`` (NCE, ranking NCE), ``perturbation_std``
+        ``x`` is θ̂; also ``log_partition_estimate`` (NCE with learned normalization), ``noise`` (NCE, ranking NCE), ``perturbation_std``
         (CNCE), ``history``.
     """
     rng = np.random.default_rng(random_state)
