@@ -54,7 +54,7 @@ $(BIN)/python:
 $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 	$(MAKE) system
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test,plot]"
+	$(BIN)/python -m pip install -q -e ".[test,plot,images]"
 	touch $(STAMP)
 
 clean:

@@ -24,10 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .photos import (NATURAL_IMAGES, ImageError, extract_patches, load_images,  # noqa: F401
+                     load_natural_images, split_images, to_luminance)
 from .synthetic import make_grid_gaussian
 
-__all__ = ["DataError", "IDX_DTYPES", "MNIST_SHA256", "is_idx_file", "load_idx", "load_mnist",
-           "make_grid_gaussian", "parse_idx", "preprocess", "scale_and_noise"]
+__all__ = ["DataError", "IDX_DTYPES", "ImageError", "MNIST_SHA256", "NATURAL_IMAGES",
+           "extract_patches", "is_idx_file", "load_idx", "load_images", "load_mnist",
+           "load_natural_images", "make_grid_gaussian", "parse_idx", "preprocess",
+           "scale_and_noise", "split_images", "to_luminance"]
 
 #: SHA-256 of the decompressed IDX files.
 MNIST_SHA256 = {

@@ -39,7 +39,8 @@ SM_SOLVERS = ("closed-form", "barrier", "gradient")
 DEFAULT_TOL = {"mle": 1e-8, "full-batch": 1e-6, "stochastic": 0.0}
 DEFAULT_MAX_ITER = {"mle": 100, "full-batch": 1000, "stochastic": 5000}
 #: Per-method defaults chosen by measurement (see the ``sampler`` parameter for CD's).
-METHOD_DEFAULTS = {"cd": dict(max_iter=4000, learning_rate=2e-2)}
+METHOD_DEFAULTS = {"cd": dict(max_iter=4000, learning_rate=2e-2),
+                   "nce": dict(max_iter=2000), "rnce": dict(max_iter=2000)}
 DEFAULT_LEARNING_RATE = 1e-2
 #: Largest D for dense symmetric-square-root sampling (a 4096² eigendecomposition, ~20 s).
 SYMMETRIC_SAMPLING_MAX_PIXELS = 4096
@@ -127,13 +128,16 @@ class GridGaussian(DensityMixin, BaseEstimator):
     max_iter : int, optional
         Most iterations. Default: 100 Newton steps for ``"mle"``, 1000 steps for the
         full-batch optimizers and 5000 minibatch steps for the stochastic ones (4000 for
-        ``"cd"``, see ``sampler``).
+        ``"cd"``, see ``sampler``; 2000 for ``"nce"`` and ``"rnce"``: on MNIST NCE's
+        held-out likelihood moved by 0.002 nats/image between 2000 and 5000 steps).
     random_state : None, int or numpy.random.Generator, default=None
         Default source of randomness for :meth:`sample`.
     verbose : bool, default=False
         Print one line per iteration.
     optimizer : {"newton-cg", "lbfgs", "scipy-lbfgs", "adam", "sgd", "rmsprop"}, optional
-        Default: ``"newton-cg"`` for MLE, ``"adam"`` for CD, ``"lbfgs"`` otherwise.
+        Default: ``"newton-cg"`` for MLE, ``"adam"`` for NCE, ranking NCE and CD (on
+        MNIST NCE took 139 s with full-batch L-BFGS and 3.9 s with Adam to the same
+        held-out likelihood), ``"lbfgs"`` otherwise.
     learning_rate : float, optional
         Step size of the stochastic optimizers (in rescaled parameters). Default 0.02 for
         ``"cd"`` and 0.01 otherwise (see ``sampler``).

@@ -32,8 +32,11 @@ from ._driver import OptimizerOptions, draw_noise  # noqa: F401  (draw_noise: te
 __all__ = ["fit_estimator", "score_matching_closed_form", "METHODS", "DEFAULT_OPTIMIZER"]
 
 METHODS = ("nce", "rnce", "cnce", "sm", "cd")
-#: The optimizer each method uses unless told otherwise.
-DEFAULT_OPTIMIZER = {"nce": "lbfgs", "rnce": "lbfgs", "cnce": "lbfgs", "sm": "lbfgs",
+#: The optimizer each method uses unless told otherwise, chosen by measurement on MNIST
+#: (60,000 images, 2 cores): NCE with full-batch L-BFGS took 139 s, with Adam (2,000
+#: steps) 3.9 s to the same held-out likelihood (KL to the MLE 0.020, 4 neighbours);
+#: ranking NCE 12 s with Adam.
+DEFAULT_OPTIMIZER = {"nce": "adam", "rnce": "adam", "cnce": "lbfgs", "sm": "lbfgs",
                      "cd": "adam"}
 
 
