@@ -113,3 +113,23 @@ def test_score_matching_barrier_on_strongly_correlated_images():
     shrunk = GridGaussian((10, 12), method="sm", sm_solver="barrier", alpha=0.3).fit(X)
     assert shrunk.converged_ and shrunk.is_positive_definite_
     assert np.isfinite(shrunk.score(X))
+
+
+def test_nce_whose_log_z_misses_its_own_exact_value_is_not_converged():
+    """On MNIST with 8 neighbours and the default 4-neighbour noise NCE's learned log Z
+    ended 2.49 nats from the exact value (p/N = 0.063) while Adam reported success; a gap
+    beyond 10 p/N + 0.1 nats now warns and clears converged_. Checked here by moving a
+    converged synthetic fit's learned log Z: 5 nats off is flagged, its own gap is not."""
+    from scipy.optimize import OptimizeResult
+
+    from sparsegauss.datasets import make_grid_gaussian
+
+    _, X = make_grid_gaussian((6, 6), 4000, random_state=0)
+    model = GridGaussian((6, 6), method="nce", assume_centered=True, random_state=0).fit(X)
+    assert model.converged_
+    result = OptimizeResult(x=model.theta_, success=True, nit=1, residual=0.0, history=[],
+                            message="", log_partition_estimate=model.log_partition_ + 5.0)
+    with pytest.warns(ConvergenceWarning, match=r"\+5 nats from the exact log Z"):
+        model._finish_fit(model._grid, result, model.location_, None, X.var(axis=0),
+                          n_samples=len(X))
+    assert not model.converged_
