@@ -40,7 +40,11 @@ class GridNormalizer:
 
     def log_partition(self, theta):
         """``(D/2) log 2π − ½ log det Λ(θ)``."""
-        return 0.5 * self.grid.n_pixels * LOG_2PI - 0.5 * self.factorize(theta).logdet()
+        return self.log_partition_of(self.factorize(theta))
+
+    def log_partition_of(self, factor):
+        """log Z from a Cholesky factor of Λ."""
+        return 0.5 * self.grid.n_pixels * LOG_2PI - 0.5 * factor.logdet()
 
     def covariance_fields(self, factor):
         """Σ = Λ⁻¹ on Λ's pattern, in the stencil layout, by selected inversion."""
@@ -56,8 +60,10 @@ class GridNormalizer:
             ``−½ adjoint(m ⊙ Σ_pattern)``.
         covariance : ndarray, shape (n_terms, D)
         """
-        factor = self.factorize(theta)
-        log_z = 0.5 * self.grid.n_pixels * LOG_2PI - 0.5 * factor.logdet()
+        return self.value_and_grad_of(self.factorize(theta))
+
+    def value_and_grad_of(self, factor):
+        """:meth:`value_and_grad` from an existing Cholesky factor of Λ(θ)."""
         covariance = self.covariance_fields(factor)
         grad = -0.5 * self.grid.adjoint(self.grid.multiplicity[:, None] * covariance)
-        return log_z, grad, covariance
+        return self.log_partition_of(factor), grad, covariance

@@ -207,3 +207,21 @@ def test_mala_leaves_the_model_invariant():
     chains = model.mcmc(theta, np.full((4000, 3), 5.0), 200, random_state=1)
     np.testing.assert_allclose(chains.mean(axis=0), [1.0, -0.5, 0.0], atol=0.03)
     np.testing.assert_allclose(chains.var(axis=0), 0.25, rtol=0.1)
+
+
+def test_grid_energy_reuses_its_factor_but_never_a_stale_one():
+    """log Z, its gradient and samples at one θ share one factorization (CD asks for all
+    three every step); a failed factorization elsewhere, which overwrites the factor's
+    memory, is never mistaken for the cached one."""
+    from sparsegauss import NotPositiveDefiniteError
+
+    model, theta = _grid_case(np.random.default_rng(0))
+    calls = []
+    factorize = model.normalizer.factorize
+    model.normalizer.factorize = lambda t: calls.append(1) or factorize(t)
+    value = model.log_partition_value(theta)
+    model.sample(theta, 3, 0)
+    assert model.log_partition(theta)[0] == value and len(calls) == 1
+    with pytest.raises(NotPositiveDefiniteError):
+        model.log_partition_value(-theta)
+    assert model.log_partition_value(theta) == value and len(calls) == 3

@@ -97,14 +97,30 @@ class GridGaussianEnergy(EnergyModel):
         self.n_params = grid.n_params
         self.n_features = grid.n_pixels
         self._normalizer = None
+        self._last_factor = None
         indicator = np.zeros((grid.n_terms, grid.n_pixels))
         indicator[0] = 1.0
         self._trace_gradient = grid.adjoint(indicator)     # ∂ tr Λ / ∂θ
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_normalizer"] = None          # CHOLMOD's analysis does not pickle
+        state["_normalizer"] = state["_last_factor"] = None   # CHOLMOD objects do not pickle
         return state
+
+    def _factorize(self, theta):
+        """Cholesky factor of Λ(θ), reused while θ is unchanged.
+
+        CD asks for log Z, then samples, then the loss at one θ per step: one
+        factorization serves all three. The factor lives in the analysis' memory, so
+        the cache is cleared before any refactorization (a failed one overwrites it).
+        """
+        cached = self._last_factor
+        if cached is not None and np.array_equal(cached[0], theta):
+            return cached[1]
+        self._last_factor = None
+        factor = self.normalizer.factorize(theta)
+        self._last_factor = (np.array(theta, dtype=np.float64), factor)
+        return factor
 
     @property
     def normalizer(self):
@@ -140,14 +156,14 @@ class GridGaussianEnergy(EnergyModel):
         return -self.grid.adjoint(cross)
 
     def log_partition(self, theta):
-        log_z, grad, _ = self.normalizer.value_and_grad(theta)
+        log_z, grad, _ = self.normalizer.value_and_grad_of(self._factorize(theta))
         return log_z, grad
 
     def log_partition_value(self, theta):
-        return self.normalizer.log_partition(theta)
+        return self.normalizer.log_partition_of(self._factorize(theta))
 
     def sample(self, theta, n_samples, random_state=None):
-        return self.normalizer.factorize(theta).sample(int(n_samples), random_state)
+        return self._factorize(theta).sample(int(n_samples), random_state)
 
     def frozen(self, theta):
         """``N(0, Λ(θ)⁻¹)`` frozen, with its own factorization kept between draws."""
