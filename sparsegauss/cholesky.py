@@ -214,9 +214,23 @@ class CholeskyFactor:
         block = int(max(1, min(_SAMPLE_BLOCK, _SAMPLE_BLOCK_VALUES // n)))
         for start in range(0, n_samples, block):
             stop = min(start + block, n_samples)
-            eps = rng.standard_normal((n, stop - start))
-            permuted = self._factor.solve_Lt(eps, use_LDLt_decomposition=False)
-            out[start:stop, self._analysis.permutation] = permuted.T
+            self.unwhiten(rng.standard_normal((n, stop - start)).T, out=out[start:stop])
+        return out
+
+    def whiten(self, X):
+        """``z = Lᵀ P x`` for every row of ``X``: ``zᵀz = xᵀAx``, and ``Cov z = I`` when
+        ``Cov x = A⁻¹``; ``O(nnz L)`` per row."""
+        X = np.asarray(X, dtype=np.float64)
+        return np.asarray((self.lower().T @ X[:, self._analysis.permutation].T).T)
+
+    def unwhiten(self, Z, out=None):
+        """The inverse of :meth:`whiten`, ``x = Pᵀ L⁻ᵀ z`` for every row of ``Z``
+        (written into ``out`` when given)."""
+        Z = np.asarray(Z, dtype=np.float64)
+        permuted = self._factor.solve_Lt(Z.T, use_LDLt_decomposition=False)
+        if out is None:
+            out = np.empty(Z.shape)
+        out[:, self._analysis.permutation] = permuted.T
         return out
 
     def lower(self):

@@ -29,6 +29,15 @@ __all__ = ["DeepEnergyModel"]
 METHODS = ("nce", "sm", "cd")
 
 
+def _image_shape(X):
+    """(H, W) of images (n, H, W); for flat rows (n, D) a square grid when D is a square
+    (``extract_patches`` returns square patches flattened), else a 1 × D chain."""
+    if X.ndim == 3:
+        return tuple(int(s) for s in X.shape[1:])
+    side = int(round(np.sqrt(X.shape[1])))
+    return (side, side) if side * side == X.shape[1] else (1, X.shape[1])
+
+
 class DeepEnergyModel(DensityMixin, BaseEstimator):
     """``log p̃(z) = −‖z‖²/(2σ²) + bᵀz + Σ_k S(w_kᵀ s(Vz) + c_k)`` on whitened patches.
 
@@ -59,6 +68,9 @@ class DeepEnergyModel(DensityMixin, BaseEstimator):
     energy_ : DeepEnergy
     theta_ : ndarray
     whitening_ : GridWhitening or None
+    image_shape_ : (int, int)
+        Grid of the patches: from (n, H, W) input; for flat (n, D) input square when D
+        is a perfect square, else 1 × D.
     log_partition_estimate_ : float
         NCE's learned log Z of the whitened-space model (``method="nce"`` only).
     history_ : list of dict
@@ -90,13 +102,11 @@ class DeepEnergyModel(DensityMixin, BaseEstimator):
             raise ValueError("The 'whitening' parameter of DeepEnergyModel must be "
                              f"'symmetric', 'cholesky' or None. Got {self.whitening!r} instead.")
         X = np.asarray(X, dtype=np.float64)
+        self.image_shape_ = _image_shape(X)
         X = validate_data(self, X.reshape(len(X), -1) if X.ndim == 3 else X, reset=True)
         rng = np.random.default_rng(self.random_state)
-        shape = (int(round(np.sqrt(X.shape[1]))),) * 2
-        if shape[0] * shape[1] != X.shape[1]:
-            shape = (1, X.shape[1])
         self.whitening_ = (None if self.whitening is None else
-                           GridWhitening(shape, stencil=self.stencil,
+                           GridWhitening(self.image_shape_, stencil=self.stencil,
                                          method=self.whitening).fit(X))
         Z = self._whiten(X)
         self.energy_ = DeepEnergy(X.shape[1], self.n_hidden, self.n_units, self.sigma)
@@ -150,5 +160,4 @@ class DeepEnergyModel(DensityMixin, BaseEstimator):
         """Rows of V as images (in whitened coordinates), shape (H, h, w)."""
         check_is_fitted(self)
         V = self.energy_.unpack(self.theta_)[0]
-        side = int(round(np.sqrt(V.shape[1])))
-        return V.reshape(len(V), side, -1) if side * side == V.shape[1] else V[:, None, :]
+        return V.reshape((len(V),) + self.image_shape_)

@@ -12,6 +12,7 @@ from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import validate_data
 
+from .estimators.cd import SAMPLERS
 from .estimators.fitting import DEFAULT_OPTIMIZER, fit_estimator, score_matching_closed_form
 from .estimators.mle import fit_mle, independent_start
 from .estimators.score_matching import (extended_moment_sums, extended_offset_index,
@@ -31,7 +32,6 @@ __all__ = ["GridGaussian", "NotFittedError"]
 
 METHODS = ("mle", "nce", "rnce", "cnce", "sm", "cd")
 NORMALIZATIONS = ("learned", "exact")
-SAMPLERS = ("gibbs", "exact")
 NOISE_SAMPLINGS = ("pool", "fresh")
 SM_SOLVERS = ("closed-form", "barrier", "gradient")
 #: Default ``tol`` per method: the MLE's KKT residual (correlation units); the largest
@@ -754,15 +754,6 @@ class GridGaussian(DensityMixin, BaseEstimator):
     def _normalizer(self):
         """The grid's symbolic Cholesky analysis (the fitted distribution's)."""
         return self.distribution_.normalizer
-
-    def _factor(self):
-        """The Cholesky factor of the fitted Λ, computed at first use and kept.
-
-        Callers that sample in blocks (NCE's noise, shards of a large sample) would
-        otherwise refactorize at every call: 6 s each at 1024×1024, where drawing 500
-        noise samples four at a time cost 750 s of factorizations.
-        """
-        return self.distribution_.factor()
 
     # -- using the fitted model --------------------------------------------------------------
     @property

@@ -45,3 +45,13 @@ def test_score_matching_and_cd_train_and_refuse_a_log_partition():
             model.score_samples(X[:2])
     with pytest.raises(ValueError, match="'method' parameter"):
         DeepEnergyModel(method="mle").fit(X)
+
+
+def test_image_shape_comes_from_the_data():
+    rng = np.random.default_rng(2)
+    flat = edge_patches(500, rng)
+    images = rng.standard_normal((500, 6, 10)) + np.linspace(0, 1, 10)
+    for X, shape in ((flat, (8, 8)), (images, (6, 10))):
+        model = DeepEnergyModel(4, 4, max_iter=5, random_state=0).fit(X)
+        assert model.image_shape_ == shape and model.filters().shape == (4,) + shape
+        assert model.whitening_.model_._grid.shape == shape

@@ -159,12 +159,12 @@ def test_noise_start_tolerates_rounding_of_tied_means():
 def test_noise_is_drawn_in_blocks_in_the_data_dtype(monkeypatch):
     """float32 data get float32 noise, drawn block by block (no float64 copy of the whole
     sample), scored as stored; a noise returning the wrong shape is named."""
-    from sparsegauss.estimators import _driver as fitting
+    from sparsegauss.estimators import _driver as driver
 
     X = np.random.default_rng(0).standard_normal((50, 12))
     noise = CountingNoise(X)
-    monkeypatch.setattr(fitting, "_NOISE_BLOCK_VALUES", 12 * 16)     # 16 rows per block
-    samples, log_density = fitting.draw_noise(noise, 50, 12, np.random.default_rng(1),
+    monkeypatch.setattr(driver, "_NOISE_BLOCK_VALUES", 12 * 16)     # 16 rows per block
+    samples, log_density = driver.draw_noise(noise, 50, 12, np.random.default_rng(1),
                                               np.float32)
     assert samples.dtype == np.float32 and noise.draws == [16, 16, 16, 2]
     np.testing.assert_array_equal(log_density, noise.noise.score_samples(samples))
@@ -175,7 +175,7 @@ def test_noise_is_drawn_in_blocks_in_the_data_dtype(monkeypatch):
             return super().sample(n, random_state)[:, :5]
 
     with pytest.raises(ValueError, match=r"returned shape \(16, 5\); expected \(16, 12\)"):
-        fitting.draw_noise(Wrong(X), 50, 12, np.random.default_rng(1))
+        driver.draw_noise(Wrong(X), 50, 12, np.random.default_rng(1))
 
 
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])

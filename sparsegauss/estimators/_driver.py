@@ -127,8 +127,7 @@ def run(objective, draw, n_samples, x0, scale, options, rng, *, reference=None, 
     Returns
     -------
     result : scipy.optimize.OptimizeResult
-        ``x`` in the original parameters; ``fixed_draw`` the full-batch draw (None for
-        stochastic methods).
+        ``x`` in the original parameters.
     """
     scale = np.asarray(scale, dtype=np.float64)
     fixed = None
@@ -167,5 +166,4 @@ def run(objective, draw, n_samples, x0, scale, options, rng, *, reference=None, 
     if not np.all(np.isfinite(params)):
         raise SparseGaussError(f"The {name} fit produced non-finite parameters.")
     result.x = params
-    result.fixed_draw = fixed
     return result

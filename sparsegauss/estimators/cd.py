@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..models.grid_gaussian import colouring, gibbs_sample  # noqa: F401  (re-exported)
 from ._driver import OptimizerOptions, run
 
 __all__ = ["CDOptions", "cd_gradient", "fit_cd"]
 
+#: CD's negative samples: the model's MCMC kernel, or its exact sampler.
 SAMPLERS = ("gibbs", "exact")
 
 
@@ -102,5 +102,4 @@ def fit_cd(model, X, *, theta0, scale, options=CDOptions(), optimizer=OptimizerO
         return cd_gradient(model, theta, batch, negatives)
 
     result = run(objective, draw, len(X), theta0, scale, optimizer, rng, name="cd")
-    result.fixed_draw = None
     return result

@@ -131,5 +131,4 @@ def fit_cnce(model, X, *, theta0, scale, perturbation_std, options=CNCEOptions()
         return cnce_loss_grad(model, theta, batch, *drawn)
 
     result = run(objective, draw, len(X), theta0, scale, optimizer, rng, name="cnce")
-    result.fixed_draw = None
     return result

@@ -21,13 +21,14 @@ from scipy.optimize import OptimizeResult
 
 from ..models import GridGaussianEnergy
 from ..noise import DiagonalNoise, GridNoise, make_noise
+from ..stats import pattern_moments
 from .cd import CDOptions, fit_cd
 from .cnce import CNCEOptions, default_perturbation_std, fit_cnce
 from .mle import hessian_diagonal, independent_start
-from .nce import NCEOptions, chance_loss, fit_nce, separated  # noqa: F401
+from .nce import NCEOptions, fit_nce
 from .rnce import RNCEOptions, fit_rnce
 from .score_matching import fit_score_matching, fit_score_matching_barrier, fit_sm_gradient
-from ._driver import OptimizerOptions, draw_noise  # noqa: F401  (draw_noise: tests)
+from ._driver import OptimizerOptions
 
 __all__ = ["fit_estimator", "score_matching_closed_form", "METHODS", "DEFAULT_OPTIMIZER"]
 
@@ -113,7 +114,6 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
     if method == "sm" and sm_solver == "closed-form":
         return score_matching_closed_form(X, grid)
     if moments is None:
-        from ..stats import pattern_moments
         moments = pattern_moments(X, grid) / len(X)
     theta0, variances, scale = gaussian_start(moments, grid)
     if method == "sm" and sm_solver == "barrier":

@@ -208,5 +208,4 @@ def fit_nce(model, X, noise, *, theta0, scale, options=NCEOptions(),
         result.log_partition_estimate = float(params[-1])
         for row, value in zip(result.history, [float(x0[-1])] + estimates):
             row["log_partition_estimate"] = value
-    result.fixed_draw = None
     return result

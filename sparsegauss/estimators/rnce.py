@@ -103,7 +103,6 @@ def fit_rnce(model, X, noise, *, theta0, scale, options=RNCEOptions(),
 
     result = run(objective, draw, n_samples, theta0, scale, optimizer, rng,
                  reference=reference, name="rnce")
-    result.fixed_draw = None
     result.separated = separated(result.fun, np.log1p(k))
     if result.separated:
         result.success = False

@@ -220,7 +220,6 @@ def fit_sm_gradient(model, X, *, theta0, scale, optimizer=OptimizerOptions(), rn
         return sm_loss_grad(model, theta, batch)
 
     result = run(objective, draw, len(X), theta0, scale, optimizer, rng, name="sm")
-    result.fixed_draw = None
     return result
 
 

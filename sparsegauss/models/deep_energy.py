@@ -63,7 +63,8 @@ class DeepEnergy(EnergyModel):
         return np.concatenate([np.ravel(V), np.ravel(W), np.ravel(b), np.ravel(c)])
 
     def initial_params(self, random_state=None, scale=None):
-        """Small random V and W (rows of norm ≈ ``scale``, default 1/√D·…), b = c = 0."""
+        """Random V (entries N(0, 1/D): rows of norm ≈ 1; N(0, scale²) if given) and W
+        (entries N(0, 1/H)), b = c = 0."""
         rng = np.random.default_rng(random_state)
         D, H, K = self.n_features, self.n_hidden, self.n_units
         V = rng.standard_normal((H, D)) / np.sqrt(D) if scale is None else \
