@@ -223,6 +223,15 @@ class CholeskyFactor:
         X = np.asarray(X, dtype=np.float64)
         return np.asarray((self.lower().T @ X[:, self._analysis.permutation].T).T)
 
+    def whiten_adjoint(self, V):
+        """``Pᵀ L v`` for every row ``v`` of ``V``: the adjoint of :meth:`whiten`, so that
+        ``v · whiten(x) = whiten_adjoint(v) · x``. A linear feature of whitened data read
+        as a feature of the pixels (a filter mapped back to pixel space)."""
+        V = np.asarray(V, dtype=np.float64)
+        out = np.empty(V.shape)
+        out[:, self._analysis.permutation] = np.asarray(self.lower() @ V.T).T
+        return out
+
     def unwhiten(self, Z, out=None):
         """The inverse of :meth:`whiten`, ``x = Pᵀ L⁻ᵀ z`` for every row of ``Z``
         (written into ``out`` when given)."""

@@ -156,6 +156,10 @@ class GridGaussianDistribution:
         distribution; ``log |det ∂z/∂x| = ½ log det Λ`` (:attr:`logdet_precision` / 2)."""
         return self.factor().whiten(as_float_array(X) - self.mean)
 
+    def whiten_adjoint(self, V):
+        """``Pᵀ L v`` for every row: ``v · whiten(x) = whiten_adjoint(v) · (x − μ)``."""
+        return self.factor().whiten_adjoint(V)
+
     def unwhiten(self, Z):
         """The inverse of :meth:`whiten`: ``x = μ + Pᵀ L⁻ᵀ z``."""
         out = self.factor().unwhiten(Z)

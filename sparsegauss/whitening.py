@@ -94,6 +94,16 @@ class GridWhitening(TransformerMixin, BaseEstimator):
             return self.model_.distribution_.whiten(X)
         return (X - self.mean_) @ self.components_          # Λ^{1/2} is symmetric
 
+    def pull_back(self, V):
+        """Pixel-space filters of whitened-space filters: ``u = Wᵀ v`` for every row
+        ``v`` of ``V``, so that ``v · z = u · (x − μ)`` (a unit that reads ``v · z``
+        of whitened data reads ``u`` off the centred pixels)."""
+        check_is_fitted(self)
+        V = np.asarray(V, dtype=np.float64)
+        if self.method == "cholesky":
+            return self.model_.distribution_.whiten_adjoint(V)
+        return V @ self.components_                           # symmetric: Wᵀ = W
+
     def inverse_transform(self, Z):
         """Pixels ``x`` from whitened ``z``."""
         check_is_fitted(self)

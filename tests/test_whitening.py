@@ -32,6 +32,11 @@ def test_grid_whitening_is_exact_for_its_own_gaussian(data, method):
     np.testing.assert_allclose(white.inverse_transform(Z), data[:50], atol=1e-10)
     samples = white.transform(model.sample(40_000, random_state=1))
     np.testing.assert_allclose(np.cov(samples.T), np.eye(D), atol=0.04)
+    # Filters pulled back to pixels: v · z = (Wᵀ v) · (x − μ), W the dense map above.
+    V = np.random.default_rng(2).standard_normal((3, D))
+    np.testing.assert_allclose(white.pull_back(V), V @ W, atol=1e-10)
+    np.testing.assert_allclose(Z @ V.T, (data[:50] - white.mean_) @ white.pull_back(V).T,
+                               atol=1e-9)
     if method == "symmetric":                  # Λ^{1/2}: symmetric, keeps the layout
         np.testing.assert_allclose(W, W.T, atol=1e-12)
 
