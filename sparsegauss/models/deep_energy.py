@@ -72,6 +72,13 @@ class DeepEnergy(EnergyModel):
         W = rng.standard_normal((K, H)) / np.sqrt(H)
         return self.pack(V, W, np.zeros(D), np.zeros(K))
 
+    def gaussian_term(self, theta):
+        """Mean ``σ² b`` and variance σ² of the Gaussian ``N(σ²b, σ²I)`` that the model
+        reweights: ``f_θ(x) = log N(x; σ²b, σ²I) + log Z_term + Σ_k S(u_k)`` with
+        ``log Z_term = (D/2) log 2πσ² + σ²‖b‖²/2``."""
+        b = self.unpack(theta)[2]
+        return self.sigma ** 2 * b, self.sigma ** 2
+
     def _forward(self, theta, X):
         V, W, b, c = self.unpack(theta)
         X = np.asarray(X, dtype=np.float64)
@@ -107,8 +114,8 @@ class DeepEnergy(EnergyModel):
         norms = np.einsum("hi,hi->h", V, V)      # ‖v_h‖²
         gram = V @ V.T                           # G = V Vᵀ, once per batch
         A = W[None, :, :] * g1[:, None, :]       # (n, K, H): W diag(g')
-        B = A @ gram                             # (n, K, H)
-        t = np.einsum("nkh,nkh->nk", B, A)       # (A G Aᵀ)_kk
+        B = A @ gram                             # (n, K, H): one (nK × H)(H × H) product
+        t = (B * A).sum(axis=2)                  # (A G Aᵀ)_kk
         value = (-self.n_features / self.sigma ** 2 + (g2 * r) @ norms
                  + np.einsum("nk,nk->n", q1, t))
         return value, (V, W, X, g, q, g1, g2, q1, r, norms, A, B, t)
@@ -130,9 +137,13 @@ class DeepEnergy(EnergyModel):
         # L2 = Σ_k q'_k (A G Aᵀ)_kk.
         u_bar += t * q2
         two_qB = 2.0 * q1[:, :, None] * B        # ∂L2/∂A
-        W_bar += np.einsum("n,nkh,nh->kh", w, two_qB, g1)
-        a_bar += np.einsum("nkh,kh->nh", two_qB, W) * g2
-        gram_bar = np.einsum("n,nkh,nk,nkj->hj", w, A, q1, A)
+        W_bar += np.tensordot(w, two_qB * g1[:, None, :], axes=1)
+        a_bar += (two_qB * W).sum(axis=1) * g2
+        # Σ_n w_n Σ_k q'_nk a_nk a_nkᵀ (a_nk = row k of A_n) as one (H × nK)(nK × H) product:
+        # a four-operand einsum took 0.2 s per 256-sample step.
+        n, K, H = A.shape
+        weighted = (A * (w[:, None] * q1)[:, :, None]).reshape(n * K, H)
+        gram_bar = weighted.T @ A.reshape(n * K, H)
         V_bar += 2.0 * gram_bar @ V
         # Through u = Wg + c and a = Vx.
         wu = w[:, None] * u_bar
