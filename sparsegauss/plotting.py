@@ -6,8 +6,9 @@ state, no display needed) and returns it; save it with ``fig.savefig(path)``.
 
 import numpy as np
 
-__all__ = ["plot_comparison", "plot_couplings", "plot_learning_curve", "plot_samples",
-           "plot_sampler_comparison"]
+__all__ = ["plot_comparison", "plot_couplings", "plot_filters", "plot_learning_curve",
+           "plot_learning_curves",
+           "plot_samples", "plot_sampler_comparison"]
 
 
 def _figure(width, height):
@@ -58,6 +59,29 @@ def plot_samples(images, shape, *, n_cols=8, title="Samples"):
     ax = fig.add_subplot()
     shown = _image_grid(ax, images, shape, n_cols, _limits(images))
     fig.colorbar(shown, ax=ax, shrink=0.8, label="pixel value")
+    ax.set_title(title)
+    return fig
+
+
+def plot_filters(filters, *, n_cols=16, title="Filters"):
+    """Filters (rows of a first layer) as images, each scaled to its own largest
+    magnitude (black −1, grey 0, white +1): a filter's sign and shape matter, not its
+    norm.
+
+    Parameters
+    ----------
+    filters : array-like, shape (n, H, W)
+    """
+    filters = np.asarray(filters, dtype=float)
+    if filters.ndim != 3:
+        raise ValueError(f"filters must have shape (n, H, W); got {filters.shape}.")
+    peak = np.abs(filters).reshape(len(filters), -1).max(axis=1)
+    scaled = filters / np.where(peak > 0, peak, 1.0)[:, None, None]
+    n_cols = min(n_cols, len(filters))
+    n_rows = -(-len(filters) // n_cols)
+    fig = _figure(0.8 + 0.75 * n_cols, 0.6 + 0.75 * n_rows)
+    ax = fig.add_subplot()
+    _image_grid(ax, scaled.reshape(len(scaled), -1), filters.shape[1:], n_cols, (-1.0, 1.0))
     ax.set_title(title)
     return fig
 
@@ -162,6 +186,39 @@ def plot_learning_curve(history, *, exact_log_partition=None, x="iteration", tit
         axes[1].set_title("Normalization")
         axes[1].legend(fontsize="small")
         axes[1].grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_learning_curves(histories, *, n_cols=3, title=None):
+    """One panel per fit: its loss against the step (``history_`` of each model).
+
+    Parameters
+    ----------
+    histories : dict
+        Name -> list of dicts with ``iteration`` and ``loss``.
+    """
+    if not histories:
+        raise ValueError("No histories to plot.")
+    n_cols = min(n_cols, len(histories))
+    n_rows = -(-len(histories) // n_cols)
+    fig = _figure(3.6 * n_cols, 2.6 * n_rows + 0.4)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
+    for ax, (name, history) in zip(axes, histories.items()):
+        steps = np.array([row["iteration"] for row in history], dtype=float)
+        loss = np.array([row["loss"] for row in history], dtype=float)
+        ax.plot(steps, loss, lw=0.6)
+        # Minibatch losses are noisy: a running median over 50 steps shows the trend.
+        if len(loss) > 100:
+            window = np.lib.stride_tricks.sliding_window_view(loss, 50)
+            ax.plot(steps[49:], np.median(window, axis=1), lw=1.2, color="k")
+        ax.set_title(name, fontsize="medium")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(histories):]:
+        ax.set_visible(False)
     if title:
         fig.suptitle(title)
     return fig
