@@ -84,7 +84,12 @@ class DeepEnergyModel(DensityMixin, BaseEstimator):
         Stencil of the grid Gaussian.
     max_iter : int, default=2000
         Adam steps (batch ``batch_size``, cosine-annealed ``learning_rate``).
-    learning_rate : float, default=0.01
+    learning_rate : float, default=0.001
+        Chosen by measurement (NCE, whitened 28 × 28 photo patches, 50,000, H = K = 64,
+        log Z by AIS): at 0.01 the model grew mass where neither data nor noise samples
+        go — NCE's log Z ended 5 nats below the AIS value and held-out patches scored
+        3.5 nats below the Gaussian; at 0.003 log Z agreed to 0.2 nats, held-out +0.06;
+        at 0.001 to 0.4 nats, held-out +0.36 nats per patch over the Gaussian.
     batch_size : int, default=256
     cd_steps : int, default=5
         MALA steps per CD step.
@@ -116,7 +121,7 @@ class DeepEnergyModel(DensityMixin, BaseEstimator):
     """
 
     def __init__(self, n_hidden=64, n_units=64, sigma=1.0, method="nce", *,
-                 whitening="symmetric", stencil=4, max_iter=2000, learning_rate=1e-2,
+                 whitening="symmetric", stencil=4, max_iter=2000, learning_rate=1e-3,
                  batch_size=256, cd_steps=5, n_importance=N_IMPORTANCE, random_state=None):
         self.n_hidden = n_hidden
         self.n_units = n_units

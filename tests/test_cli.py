@@ -47,10 +47,16 @@ def test_demo_writes_summary_report_figures_and_models(demo_run):
                     "## Contrastive divergence"):
         assert heading in report
     assert f"{rows['mle', 8]['test_loglik']:.2f}" in report
+    # The reduced natural-image study: its own report, linked, with measured numbers.
+    natural = summary["natural"]
+    assert "## Natural images (reduced study)" in report and "natural/report.md" in report
+    assert (demo_run / "natural" / "report.md").is_file()
+    assert np.isfinite(natural["test_gain"]) and 0.9 < natural["auc_mnist"] <= 1.0
 
 
 def test_demo_prints_the_table(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--quiet", "--methods", "mle"]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--quiet", "--methods", "mle",
+                 "--natural-patches", "0"]) == 0
     table = capsys.readouterr().out
     assert table.count("mle ") == 2 and "KL(MLE||est)" in table
 
@@ -62,7 +68,7 @@ def test_demo_rejects_unknown_methods(tmp_path, capsys):
 
 def test_demo_full_uses_the_training_set(tmp_path, mnist_dir, capsys):
     assert main(["demo", "--full", "--data-home", str(mnist_dir), "--out", str(tmp_path),
-                 "--methods", "mle"]) == 0
+                 "--methods", "mle", "--natural-patches", "0"]) == 0
     assert "60,000" in capsys.readouterr().out
 
 

@@ -21,17 +21,21 @@ def edge_patches(n, rng, side=8):
     return (0.3 + smooth + 0.5 * edges).reshape(n, side * side)
 
 
-@pytest.mark.parametrize("method", ["nce"])
+@pytest.mark.parametrize("method", ["nce", "cd"])
 def test_deep_energy_model_beats_its_gaussian_on_edges(method):
+    """Held-out log-likelihood with log Z from AIS, not from the fit (measured gains:
+    NCE 1.55, CD 1.75 nats per patch; with the old learning rate 0.01 NCE's own log Z
+    was 8.5 nats low and made a 2.8-nat loss look like a 5.8-nat gain)."""
     rng = np.random.default_rng(0)
     X, held_out = edge_patches(6000, rng), edge_patches(2000, rng)
     model = DeepEnergyModel(16, 16, method=method, max_iter=3000, random_state=0).fit(X)
     gaussian = model.whitening_.model_
-    gain = model.score_samples(held_out).mean() - gaussian.score(held_out)
+    log_z, stderr = model.log_partition_ais(500, 1000, random_state=0)
+    gain = model.unnormalized_score_samples(held_out).mean() - log_z - gaussian.score(held_out)
     assert gain > 1.0, gain                     # nats per patch
+    assert abs(model.log_partition_ - log_z) < 0.5
     np.testing.assert_allclose(model.unnormalized_score_samples(held_out[:5])
-                               - model.score_samples(held_out[:5]),
-                               model.log_partition_estimate_)
+                               - model.score_samples(held_out[:5]), model.log_partition_)
     assert model.filters().shape == (16, 8, 8)
 
 
