@@ -668,6 +668,7 @@ def _demo_natural(args, out, say):
     is missing)."""
     if not args.natural_patches:
         return None
+    from .natural import run_study
     from .photos import NATURAL_IMAGES, load_natural_images
 
     try:
