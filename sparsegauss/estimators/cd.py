@@ -57,15 +57,17 @@ def cd_gradient(model, theta, data, negatives):
     loss : float
     grad : ndarray, shape (n_params,)
     """
-    mean_data = float(np.mean(model.log_density(theta, data)))
+    f_data, vjp_data = model.log_density_vjp(theta, data)
+    mean_data = float(np.mean(f_data))
+    to_negatives = np.full(len(negatives), 1.0 / len(negatives))
     if model.has_log_partition:
         loss = model.log_partition_value(theta) - mean_data
+        grad_negatives = model.log_density_grad(theta, negatives, to_negatives)
     else:
-        loss = float(np.mean(model.log_density(theta, negatives))) - mean_data
-    grad = (model.log_density_grad(theta, data, np.full(len(data), -1.0 / len(data)))
-            + model.log_density_grad(theta, negatives,
-                                     np.full(len(negatives), 1.0 / len(negatives))))
-    return loss, grad
+        f_negatives, vjp_negatives = model.log_density_vjp(theta, negatives)
+        loss = float(np.mean(f_negatives)) - mean_data
+        grad_negatives = vjp_negatives(to_negatives)
+    return loss, vjp_data(np.full(len(data), -1.0 / len(data))) + grad_negatives
 
 
 def fit_cd(model, X, *, theta0, scale, options=CDOptions(), optimizer=OptimizerOptions(),

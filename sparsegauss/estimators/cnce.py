@@ -71,13 +71,13 @@ def cnce_loss_grad(model, theta, data, perturbed):
     grad : ndarray, shape (n_params,)
     """
     n_data, n_pairs = len(data), len(perturbed)
-    ratio = (np.repeat(model.log_density(theta, data), n_pairs // n_data)
-             - model.log_density(theta, perturbed))
+    f_data, vjp_data = model.log_density_vjp(theta, data)
+    f_perturbed, vjp_perturbed = model.log_density_vjp(theta, perturbed)
+    ratio = np.repeat(f_data, n_pairs // n_data) - f_perturbed
     loss = np.mean(np.logaddexp(0.0, -ratio))
     d_ratio = -expit(-ratio) / n_pairs                  # ∂J/∂G per pair
     per_data = d_ratio.reshape(n_data, -1).sum(axis=1)
-    grad = (model.log_density_grad(theta, data, per_data)
-            - model.log_density_grad(theta, perturbed, d_ratio))
+    grad = vjp_data(per_data) - vjp_perturbed(d_ratio)
     return float(loss), grad
 
 

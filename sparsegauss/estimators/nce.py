@@ -103,14 +103,15 @@ def nce_loss_grad(model, params, data, noise, log_noise_data, log_noise_noise, *
     else:
         theta = params
         zeta, grad_log_z = model.log_partition(theta)
-    a_data = model.log_density(theta, data) - zeta - log_noise_data - log_nu
-    a_noise = model.log_density(theta, noise) - zeta - log_noise_noise - log_nu
+    f_data, vjp_data = model.log_density_vjp(theta, data)
+    f_noise, vjp_noise = model.log_density_vjp(theta, noise)
+    a_data = f_data - zeta - log_noise_data - log_nu
+    a_noise = f_noise - zeta - log_noise_noise - log_nu
     # −log σ(a) = softplus(−a) and −log(1 − σ(a)) = softplus(a), computed stably.
     loss = (np.sum(np.logaddexp(0.0, -a_data)) + np.sum(np.logaddexp(0.0, a_noise))) / n_data
     d_data = -(1.0 - expit(a_data)) / n_data        # ∂J/∂G at the data
     d_noise = expit(a_noise) / n_data               # ∂J/∂G at the noise
-    grad_theta = (model.log_density_grad(theta, data, d_data)
-                  + model.log_density_grad(theta, noise, d_noise))
+    grad_theta = vjp_data(d_data) + vjp_noise(d_noise)
     grad_zeta = -(np.sum(d_data) + np.sum(d_noise))
     if normalization == "learned":
         return float(loss), np.append(grad_theta, grad_zeta)

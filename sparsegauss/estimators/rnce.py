@@ -57,13 +57,14 @@ def rnce_loss_grad(model, theta, data, noise, log_noise_data, log_noise_noise):
     """
     n_data = len(data)
     scores = np.empty((n_data, len(noise) // n_data + 1))
-    scores[:, 0] = model.log_density(theta, data) - log_noise_data
-    scores[:, 1:] = (model.log_density(theta, noise) - log_noise_noise).reshape(n_data, -1)
+    f_data, vjp_data = model.log_density_vjp(theta, data)
+    f_noise, vjp_noise = model.log_density_vjp(theta, noise)
+    scores[:, 0] = f_data - log_noise_data
+    scores[:, 1:] = (f_noise - log_noise_noise).reshape(n_data, -1)
     loss = np.mean(logsumexp(scores, axis=1) - scores[:, 0])
     weights = softmax(scores, axis=1) / n_data
     weights[:, 0] -= 1.0 / n_data
-    grad = (model.log_density_grad(theta, data, weights[:, 0])
-            + model.log_density_grad(theta, noise, weights[:, 1:].ravel()))
+    grad = vjp_data(weights[:, 0]) + vjp_noise(weights[:, 1:].ravel())
     return float(loss), grad
 
 

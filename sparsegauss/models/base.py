@@ -12,6 +12,7 @@ method                    value                                       used by
 ========================  ==========================================  ==================
 ``log_density``           ``f_θ(x_n)`` for every row                  all
 ``log_density_grad``      ``Σ_n w_n ∇_θ f_θ(x_n)`` (no n × p array)    NCE, RNCE, CNCE, CD
+``log_density_vjp``       both on the same rows, one forward pass      NCE, RNCE, CNCE, CD
 ``score``                 ``ψ_θ(x_n) = ∇_x f_θ(x_n)``                  score matching
 ``laplacian``             ``Δf_θ(x_n) = Σ_i ∂²f_θ/∂x_i²``              score matching
 ``laplacian_grad``        ``Σ_n w_n ∇_θ Δf_θ(x_n)``                    score matching
@@ -63,6 +64,18 @@ class EnergyModel(abc.ABC):
     @abc.abstractmethod
     def log_density_grad(self, theta, X, weights):
         """``Σ_n w_n ∇_θ f_θ(x_n)``, shape (n_params,)."""
+
+    def log_density_vjp(self, theta, X):
+        """``f_θ(x_n)`` for every row and the function ``w ↦ Σ_n w_n ∇_θ f_θ(x_n)`` on the
+        same rows. Estimators whose weights depend on the values (NCE's ``h``, CD's
+        signs) call this, so that a model can reuse its forward pass (a DEM's hidden
+        activations) for the gradient; by default it calls the two methods above."""
+        return (self.log_density(theta, X),
+                lambda weights: self.log_density_grad(theta, X, weights))
+
+    def log_density_and_score(self, theta, X):
+        """``f_θ(x_n)`` and ``∇_x f_θ(x_n)`` together (an MCMC step needs both)."""
+        return self.log_density(theta, X), self.score(theta, X)
 
     def score(self, theta, X):
         """``∇_x f_θ(x_n)`` for every row, shape (n, D)."""

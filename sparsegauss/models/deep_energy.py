@@ -87,17 +87,34 @@ class DeepEnergy(EnergyModel):
         return V, W, b, c, X, g, u
 
     # -- the interface -----------------------------------------------------------------
-    def log_density(self, theta, X):
-        V, W, b, c, X, g, u = self._forward(theta, X)
+    def _values(self, X, b, u):
+        # ‖x‖² by a BLAS-free row reduction; f = −‖x‖²/2σ² + bᵀx + Σ_k S(u_k).
         return (-0.5 * np.einsum("ij,ij->i", X, X) / self.sigma ** 2 + X @ b
                 + np.logaddexp(0.0, u).sum(axis=1))
 
-    def log_density_grad(self, theta, X, weights):
+    def log_density(self, theta, X):
         V, W, b, c, X, g, u = self._forward(theta, X)
-        w = np.asarray(weights, dtype=np.float64)[:, None]
-        q = expit(u)
-        m = g * (1 - g) * (q @ W)                # ∂f/∂a
-        return self.pack((w * m).T @ X, (w * q).T @ g, (w * X).sum(axis=0), (w * q).sum(axis=0))
+        return self._values(X, b, u)
+
+    def log_density_vjp(self, theta, X):
+        V, W, b, c, X, g, u = self._forward(theta, X)
+
+        def vjp(weights):
+            weights = np.asarray(weights, dtype=np.float64)
+            w = weights[:, None]
+            q = expit(u)
+            m = g * (1 - g) * (q @ W)            # ∂f/∂a
+            return self.pack((w * m).T @ X, (w * q).T @ g, weights @ X, weights @ q)
+
+        return self._values(X, b, u), vjp
+
+    def log_density_grad(self, theta, X, weights):
+        return self.log_density_vjp(theta, X)[1](weights)
+
+    def log_density_and_score(self, theta, X):
+        V, W, b, c, X, g, u = self._forward(theta, X)
+        m = g * (1 - g) * (expit(u) @ W)
+        return self._values(X, b, u), -X / self.sigma ** 2 + b + m @ V
 
     def score(self, theta, X):
         V, W, b, c, X, g, u = self._forward(theta, X)
@@ -180,12 +197,17 @@ class DeepEnergy(EnergyModel):
         rng = np.random.default_rng(random_state)
         eps = 0.1 * self.sigma ** 2 if step_size is None else float(step_size)
         x = np.array(start, dtype=np.float64)
-        f_x, psi_x = self.log_density(theta, x), self.score(theta, x)
+        f_x, psi_x = self.log_density_and_score(theta, x)
         for _ in range(int(n_steps)):
-            proposal = x + eps * psi_x + np.sqrt(2 * eps) * rng.standard_normal(x.shape)
-            f_p, psi_p = self.log_density(theta, proposal), self.score(theta, proposal)
-            forward = -np.sum((proposal - x - eps * psi_x) ** 2, axis=1) / (4 * eps)
-            backward = -np.sum((x - proposal - eps * psi_p) ** 2, axis=1) / (4 * eps)
+            xi = rng.standard_normal(x.shape)
+            proposal = x + eps * psi_x + np.sqrt(2 * eps) * xi
+            f_p, psi_p = self.log_density_and_score(theta, proposal)
+            # log q(p | x) = −‖p − x − εψ(x)‖²/4ε = −‖ξ‖²/2 (no pass over p − x), and
+            # x − p − εψ(p) = −(√(2ε) ξ + ε (ψ(x) + ψ(p))).
+            forward = -0.5 * np.einsum("ij,ij->i", xi, xi)
+            xi *= np.sqrt(2 * eps)
+            xi += eps * (psi_x + psi_p)
+            backward = -np.einsum("ij,ij->i", xi, xi) / (4 * eps)
             accept = np.log(rng.random(len(x))) < f_p - f_x + backward - forward
             x[accept], f_x[accept], psi_x[accept] = proposal[accept], f_p[accept], psi_p[accept]
         return x
