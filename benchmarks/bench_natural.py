@@ -8,8 +8,8 @@ step's matrix products (shapes counted from :class:`~sparsegauss.models.DeepEner
 code) on random arrays, done by BLAS alone, timed in the same run: how far the
 estimator's NumPy code is from the matrix arithmetic it cannot avoid.
 
-* NCE: the forward pass (``XVᵀ``, ``gWᵀ``) and the gradient (``mᵀX``, ``qᵀg``) on the
-  256 data and 256 noise rows.
+* NCE: the forward pass (``XVᵀ``, ``gWᵀ``) and the gradient (``qW``, ``mᵀX``, ``qᵀg``)
+  on the 256 data and 256 noise rows.
 * CD: the same gradient on the data and 256 negatives, plus 5 MALA steps on 256 rows,
   each a forward pass and a score (``XVᵀ``, ``gWᵀ``, ``mV``).
 * score matching: forward pass, score, the Gram ``VVᵀ``, the Laplacian's ``(nK × H)(H ×
@@ -81,6 +81,7 @@ def _floor_step(method, rng, D):
     def gradient(rows):
         rows @ V.T
         g @ W.T
+        q @ W                             # back through W
         m.T @ rows
         q.T @ g
 

@@ -196,11 +196,10 @@ def sm_loss_grad(model, theta, X):
     """
     X = as_float_array(X)
     n_samples = len(X)
-    score = model.score(theta, X)
-    loss = (float(np.sum(model.laplacian(theta, X))) + 0.5 * float(np.sum(score * score))
-            ) / n_samples
-    grad = (model.laplacian_grad(theta, X, np.full(n_samples, 1.0 / n_samples))
-            + model.score_vjp(theta, X, score / n_samples))
+    score, score_vjp = model.score_and_vjp(theta, X)
+    laplacian, laplacian_vjp = model.laplacian_vjp(theta, X)
+    loss = (float(np.sum(laplacian)) + 0.5 * float(np.sum(score * score))) / n_samples
+    grad = laplacian_vjp(np.full(n_samples, 1.0 / n_samples)) + score_vjp(score / n_samples)
     return loss, grad
 
 

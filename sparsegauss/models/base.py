@@ -17,6 +17,8 @@ method                    value                                       used by
 ``laplacian``             ``Δf_θ(x_n) = Σ_i ∂²f_θ/∂x_i²``              score matching
 ``laplacian_grad``        ``Σ_n w_n ∇_θ Δf_θ(x_n)``                    score matching
 ``score_vjp``             ``Σ_n Σ_i V_ni ∇_θ ψ_θ,i(x_n)``              score matching
+``laplacian_vjp``         ``Δf`` and its gradient function, one pass   score matching
+``score_and_vjp``         ``ψ`` and its vjp function, one pass        score matching
 ``log_partition``         exact ``log Z(θ)`` and ``∇_θ log Z``         NCE (exact), CD
 ``sample``                exact samples of ``p_θ``                     CD (exact sampler)
 ``mcmc``                  a Markov chain that leaves ``p_θ`` invariant CD
@@ -92,6 +94,16 @@ class EnergyModel(abc.ABC):
     def score_vjp(self, theta, X, V):
         """``Σ_n Σ_i V_ni ∇_θ ψ_θ,i(x_n)``, shape (n_params,), ``V`` of shape (n, D)."""
         raise NotImplementedError(f"{type(self).__name__} has no score Jacobian.")
+
+    def laplacian_vjp(self, theta, X):
+        """``Δf_θ(x_n)`` for every row and ``w ↦ Σ_n w_n ∇_θ Δf_θ(x_n)`` on the same rows
+        (by default the two methods above; a model overrides it to share the work)."""
+        return (self.laplacian(theta, X),
+                lambda weights: self.laplacian_grad(theta, X, weights))
+
+    def score_and_vjp(self, theta, X):
+        """``ψ_θ(x_n)`` for every row and ``V ↦ Σ_n Σ_i V_ni ∇_θ ψ_θ,i(x_n)``."""
+        return self.score(theta, X), lambda V: self.score_vjp(theta, X, V)
 
     def log_partition(self, theta):
         """Exact ``log Z(θ)`` and its gradient ``∇_θ log Z``."""

@@ -141,7 +141,14 @@ class DeepEnergy(EnergyModel):
         return self._laplacian_parts(theta, X)[0]
 
     def laplacian_grad(self, theta, X, weights):
-        _, (V, W, X, g, q, g1, g2, q1, r, norms, A, B, t) = self._laplacian_parts(theta, X)
+        return self.laplacian_vjp(theta, X)[1](weights)
+
+    def laplacian_vjp(self, theta, X):
+        value, parts = self._laplacian_parts(theta, X)
+        return value, lambda weights: self._laplacian_grad(parts, weights)
+
+    def _laplacian_grad(self, parts, weights):
+        V, W, X, g, q, g1, g2, q1, r, norms, A, B, t = parts
         w = np.asarray(weights, dtype=np.float64)
         g3 = g2 * (1 - 2 * g) - 2 * g1 ** 2     # d g'' / da
         q2 = q1 * (1 - 2 * q)                    # d q' / du
@@ -170,7 +177,16 @@ class DeepEnergy(EnergyModel):
         return self.pack(V_bar, W_bar, np.zeros(self.n_features), wu.sum(axis=0))
 
     def score_vjp(self, theta, X, Y):
-        V, W, b, c, X, g, u = self._forward(theta, X)
+        return self.score_and_vjp(theta, X)[1](Y)
+
+    def score_and_vjp(self, theta, X):
+        forward = self._forward(theta, X)
+        V, W, b, c, X, g, u = forward
+        m = g * (1 - g) * (expit(u) @ W)
+        return -X / self.sigma ** 2 + b + m @ V, lambda Y: self._score_vjp(forward, Y)
+
+    def _score_vjp(self, forward, Y):
+        V, W, b, c, X, g, u = forward
         Y = np.asarray(Y, dtype=np.float64)
         q = expit(u)
         g1 = g * (1 - g)
