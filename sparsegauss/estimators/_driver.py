@@ -92,15 +92,23 @@ class NoisePool:
     it once and scoring it once, instead of fresh noise at every step, removes the
     stochastic fits' main cost: on MNIST a grid-noise draw of 256 images took 4 ms of a
     6 ms Adam step, while the whole pool of 60,000 is drawn in about one second.
+
+    The pool's points are independent draws, so consecutive blocks are as random as any:
+    a minibatch is a slice (a view) taken in turn, wrapping around, not a gather of random
+    rows (gathering 256 rows of 784 from a 50,000-row pool cost 0.5 ms per step, as much
+    as a DEM's forward pass). Each epoch pairs the blocks with differently permuted data.
     """
 
     def __init__(self, noise_model, size, n_pixels, batch_size, rng, dtype=np.float64):
         self.samples, self.log_density = draw_noise(noise_model, size, n_pixels, rng, dtype)
-        self.batches = Batches(size, batch_size, rng)
+        self.batch_size, self.position = min(batch_size, size), 0
 
     def next(self):
-        rows = self.batches.next()
-        return self.samples[rows], self.log_density[rows]
+        if self.position + self.batch_size > len(self.samples):
+            self.position = 0
+        block = slice(self.position, self.position + self.batch_size)
+        self.position += self.batch_size
+        return self.samples[block], self.log_density[block]
 
 
 def run(objective, draw, n_samples, x0, scale, options, rng, *, reference=None, name="fit"):
