@@ -40,7 +40,7 @@ from .exceptions import ConvergenceWarning
 from .estimators.score_matching import fit_sm_gradient
 from .distribution import GridGaussianDistribution
 from .models import DeepEnergy
-from .noise import DiagonalNoise, GridNoise
+from .noise import DiagonalNoise, GridNoise, make_noise
 from .whitening import GridWhitening
 
 __all__ = ["DeepEnergyModel"]
@@ -76,6 +76,13 @@ class DeepEnergyModel(DensityMixin, BaseEstimator):
     method : {"nce", "sm", "cd"}, default="nce"
         NCE against the fitted Gaussian with learned log Z; score matching; contrastive
         divergence with MALA negatives started at the data.
+    noise : None, str or object, default=None
+        NCE's noise and the first half of the importance-sampling proposal, in the
+        model's coordinates. None: the fitted grid Gaussian there (``N(0, I)`` after
+        whitening, ``N(0, Λ⁻¹)`` after centring). A name of
+        :data:`sparsegauss.noise.NOISES` ("diagonal", "empirical", …) fits that noise to
+        the centred or whitened patches; an object with ``sample(n, random_state)`` and
+        ``score_samples(Z)`` is used as given.
     whitening : {"symmetric", "cholesky", None}, default="symmetric"
         How patches enter the model: whitened by their grid Gaussian, or (None) only
         centred with its mean; NCE's noise is the grid Gaussian in the same coordinates
@@ -120,13 +127,14 @@ class DeepEnergyModel(DensityMixin, BaseEstimator):
         Loss per step (learning curve).
     """
 
-    def __init__(self, n_hidden=64, n_units=64, sigma=1.0, method="nce", *,
+    def __init__(self, n_hidden=64, n_units=64, sigma=1.0, method="nce", *, noise=None,
                  whitening="symmetric", stencil=4, max_iter=2000, learning_rate=1e-3,
                  batch_size=256, cd_steps=5, n_importance=N_IMPORTANCE, random_state=None):
         self.n_hidden = n_hidden
         self.n_units = n_units
         self.sigma = sigma
         self.method = method
+        self.noise = noise
         self.whitening = whitening
         self.stencil = stencil
         self.max_iter = max_iter
@@ -169,12 +177,15 @@ class DeepEnergyModel(DensityMixin, BaseEstimator):
         rng = np.random.default_rng(self.random_state)
         self.whitening_ = GridWhitening(self.image_shape_, stencil=self.stencil,
                                         method=self.whitening or "cholesky").fit(X)
-        if self.whitening is None:
+        Z = self._to_model(X)
+        if self.noise is not None:
+            # Named noises are fitted to Z (centred), objects are used as given.
+            self.noise_ = make_noise(self.noise, Z, self.image_shape_, stencil=self.stencil)
+        elif self.whitening is None:
             fitted = self.whitening_.model_.distribution_
             self.noise_ = GridNoise(GridGaussianDistribution(fitted.grid, fitted.theta))
         else:
             self.noise_ = DiagonalNoise(np.ones(X.shape[1]))
-        Z = self._to_model(X)
         self.energy_ = DeepEnergy(X.shape[1], self.n_hidden, self.n_units, self.sigma)
         theta0 = self.energy_.initial_params(rng)
         optimizer = OptimizerOptions(optimizer="adam", tol=0.0, max_iter=self.max_iter,

@@ -166,3 +166,24 @@ def test_image_shape_comes_from_the_data():
         model = DeepEnergyModel(4, 4, max_iter=5, random_state=0).fit(X)
         assert model.image_shape_ == shape and model.filters().shape == (4,) + shape
         assert model.whitening_.model_._grid.shape == shape
+
+
+def test_noise_can_be_named_or_given():
+    """noise=None is the fitted Gaussian; a name is fitted to the whitened patches; an
+    object is used as given; anything else is a clear error."""
+    from sparsegauss.noise import DiagonalNoise, EmpiricalNoise
+
+    rng = np.random.default_rng(8)
+    X = edge_patches(1500, rng)
+    default = DeepEnergyModel(4, 4, max_iter=50, n_importance=1000, random_state=0).fit(X)
+    given = DeepEnergyModel(4, 4, max_iter=50, n_importance=1000, random_state=0,
+                            noise=DiagonalNoise(np.ones(64))).fit(X)
+    np.testing.assert_allclose(given.theta_, default.theta_)
+    named = DeepEnergyModel(4, 4, max_iter=50, n_importance=1000, random_state=0,
+                            noise="empirical").fit(X)
+    assert isinstance(named.noise_, EmpiricalNoise)
+    Z = named.whitening_.transform(X)
+    np.testing.assert_allclose(np.cov(named.noise_.sample(20_000, 0).T), Z.T @ Z / len(Z),
+                               atol=0.06)
+    with pytest.raises(TypeError, match="sample"):
+        DeepEnergyModel(4, 4, max_iter=5, noise=object()).fit(X)
