@@ -40,6 +40,7 @@ from .exceptions import ConvergenceWarning
 from .estimators.score_matching import fit_sm_gradient
 from .distribution import GridGaussianDistribution
 from .models import DeepEnergy
+from .models.deep_energy import mala_step
 from .noise import DiagonalNoise, GridNoise, make_noise
 from .whitening import GridWhitening
 
@@ -320,31 +321,31 @@ class DeepEnergyModel(DensityMixin, BaseEstimator):
         eps = 0.1 * var if step_size is None else float(step_size)
         D = len(mean)
 
-        def log_q(Z):
-            return -0.5 * (np.sum((Z - mean) ** 2, axis=1) / var + D * np.log(2 * np.pi * var))
-
-        def tempered(Z, beta):
-            f = self.energy_.log_density(self.theta_, Z)
-            lq = log_q(Z)
-            score = (1 - beta) * (mean - Z) / var + beta * self.energy_.score(self.theta_, Z)
-            return (1 - beta) * lq + beta * f, score, f - lq
+        def model_terms(Z):
+            # With g = f_θ − log q and d = ψ_θ − ∇log q, the tempered target is
+            # f_β = log q + β g and ψ_β = ∇log q + β d: one model evaluation per state
+            # serves every temperature.
+            f, psi = self.energy_.log_density_and_score(self.theta_, Z)
+            log_q = -0.5 * (np.einsum("ij,ij->i", Z - mean, Z - mean) / var
+                            + D * np.log(2 * np.pi * var))
+            return log_q, f - log_q, psi - (mean - Z) / var
 
         betas = np.concatenate([[0.0], np.geomspace(1e-4, 0.1, n_temperatures // 4),
                                 np.linspace(0.1, 1.0, n_temperatures - n_temperatures // 4)[1:]])
         Z = mean + np.sqrt(var) * rng.standard_normal((int(n_chains), D))
+        log_q, gap, d = model_terms(Z)
         log_w = np.zeros(len(Z))
-        previous = 0.0
-        for beta in betas[1:]:
-            _, _, gap = tempered(Z, previous)
+        for previous, beta in zip(betas[:-1], betas[1:]):
             log_w += (beta - previous) * gap
-            f, psi, _ = tempered(Z, beta)
-            proposal = Z + eps * psi + np.sqrt(2 * eps) * rng.standard_normal(Z.shape)
-            f_p, psi_p, _ = tempered(proposal, beta)
-            forward = -np.sum((proposal - Z - eps * psi) ** 2, axis=1) / (4 * eps)
-            backward = -np.sum((Z - proposal - eps * psi_p) ** 2, axis=1) / (4 * eps)
-            accept = np.log(rng.random(len(Z))) < f_p - f + backward - forward
-            Z[accept] = proposal[accept]
-            previous = beta
+
+            def target(P, beta=beta):
+                log_q_p, gap_p, d_p = model_terms(P)
+                return (log_q_p + beta * gap_p, (mean - P) / var + beta * d_p,
+                        log_q_p, gap_p, d_p)
+
+            f = log_q + beta * gap
+            psi = (mean - Z) / var + beta * d
+            mala_step(Z, f, psi, target, eps, rng, carried=(log_q, gap, d))
         w = np.exp(log_w - log_w.max())
         mean_w = w.mean()
         return (float(log_w.max() + np.log(mean_w)),
