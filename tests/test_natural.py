@@ -50,10 +50,20 @@ def test_study_on_a_folder_writes_report_summary_and_figures(folder_run):
         for key in ("log_z_ais", "log_z_importance", "test_loglik", "train_loglik",
                     "test_gain", "filter_locality", "seconds"):
             assert np.isfinite(row[key]), (row["model"], key)
-    # The held-out gain is the DEM's held-out log-likelihood minus the Gaussian's.
+    # The held-out gain is the DEM's held-out log-likelihood minus the Gaussian's, and
+    # that baseline is the 4-neighbour MLE row of the Gaussian table and the mean of the
+    # discrimination table's natural column (three places, one number).
+    mle4 = next(r for r in summary["gaussian"] if r["estimator"] == "mle" and r["stencil"] == 4)
+    assert mle4["test_loglik"] == pytest.approx(summary["gaussian_test_loglik"])
+    discrimination = {r["model"]: r for r in summary["discrimination"]}
+    assert discrimination["grid Gaussian (4-nbr MLE)"]["natural (held out)"]["mean"] == \
+        pytest.approx(summary["gaussian_test_loglik"])
     for row in summary["dem"]:
         assert row["test_loglik"] - row["test_gain"] == pytest.approx(
             summary["gaussian_test_loglik"])
+        if row["model"] in discrimination:
+            assert discrimination[row["model"]]["natural (held out)"]["mean"] == \
+                pytest.approx(row["test_loglik"])
     for row in summary["discrimination"]:
         assert 0 <= row["auc_gaussian"] <= 1
     assert not summary["mnist"]                      # 8 × 8 patches: digits not scored
