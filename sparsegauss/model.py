@@ -42,6 +42,10 @@ DEFAULT_MAX_ITER = {"mle": 100, "full-batch": 1000, "stochastic": 5000}
 METHOD_DEFAULTS = {"cd": dict(max_iter=4000, learning_rate=2e-2),
                    "nce": dict(max_iter=2000), "rnce": dict(max_iter=2000)}
 DEFAULT_LEARNING_RATE = 1e-2
+#: NCE and ranking NCE with ``noise="adaptive"``: the first half of their steps is CD with
+#: exact samples, whose measured rate this is (MNIST, 4 neighbours, 2,000 steps: KL to the
+#: MLE 0.095 at 0.02 against 0.48 at 0.01).
+ADAPTIVE_NOISE_LEARNING_RATE = 2e-2
 #: Largest D for dense symmetric-square-root sampling (a 4096² eigendecomposition, ~20 s).
 SYMMETRIC_SAMPLING_MAX_PIXELS = 4096
 #: Largest ``alpha``: 1 would drop every coupling from the moments (the independent model).
@@ -155,7 +159,18 @@ class GridGaussian(DensityMixin, BaseEstimator):
         vanishes: on MNIST isotropic, diagonal and tied-grid noise are separable from the
         data (no finite estimate), and the empirical one saturates the loss. "auto" is
         "grid-untied", the untied grid Gaussian fitted by exact MLE, which matches the
-        data's second moments on the pattern and scales to any grid.
+        data's second moments on the pattern and scales to any grid; for a 4-neighbour
+        model that noise *is* the exact answer and NCE starts at it. ``"adaptive"`` needs
+        nothing but the data's variances: from the diagonal noise, the noise is a frozen
+        copy of the current estimate at every step of the first half of ``max_iter``
+        (NCE against the estimate itself, which is CD with exact samples), then fixed at
+        the estimate reached for the second half, where NCE learns log Z as usual
+        (learning rate 0.02 by default; see :mod:`sparsegauss.estimators.adaptive`).
+        Measured on MNIST (60,000 images, defaults otherwise, 2 cores): 4 neighbours
+        KL to the exact MLE 0.095, held-out log-likelihood 0.16 nats/image below the
+        MLE's, learned log Z 0.03 nats from the exact value, 11.6 s; 8 neighbours KL 2.6
+        (the "auto" noise leaves 12.4), 15 s; ranking NCE (4 neighbours) KL 0.049 in
+        20 s. Needs a stochastic optimizer.
     noise_sampling : {"pool", "fresh"}, default="pool"
         Noise of NCE and ranking NCE under the stochastic optimizers. ``"pool"``: one
         sample of ``M = νN`` noise points (N for ranking NCE), drawn and scored once and
@@ -696,6 +711,8 @@ class GridGaussian(DensityMixin, BaseEstimator):
     def _learning_rate(self):
         if self.learning_rate is not None:
             return self.learning_rate
+        if self.noise == "adaptive" and self.method in ("nce", "rnce"):
+            return ADAPTIVE_NOISE_LEARNING_RATE
         return METHOD_DEFAULTS.get(self.method, {}).get("learning_rate", DEFAULT_LEARNING_RATE)
 
     def _fit_mle_moments(self, moments, grid, normalizer):

@@ -12,7 +12,12 @@ are zero-mean Gaussians fitted to the (centred) data, from far to near:
 * ``"grid"``       a tied (stationary) grid Gaussian fitted by exact MLE: captures the
   neighbour correlations on average, scales to any grid (sparse Cholesky);
 * ``"grid-untied"`` the untied 4-neighbour grid Gaussian fitted by exact MLE: the default
-  (``"auto"``).
+  (``"auto"``);
+* ``"adaptive"`` (GridGaussian's NCE and ranking NCE only) no fixed distribution but a
+  schedule: from the diagonal noise, the noise is a frozen copy of the current estimate
+  at every step of the first half of the steps, then fixed at the estimate reached (see
+  :mod:`sparsegauss.estimators.adaptive`). It is the one noise here that is not fitted
+  from more than the data's variances.
 
 Measured on MNIST (noise std 0.1, 4-neighbour model, 60,000 images):
 
@@ -43,7 +48,7 @@ from .stats import pattern_moments
 __all__ = ["NOISES", "DiagonalNoise", "EmpiricalNoise", "GridNoise", "IsotropicNoise",
            "fit_grid_noise", "make_noise"]
 
-NOISES = ("auto", "isotropic", "diagonal", "empirical", "grid", "grid-untied")
+NOISES = ("auto", "isotropic", "diagonal", "empirical", "grid", "grid-untied", "adaptive")
 _LOG_2PI = float(np.log(2.0 * np.pi))
 #: Largest D for which the dense "empirical" noise is allowed (a 4096² matrix is 128 MiB).
 EMPIRICAL_MAX_PIXELS = 4096
@@ -143,6 +148,12 @@ def make_noise(noise, X, shape, *, stencil=4):
     if noise not in NOISES:
         raise ValueError(f"The 'noise' parameter must be one of {NOISES} or a "
                          f"distribution object. Got {noise!r} instead.")
+    if noise == "adaptive":
+        raise ValueError("noise='adaptive' is not a fixed distribution but a schedule of "
+                         "the estimator (a frozen copy of the current estimate, see "
+                         "sparsegauss.estimators.adaptive): GridGaussian's NCE and ranking "
+                         "NCE run it; here pass a fixed noise such as 'diagonal' or "
+                         "'grid-untied'.")
     n_pixels = X.shape[1]
     if noise == "auto":
         noise = "grid-untied"

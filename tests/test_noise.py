@@ -207,3 +207,12 @@ def test_nce_on_float32_data_holds_one_float32_noise_sample(optimizer):
     # (measured 1e-8 on θ of size 2).
     np.testing.assert_allclose(single.theta_, double.theta_, rtol=0, atol=1e-5)
     assert abs(single.log_partition_estimate_ - double.log_partition_estimate_) < 1e-5
+
+
+def test_adaptive_noise_is_a_schedule_not_a_distribution():
+    from sparsegauss import GridGaussian
+    X = np.random.default_rng(0).normal(size=(200, 12))
+    with pytest.raises(ValueError, match="schedule"):
+        make_noise("adaptive", X, (3, 4))
+    with pytest.raises(ValueError, match="stochastic|'adam'"):
+        GridGaussian((3, 4), method="nce", noise="adaptive", optimizer="lbfgs").fit(X)

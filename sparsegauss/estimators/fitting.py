@@ -13,6 +13,7 @@ orders of magnitude would otherwise stall every first-order method. The exact sh
 (score matching's closed form and barrier) are called directly.
 """
 
+import dataclasses
 import time
 
 import numpy as np
@@ -22,6 +23,7 @@ from scipy.optimize import OptimizeResult
 from ..models import GridGaussianEnergy
 from ..noise import DiagonalNoise, GridNoise, make_noise
 from ..stats import pattern_moments
+from .adaptive import ADAPT_FRACTION, adapt_noise, join_phases
 from .cd import CDOptions, fit_cd
 from .cnce import CNCEOptions, default_perturbation_std, fit_cnce
 from .mle import hessian_diagonal, independent_start
@@ -126,15 +128,31 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
         batch_size=min(batch_size, len(X)), callback=callback)
     common = dict(scale=scale, optimizer=run_options, rng=rng)
     if method in ("nce", "rnce"):
-        noise_model = make_noise(noise, X, grid.shape, stencil=noise_stencil)
-        # NCE's loss is convex in (θ, ζ), so the start only sets the speed. From the
-        # independent model the log-ratios of 784-pixel images are in the hundreds and the
-        # logistic loss saturates (L-BFGS did not converge in 1000 steps on MNIST). The
-        # usual start is the noise itself, when the model family holds it: the log-ratio
-        # is then 0 and the classifier starts balanced, knowing nothing of the data. The
-        # relative stopping rule keeps the independent model as its reference.
-        start = noise_start(noise_model, grid)
-        start = theta0 if start is None else start
+        adapted = None
+        if noise == "adaptive":
+            if not run_options.stochastic:
+                raise ValueError("noise='adaptive' refreshes the noise at every minibatch "
+                                 "step; use optimizer 'adam', 'sgd' or 'rmsprop', not "
+                                 f"{run_options.optimizer!r}.")
+            # Half of the steps adapt the noise from the independent model (the
+            # moment-only diagonal noise); the rest run NCE against the noise reached.
+            steps = max(1, int(round(ADAPT_FRACTION * max_iter)))
+            frozen, adapted = adapt_noise(model, X, theta0=theta0, steps=steps, **common)
+            noise_model = GridNoise(frozen)
+            common["optimizer"] = dataclasses.replace(
+                run_options, max_iter=max(1, max_iter - steps))
+            start = adapted.x
+        else:
+            noise_model = make_noise(noise, X, grid.shape, stencil=noise_stencil)
+            # NCE's loss is convex in (θ, ζ), so the start only sets the speed. From the
+            # independent model the log-ratios of 784-pixel images are in the hundreds and
+            # the logistic loss saturates (L-BFGS did not converge in 1000 steps on
+            # MNIST). The usual start is the noise itself, when the model family holds it:
+            # the log-ratio is then 0 and the classifier starts balanced, knowing nothing
+            # of the data. The relative stopping rule keeps the independent model as its
+            # reference.
+            start = noise_start(noise_model, grid)
+            start = theta0 if start is None else start
         if method == "nce":
             result = fit_nce(model, X, noise_model, theta0=start, reference=theta0,
                              options=NCEOptions(nu=nu, normalization=normalization,
@@ -143,6 +161,8 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
             result = fit_rnce(model, X, noise_model, theta0=start, reference=theta0,
                               options=RNCEOptions(n_noise=n_noise,
                                                   noise_sampling=noise_sampling), **common)
+        if adapted is not None:
+            result = join_phases(adapted, result)
         result.noise = noise_model
     elif method == "cnce":
         sigma = (default_perturbation_std(variances) if perturbation_std is None

@@ -1,0 +1,102 @@
+"""The adaptive noise of NCE and ranking NCE: a noise that needs nothing but the data.
+
+NCE is efficient only when its noise is close to the data, and the closest noise one can
+name without fitting the model first is a frozen copy of the model itself. The adaptive
+schedule therefore starts at the noise that needs only moments, ``N(0, diag S)`` (the
+independent model, where the classifier is balanced), and replaces the noise by a frozen
+copy of the current estimate ``p_θ`` at every step of a first phase; then it freezes the
+noise at the estimate the first phase reached, and runs NCE (or ranking NCE) against
+that fixed noise for the remaining steps, with ``log Z`` learned as usual.
+
+With the noise refreshed at every step the first phase is exact in a simple way: against
+``q = p_θ`` itself the log-ratio ``G(x) = f_θ(x) − ζ − log q(x) = log Z(θ) − ζ`` is the
+same for every point, so the balanced classifier (``ζ = log Z(θ)``) gives every point the
+weight ``½`` and NCE's gradient is half the log-likelihood gradient estimated with exact
+samples of the current estimate:
+
+    ∂J/∂θ = −½ [ (1/n) Σ_t ∇_θ f(x_t) − (1/m) Σ_s ∇_θ f(y_s) ],   y_s ~ p_θ.
+
+That is contrastive divergence with exact negative samples, so the first phase is
+:func:`~sparsegauss.estimators.cd.fit_cd` (``sampler="exact"``); Adam's steps do not
+depend on the factor ½. Each step of either phase is a valid NCE problem, and the final
+one is an ordinary one: a fixed noise, NCE's learned ``ζ`` compared with the exact log Z
+of its own estimate.
+
+Why refresh at every step rather than in stages (measured on MNIST, 60,000 images, 4
+neighbours, from the diagonal noise; KL to the exact MLE):
+
+* stages of 100 Adam steps with the noise refreshed between stages: against a noise more
+  than a few nats away the classifier separates data from noise within a stage and the
+  stage moves the estimate by a fixed fraction only (KL 166 → 10.7 after 10 stages,
+  ×0.72 per stage), whatever the learning rate;
+* a refresh every 4 steps (1,000 steps, then 1,000 against the fixed noise): KL 1.1; every
+  step: KL 0.27, held-out log-likelihood 0.40 nats/image below the MLE's, learned log Z
+  0.06 nats from the exact value of its own estimate.
+
+Common random numbers (one fixed set of normals pushed through each new factor) make the
+refreshes cheaper but bias the first phase: it then matches the data's moments to those
+of the fixed normals (KL 6.9 instead of 0.83 after 1,000 steps), so fresh normals are drawn.
+"""
+
+import dataclasses
+
+from scipy.optimize import OptimizeResult
+
+from .cd import CDOptions, fit_cd
+
+__all__ = ["ADAPT_FRACTION", "adapt_noise", "join_phases"]
+
+#: Share of the steps spent adapting the noise (the rest run against the fixed noise).
+ADAPT_FRACTION = 0.5
+
+
+def adapt_noise(model, X, *, theta0, scale, optimizer, rng, steps):
+    """The adaptive schedule's first phase: ``steps`` NCE steps, each against a frozen
+    copy of the current estimate (= CD with exact samples, see the module docstring).
+
+    Parameters
+    ----------
+    model : EnergyModel
+        Needs an exact sampler and an exact log Z (``model.frozen``).
+    X : ndarray, shape (N, D)
+    theta0 : ndarray
+        The start: θ of the moment-only noise (for the grid Gaussian the independent
+        model ``diag(1/S_pp)``).
+    scale : ndarray
+    optimizer : OptimizerOptions
+        Its ``max_iter`` is replaced by ``steps``.
+    rng : numpy.random.Generator
+    steps : int
+
+    Returns
+    -------
+    noise : object
+        ``model.frozen(θ_A)``: the fixed noise of the second phase.
+    result : scipy.optimize.OptimizeResult
+        The first phase (``x`` = θ_A).
+    """
+    if not (model.has_exact_sampler and model.has_log_partition):
+        raise TypeError(f"The adaptive noise needs exact samples and the exact log Z of "
+                        f"the model; {type(model).__name__} has not both. Pass a noise "
+                        "distribution instead.")
+    result = fit_cd(model, X, theta0=theta0, scale=scale,
+                    options=CDOptions(sampler="exact"),
+                    optimizer=dataclasses.replace(optimizer, max_iter=steps), rng=rng)
+    return model.frozen(result.x), result
+
+
+def join_phases(first, second):
+    """One optimizer result for the two phases: the second's estimate, both histories
+    (iterations and times numbered on; each row says its ``phase``, "adapt" or "fixed",
+    since the first phase's loss is the exact negative log-likelihood and the second's
+    NCE's), and success only if both phases succeeded."""
+    steps, seconds = first.nit, first.history[-1]["time"]
+    history = ([dict(row, phase="adapt") for row in first.history]
+               + [dict(row, phase="fixed", iteration=row["iteration"] + steps,
+                       time=row["time"] + seconds) for row in second.history[1:]])
+    joined = OptimizeResult(second)
+    joined.update(nit=first.nit + second.nit, nfev=first.nfev + second.nfev,
+                  history=history, success=bool(first.success and second.success),
+                  message=(second.message if first.success else
+                           f"adapting the noise: {first.message}"))
+    return joined
