@@ -25,7 +25,9 @@ CASES = {
     "nce (defaults)": dict(method="nce"),
     "nce diagonal noise": dict(method="nce", noise="diagonal"),
     "nce grid (tied) noise": dict(method="nce", noise="grid"),
+    "nce adaptive noise": dict(method="nce", noise="adaptive"),
     "rnce (defaults)": dict(method="rnce"),
+    "rnce adaptive noise": dict(method="rnce", noise="adaptive"),
     "cnce, adam": dict(method="cnce", optimizer="adam", max_iter=STEPS),
     "cd (defaults)": dict(method="cd"),
     "cd-1 gibbs": dict(method="cd", sampler="gibbs"),
@@ -38,7 +40,11 @@ GIVEN = {
     "nce (defaults)": "noise: untied 4-nbr grid MLE (= the 4-nbr answer); starts at the noise",
     "nce diagonal noise": "noise: N(0, diag S); starts at the noise",
     "nce grid (tied) noise": "noise: tied 4-nbr grid MLE; starts at the noise",
+    "nce adaptive noise": ("noise: N(0, diag S), then a frozen copy of the current "
+                           "estimate each step (first half), then fixed; starts at the "
+                           "independent model"),
     "rnce (defaults)": "noise: untied 4-nbr grid MLE; starts at the noise",
+    "rnce adaptive noise": "as nce adaptive noise",
     "cnce, adam": "perturbations σ = √(2/Σ 1/S_pp); starts at the independent model",
     "cd (defaults)": "exact samples of the current estimate; starts at the independent model",
     "cd-1 gibbs": "1 Gibbs sweep from the data; starts at the independent model",

@@ -66,9 +66,13 @@ def test_grid_search_over_stencil_and_method_finds_the_truth(eight_neighbour_dat
     scores = search.cv_results_["mean_test_score"]
     assert np.all(np.isfinite(scores))
     assert search.best_params_["stencil"] == 8
-    # Held-out log-likelihood of the selected model is close to the truth's own.
+    # Held-out log-likelihood of the selected model is close to the truth's own: it
+    # falls short by KL(truth ‖ MLE) ≈ p / 2n = 119 / 2400 ≈ 0.05 nats on average (sd
+    # about 0.006), plus the held-out set's own noise (sd about 0.005 for 4,000 samples):
+    # twice the expected shortfall.
     held_out = make_grid_gaussian(SHAPE, 4000, stencil=8, random_state=4)[1]
-    assert search.score(held_out) > truth.score(held_out) - 0.05
+    n_params = search.best_estimator_.theta_.size
+    assert search.score(held_out) > truth.score(held_out) - 2 * n_params / (2 * len(X))
 
 
 def test_cross_val_score_and_pipeline_give_finite_scores(eight_neighbour_data):
