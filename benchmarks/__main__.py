@@ -88,7 +88,8 @@ def run_class(cls, quick, repeat, pattern, log):
     methods = sorted(m for m in dir(cls) if m.startswith(("time_", "peakmem_", "track_")))
     for combo in itertools.product(*params):
         label = ", ".join(f"{n}={v}" for n, v in zip(names, combo))
-        wanted = [m for m in methods if not pattern or pattern in f"{cls.__name__}.{m}({label})"]
+        wanted = [m for m in methods if not pattern or any(
+            alternative in f"{cls.__name__}.{m}({label})" for alternative in pattern.split("|"))]
         if not wanted:
             continue
         bench = cls()
@@ -165,8 +166,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="small sizes, for CI (seconds)")
     parser.add_argument("--repeat", type=int, default=None, help="timings per benchmark (default 5, quick 2)")
     parser.add_argument("--filter", default="",
-                        help="run only benchmarks whose name or parameters contain this, "
-                             "e.g. 'EstimatorFit' or 'fresh noise'")
+                        help="run only benchmarks whose name or parameters contain this "
+                             "(or one of several separated by '|'), e.g. 'EstimatorFit' or "
+                             "'nce|peer'")
     parser.add_argument("--module", action="append", help="only these bench_* modules")
     parser.add_argument("--out", type=Path, default=Path("benchmark-results"))
     parser.add_argument("--merge", type=Path, action="append", default=[], metavar="JSON",
