@@ -12,6 +12,7 @@ from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import validate_data
 
+from .estimators.adaptive import ADAPT_LEARNING_RATE
 from .estimators.cd import SAMPLERS
 from .estimators.fitting import DEFAULT_OPTIMIZER, fit_estimator, score_matching_closed_form
 from .estimators.mle import fit_mle, independent_start
@@ -42,10 +43,6 @@ DEFAULT_MAX_ITER = {"mle": 100, "full-batch": 1000, "stochastic": 5000}
 METHOD_DEFAULTS = {"cd": dict(max_iter=4000, learning_rate=2e-2),
                    "nce": dict(max_iter=2000), "rnce": dict(max_iter=2000)}
 DEFAULT_LEARNING_RATE = 1e-2
-#: NCE and ranking NCE with ``noise="adaptive"``: the first half of their steps is CD with
-#: exact samples, whose measured rate this is (MNIST, 4 neighbours, 2,000 steps: KL to the
-#: MLE 0.095 at 0.02 against 0.48 at 0.01).
-ADAPTIVE_NOISE_LEARNING_RATE = 2e-2
 #: Largest D for dense symmetric-square-root sampling (a 4096² eigendecomposition, ~20 s).
 SYMMETRIC_SAMPLING_MAX_PIXELS = 4096
 #: Largest ``alpha``: 1 would drop every coupling from the moments (the independent model).
@@ -157,20 +154,24 @@ class GridGaussian(DensityMixin, BaseEstimator):
         Noise distribution of NCE and ranking NCE (see :mod:`sparsegauss.noise`). It must
         be close to the data, or the classifier wins too easily and the gradient
         vanishes: on MNIST isotropic, diagonal and tied-grid noise are separable from the
-        data (no finite estimate), and the empirical one saturates the loss. "auto" is
-        "grid-untied", the untied grid Gaussian fitted by exact MLE, which matches the
-        data's second moments on the pattern and scales to any grid; for a 4-neighbour
-        model that noise *is* the exact answer and NCE starts at it. ``"adaptive"`` needs
-        nothing but the data's variances: from the diagonal noise, the noise is a frozen
+        data (no finite estimate), and the empirical one saturates the loss.
+        "grid-untied", the untied 4-neighbour grid Gaussian fitted by exact MLE, matches
+        the data's second moments on the pattern, but for a 4-neighbour model it *is* the
+        exact answer and NCE starts at it (it was the default until this was measured).
+        ``"auto"`` (the default) is ``"adaptive"``, which needs nothing but the data's
+        variances: from the diagonal noise, the noise is a frozen
         copy of the current estimate at every step of the first half of ``max_iter``
         (NCE against the estimate itself, which is CD with exact samples), then fixed at
         the estimate reached for the second half, where NCE learns log Z as usual
-        (learning rate 0.02 by default; see :mod:`sparsegauss.estimators.adaptive`).
-        Measured on MNIST (60,000 images, defaults otherwise, 2 cores): 4 neighbours
-        KL to the exact MLE 0.095, held-out log-likelihood 0.16 nats/image below the
-        MLE's, learned log Z 0.03 nats from the exact value, 11.6 s; 8 neighbours KL 2.6
-        (the "auto" noise leaves 12.4), 15 s; ranking NCE (4 neighbours) KL 0.049 in
-        20 s. Needs a stochastic optimizer.
+        (learning rate 0.02 by default; see :mod:`sparsegauss.estimators.adaptive`). The
+        first half is CD's cost (exact samples of the current estimate at every step).
+        Measured on MNIST (60,000 images, defaults otherwise, 2 cores; the README's
+        estimator table): 4 neighbours KL to the exact MLE 0.095, held-out
+        log-likelihood 0.16 nats/image below the MLE's, learned log Z 0.03 nats from the
+        exact value, 11.6 s; 8 neighbours KL 2.6 (the 4-neighbour MLE noise leaves 12.2),
+        held-out 2.8 nats below, log Z 0.66 nats off, 11.8 s; ranking NCE KL 0.049 / 1.2
+        in 16 / 21 s. With a full-batch ``optimizer`` the noise adapts by 1,000 Adam steps
+        first and ``max_iter`` counts the second phase's iterations.
     noise_sampling : {"pool", "fresh"}, default="pool"
         Noise of NCE and ranking NCE under the stochastic optimizers. ``"pool"``: one
         sample of ``M = νN`` noise points (N for ranking NCE), drawn and scored once and
@@ -711,8 +712,8 @@ class GridGaussian(DensityMixin, BaseEstimator):
     def _learning_rate(self):
         if self.learning_rate is not None:
             return self.learning_rate
-        if self.noise == "adaptive" and self.method in ("nce", "rnce"):
-            return ADAPTIVE_NOISE_LEARNING_RATE
+        if self.noise in ("auto", "adaptive") and self.method in ("nce", "rnce"):
+            return ADAPT_LEARNING_RATE
         return METHOD_DEFAULTS.get(self.method, {}).get("learning_rate", DEFAULT_LEARNING_RATE)
 
     def _fit_mle_moments(self, moments, grid, normalizer):
@@ -977,6 +978,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
             if name in content:
                 setattr(model, name + "_", float(content[name]))
         keys = [str(k) for k in content["history_keys"]]
-        model.history_ = [{k: (int(v) if k in ("iteration", "nfev") else float(v))
-                           for k, v in zip(keys, row)} for row in content["history"]]
+        kinds = dict(iteration=int, nfev=int, adapting=bool)
+        model.history_ = [{k: kinds.get(k, float)(v) for k, v in zip(keys, row)}
+                          for row in content["history"]]
         return model

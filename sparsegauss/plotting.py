@@ -170,9 +170,22 @@ def plot_learning_curve(history, *, exact_log_partition=None, x="iteration", tit
     has_z = any(e is not None for e in estimates)
     fig = _figure(10.0 if has_z else 5.5, 3.6)
     axes = fig.subplots(1, 2 if has_z else 1, squeeze=False)[0]
-    axes[0].plot(steps, loss, lw=1)
+    # NCE's adaptive noise reports two objectives (sparsegauss.estimators.adaptive): the
+    # exact negative log-likelihood while the noise adapts, NCE's loss against the fixed
+    # noise after. Different units, so each gets its own axis.
+    adapting = np.array([bool(row.get("adapting", False)) for row in history])
+    if adapting.any() and not adapting.all():
+        axes[0].plot(steps[adapting], loss[adapting], lw=1, color="C1")
+        axes[0].set_ylabel("−mean log-likelihood (nats), adapting the noise", color="C1",
+                           fontsize="small")
+        fixed = axes[0].twinx()
+        fixed.plot(steps[~adapting], loss[~adapting], lw=1, color="C0")
+        fixed.set_ylabel("NCE loss, fixed noise", color="C0", fontsize="small")
+        axes[0].axvline(steps[~adapting][0], color="k", ls=":", lw=1)
+    else:
+        axes[0].plot(steps, loss, lw=1)
+        axes[0].set_ylabel("loss")
     axes[0].set_xlabel("iteration" if x == "iteration" else "wall time (s)")
-    axes[0].set_ylabel("loss")
     axes[0].set_title("Objective")
     axes[0].grid(alpha=0.3)
     if has_z:

@@ -62,8 +62,16 @@ def test_figures_are_written_and_labelled(models, tmp_path):
     assert _saved_size(fig, tmp_path, "c.png") > 10_000
 
     fig = plotting.plot_learning_curve(nce.history_, exact_log_partition=nce.log_partition_)
-    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "log Z (nats)"
+    assert len(fig.axes) == 3 and fig.axes[1].get_ylabel() == "log Z (nats)"
     assert len(fig.axes[1].lines) == 2
+    # NCE's default noise adapts first: its two objectives (the exact negative
+    # log-likelihood, then NCE's loss) are drawn on their own axes, split at the switch.
+    adapting = sum(row["adapting"] for row in nce.history_)
+    objective, fixed = fig.axes[0], fig.axes[2]
+    assert "adapting" in objective.get_ylabel() and "NCE loss" in fixed.get_ylabel()
+    assert len(objective.lines[0].get_xdata()) == adapting
+    assert len(fixed.lines[0].get_xdata()) == len(nce.history_) - adapting
+    assert objective.lines[1].get_xdata()[0] == nce.history_[adapting]["iteration"]
     assert _saved_size(fig, tmp_path, "l.png") > 10_000
     fig = plotting.plot_learning_curve(mle.history_, x="time")
     assert len(fig.axes) == 1 and fig.axes[0].get_xlabel() == "wall time (s)"

@@ -23,7 +23,8 @@ from scipy.optimize import OptimizeResult
 from ..models import GridGaussianEnergy
 from ..noise import DiagonalNoise, GridNoise, make_noise
 from ..stats import pattern_moments
-from .adaptive import ADAPT_FRACTION, adapt_noise, join_phases
+from .adaptive import (ADAPT_FRACTION, ADAPT_LEARNING_RATE, ADAPT_STEPS_FULL_BATCH,
+                       adapt_noise, join_phases)
 from .cd import CDOptions, fit_cd
 from .cnce import CNCEOptions, default_perturbation_std, fit_cnce
 from .mle import hessian_diagonal, independent_start
@@ -129,18 +130,23 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
     common = dict(scale=scale, optimizer=run_options, rng=rng)
     if method in ("nce", "rnce"):
         adapted = None
-        if noise == "adaptive":
-            if not run_options.stochastic:
-                raise ValueError("noise='adaptive' refreshes the noise at every minibatch "
-                                 "step; use optimizer 'adam', 'sgd' or 'rmsprop', not "
-                                 f"{run_options.optimizer!r}.")
-            # Half of the steps adapt the noise from the independent model (the
-            # moment-only diagonal noise); the rest run NCE against the noise reached.
-            steps = max(1, int(round(ADAPT_FRACTION * max_iter)))
-            frozen, adapted = adapt_noise(model, X, theta0=theta0, steps=steps, **common)
+        if noise in ("auto", "adaptive"):
+            # The noise adapts from the independent model (the moment-only diagonal
+            # noise) by minibatch steps: half of a stochastic optimizer's steps, the rest
+            # running NCE against the noise reached. A full-batch optimizer keeps its
+            # max_iter for the second phase, after the stochastic default's first half.
+            if run_options.stochastic:
+                steps = max(1, int(round(ADAPT_FRACTION * max_iter)))
+                adapting = run_options
+                common["optimizer"] = dataclasses.replace(
+                    run_options, max_iter=max(1, max_iter - steps))
+            else:
+                steps = ADAPT_STEPS_FULL_BATCH
+                adapting = dataclasses.replace(run_options, optimizer="adam",
+                                               learning_rate=ADAPT_LEARNING_RATE, tol=0.0)
+            frozen, adapted = adapt_noise(model, X, theta0=theta0, steps=steps, scale=scale,
+                                          optimizer=adapting, rng=rng)
             noise_model = GridNoise(frozen)
-            common["optimizer"] = dataclasses.replace(
-                run_options, max_iter=max(1, max_iter - steps))
             start = adapted.x
         else:
             noise_model = make_noise(noise, X, grid.shape, stencil=noise_stencil)
