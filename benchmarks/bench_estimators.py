@@ -32,9 +32,9 @@ CASES = {
     "nce (defaults)": dict(method="nce"),
     "nce diagonal noise": dict(method="nce", noise="diagonal"),
     "nce grid (tied) noise": dict(method="nce", noise="grid"),
-    "nce 4-nbr MLE noise": dict(method="nce", noise="grid-untied"),
+    "nce adaptive noise": dict(method="nce", noise="adaptive"),
     "rnce (defaults)": dict(method="rnce"),
-    "rnce 4-nbr MLE noise": dict(method="rnce", noise="grid-untied"),
+    "rnce adaptive noise": dict(method="rnce", noise="adaptive"),
     "cnce, adam": dict(method="cnce", optimizer="adam", max_iter=STEPS),
     "cd (defaults)": dict(method="cd"),
     "cd-1 gibbs": dict(method="cd", sampler="gibbs"),
@@ -45,15 +45,14 @@ GIVEN = {
     PEER: "data pass + damped exact-Hessian Newton in dense NumPy (bench_core)",
     "sm closed form (defaults)": "closed form (one sparse solve)",
     "sm barrier": "starts at the independent model",
-    "nce (defaults)": ("adaptive noise: N(0, diag S), then a frozen copy of the current "
-                       "estimate at each step of the first half, then fixed; starts at "
-                       "the independent model"),
+    "nce (defaults)": "noise: untied 4-nbr grid MLE (= the 4-nbr answer); starts at the noise",
     "nce diagonal noise": "noise: N(0, diag S); starts at the noise",
     "nce grid (tied) noise": "noise: tied 4-nbr grid MLE; starts at the noise",
-    "nce 4-nbr MLE noise": ("noise: untied 4-nbr grid MLE (= the 4-nbr answer; the "
-                            "former default); starts at the noise"),
-    "rnce (defaults)": "adaptive noise, as nce (defaults)",
-    "rnce 4-nbr MLE noise": "noise: untied 4-nbr grid MLE; starts at the noise",
+    "nce adaptive noise": ("noise: N(0, diag S), then a frozen copy of the current "
+                           "estimate at each step of the first half, then fixed; starts "
+                           "at the independent model"),
+    "rnce (defaults)": "noise: untied 4-nbr grid MLE; starts at the noise",
+    "rnce adaptive noise": "as nce adaptive noise",
     "cnce, adam": "perturbations σ = √(2/Σ 1/S_pp); starts at the independent model",
     "cd (defaults)": "exact samples of the current estimate; starts at the independent model",
     "cd-1 gibbs": "1 Gibbs sweep from the data; starts at the independent model",

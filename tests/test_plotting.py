@@ -11,11 +11,16 @@ from sparsegauss import plotting
 matplotlib.use("Agg")
 
 
-@pytest.fixture(scope="module")
-def models():
+def _correlated_images():
     rng = np.random.default_rng(0)
     base = rng.standard_normal((600, 7, 8))
-    X = (base + 0.6 * np.roll(base, 1, axis=2) + 0.3 * np.roll(base, 1, axis=1)).reshape(600, -1)
+    return (base + 0.6 * np.roll(base, 1, axis=2)
+            + 0.3 * np.roll(base, 1, axis=1)).reshape(600, -1)
+
+
+@pytest.fixture(scope="module")
+def models():
+    X = _correlated_images()
     mle = GridGaussian((7, 8), stencil=8).fit(X)
     nce = GridGaussian((7, 8), method="nce", optimizer="adam", max_iter=50,
                        random_state=0).fit(X)
@@ -62,10 +67,18 @@ def test_figures_are_written_and_labelled(models, tmp_path):
     assert _saved_size(fig, tmp_path, "c.png") > 10_000
 
     fig = plotting.plot_learning_curve(nce.history_, exact_log_partition=nce.log_partition_)
-    assert len(fig.axes) == 3 and fig.axes[1].get_ylabel() == "log Z (nats)"
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "log Z (nats)"
     assert len(fig.axes[1].lines) == 2
-    # NCE's default noise adapts first: its two objectives (the exact negative
-    # log-likelihood, then NCE's loss) are drawn on their own axes, split at the switch.
+    assert _saved_size(fig, tmp_path, "l.png") > 10_000
+    # With the adaptive noise the noise adapts first: the two objectives (the exact
+    # negative log-likelihood, then NCE's loss) are drawn on their own axes, split at the
+    # switch.
+    adaptive = GridGaussian((7, 8), method="nce", noise="adaptive", max_iter=50,
+                            random_state=0).fit(_correlated_images())
+    fig = plotting.plot_learning_curve(adaptive.history_,
+                                       exact_log_partition=adaptive.log_partition_)
+    assert len(fig.axes) == 3 and fig.axes[1].get_ylabel() == "log Z (nats)"
+    nce = adaptive
     adapting = sum(row["adapting"] for row in nce.history_)
     objective, fixed = fig.axes[0], fig.axes[2]
     assert "adapting" in objective.get_ylabel() and "NCE loss" in fixed.get_ylabel()
