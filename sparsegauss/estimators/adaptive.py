@@ -41,8 +41,9 @@ costs what CD costs: an exact sample of 256 images per step (two thirds of its t
 It is not NCE's default noise: on strongly correlated data the first phase, like CD at
 its defaults, moves far too slowly from the independent model. On 50,000 28×28 patches of
 the bundled photographs (4 neighbours) the first phase ended at KL 406 from the MLE and
-NCE at 400 (CD's defaults: 298, with no warning); started at the tied grid MLE with the
-Jacobi scale of that start, the first phase reached 80 and the second left the cone.
+NCE at 400 (CD's defaults: 276–298 in two runs, with no warning); started at the tied
+grid MLE with the Jacobi scale of that start, the first phase reached 80 and the second
+left the cone.
 Adam in parameters scaled at the start is the bottleneck there, not the noise.
 
 A learned ``ζ`` cannot follow a moving noise: Adam moves every rescaled coordinate by
