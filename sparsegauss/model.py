@@ -170,7 +170,8 @@ class GridGaussian(DensityMixin, BaseEstimator):
         data: on 50,000 28×28 patches of the bundled photographs its first phase (like
         CD's defaults) ends hundreds of nats from the MLE (KL 409 with 4 neighbours; not
         positive definite with 8). With a full-batch ``optimizer`` the noise adapts by
-        1,000 Adam steps first and ``max_iter`` counts the second phase's iterations.
+        1,000 Adam steps first and ``max_iter`` counts the second phase's iterations; the
+        first phase always takes all its steps (``tol`` stops only the second).
     noise_sampling : {"pool", "fresh"}, default="pool"
         Noise of NCE and ranking NCE under the stochastic optimizers. ``"pool"``: one
         sample of ``M = νN`` noise points (N for ranking NCE), drawn and scored once and
