@@ -217,8 +217,10 @@ def test_adaptive_noise_is_a_schedule_not_a_distribution():
     # A full-batch optimizer runs NCE's second phase; the noise still adapts by Adam.
     model = GridGaussian((3, 4), method="nce", noise="adaptive", optimizer="lbfgs",
                          random_state=0).fit(X)
+    from sparsegauss.estimators.adaptive import ADAPT_STEPS_FULL_BATCH
     adapting = [row["adapting"] for row in model.history_]
-    assert sum(adapting) == 1000 + 1 and not adapting[-1] and model.converged_
+    assert sum(adapting) == ADAPT_STEPS_FULL_BATCH + 1 and not adapting[-1]
+    assert model.converged_
 
 
 def test_adaptive_noise_adapts_for_all_its_steps_whatever_the_tolerance():

@@ -78,13 +78,12 @@ def test_figures_are_written_and_labelled(models, tmp_path):
     fig = plotting.plot_learning_curve(adaptive.history_,
                                        exact_log_partition=adaptive.log_partition_)
     assert len(fig.axes) == 3 and fig.axes[1].get_ylabel() == "log Z (nats)"
-    nce = adaptive
-    adapting = sum(row["adapting"] for row in nce.history_)
+    adapting = sum(row["adapting"] for row in adaptive.history_)
     objective, fixed = fig.axes[0], fig.axes[2]
     assert "adapting" in objective.get_ylabel() and "NCE loss" in fixed.get_ylabel()
     assert len(objective.lines[0].get_xdata()) == adapting
-    assert len(fixed.lines[0].get_xdata()) == len(nce.history_) - adapting
-    assert objective.lines[1].get_xdata()[0] == nce.history_[adapting]["iteration"]
+    assert len(fixed.lines[0].get_xdata()) == len(adaptive.history_) - adapting
+    assert objective.lines[1].get_xdata()[0] == adaptive.history_[adapting]["iteration"]
     assert _saved_size(fig, tmp_path, "l.png") > 10_000
     fig = plotting.plot_learning_curve(mle.history_, x="time")
     assert len(fig.axes) == 1 and fig.axes[0].get_xlabel() == "wall time (s)"
