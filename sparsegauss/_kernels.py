@@ -16,7 +16,8 @@ import numpy as np
 from numba import njit, prange
 
 __all__ = ["apply_stencil", "gibbs_sweeps", "lower_positions", "pattern_cross_moments", "pattern_moments", "quadratic_forms", "supernode_starts",
-           "takahashi_inverse", "takahashi_supernodal"]
+           "takahashi_inverse", "takahashi_supernodal", "sandwich_on_pattern",
+           "sandwich_terms", "symmetric_planes"]
 
 
 # Reassociation (and FMA contraction) lets LLVM vectorize the floating-point sums below;
@@ -403,6 +404,105 @@ def takahashi_supernodal(indptr, indices, ldata, starts):
             for a in range(s - c):
                 z[q + a] = zjj[c + a, c]
     return z
+
+@njit(cache=True)
+def symmetric_planes(fields, offsets, height, width):
+    """Both triangles of a stencil-layout symmetric matrix ``M``, one padded plane per
+    offset.
+
+    Returns ``planes[j, r + 1, c + 1] = M[(r, c), (r, c) + o_j]`` for the ``2K + 1``
+    offsets ``o = (0, 0), δ_1, …, δ_K, −δ_1, …, −δ_K`` (``fields`` has ``K + 1`` terms),
+    zero where the partner is off the grid and on the one-pixel border, so that kernels
+    can read one step past the edge without a test; and the offsets.
+    """
+    n_terms = offsets.shape[0]
+    n_full = 2 * n_terms - 1
+    full_offsets = np.empty((n_full, 2), dtype=np.int64)
+    planes = np.zeros((n_full, height + 2, width + 2))
+    for j in range(n_full):
+        k = j if j < n_terms else j - n_terms + 1
+        sign = 1 if j < n_terms else -1
+        dr, dc = sign * offsets[k, 0], sign * offsets[k, 1]
+        full_offsets[j, 0], full_offsets[j, 1] = dr, dc
+        for r in range(height):
+            for c in range(width):
+                pr, pc = r + dr, c + dc
+                if pr < 0 or pr >= height or pc < 0 or pc >= width:
+                    continue
+                # A backward entry M[x, x − δ] is the forward entry stored at x − δ.
+                owner = r * width + c if sign > 0 else pr * width + pc
+                planes[j, r + 1, c + 1] = fields[k, owner]
+    return planes, full_offsets
+
+
+@njit(cache=True)
+def sandwich_terms(offsets, full_offsets):
+    """The index triples ``(i, j, m)`` of :func:`sandwich_on_pattern`, per output term.
+
+    For term ``k`` (partner ``q = p + δ_k``), ``a = p + o_i``, ``b = q + o_j``: the pair
+    contributes ``Λ_pa G_ab Λ_bq`` when ``b − a = δ_k + o_j − o_i`` is an offset ``o_m``
+    of the stencil (or zero). Returns ``terms`` of shape ``(n_terms, n_full², 3)`` and
+    the count per term.
+    """
+    n_terms = offsets.shape[0]
+    n_full = full_offsets.shape[0]
+    terms = np.zeros((n_terms, n_full * n_full, 3), dtype=np.int64)
+    counts = np.zeros(n_terms, dtype=np.int64)
+    for k in range(n_terms):
+        for i in range(n_full):
+            for j in range(n_full):
+                dr = offsets[k, 0] + full_offsets[j, 0] - full_offsets[i, 0]
+                dc = offsets[k, 1] + full_offsets[j, 1] - full_offsets[i, 1]
+                for m in range(n_full):
+                    if full_offsets[m, 0] == dr and full_offsets[m, 1] == dc:
+                        t = counts[k]
+                        terms[k, t, 0], terms[k, t, 1], terms[k, t, 2] = i, j, m
+                        counts[k] += 1
+    return terms, counts
+
+
+@njit(cache=True)
+def sandwich_on_pattern(lam_planes, g, offsets, full_offsets, terms, counts, height,
+                        width):
+    """``Y = Λ G Λ`` read on the stencil pattern, for symmetric Λ and G on that pattern.
+
+    ``Y[k, p] = Σ_{a, b} Λ_pa G_ab Λ_{b, p+δ_k}`` over ``a`` in the stencil of ``p`` (or
+    ``p`` itself), ``b`` in that of ``p + δ_k`` and ``(a, b)`` on the pattern: the
+    ``counts[k]`` triples of :func:`sandwich_terms`, O(K² D) in all, no matrix product.
+
+    Parameters
+    ----------
+    lam_planes : ndarray, shape (2K + 1, height + 2, width + 2)
+        :func:`symmetric_planes` of Λ.
+    g : ndarray, shape (K + 1, D)
+        Stencil layout (upper triangle) of G, zero on pairs off the grid.
+    offsets, full_offsets, terms, counts
+        The stencil's offsets, :func:`symmetric_planes`'s offsets, and
+        :func:`sandwich_terms`.
+    height, width : int
+
+    Returns
+    -------
+    ndarray, shape (K + 1, D)
+        Zero on pairs off the grid.
+    """
+    n_terms = offsets.shape[0]
+    g_planes, _ = symmetric_planes(g, offsets, height, width)
+    out = np.zeros((n_terms, height, width))
+    # Term-outer, pixel-inner: each triple streams three shifted planes row by row,
+    # which LLVM vectorizes (3.5x faster than summing the triples pixel by pixel, 8-nbr).
+    for k in range(n_terms):
+        kr, kc = offsets[k, 0], offsets[k, 1]
+        for t in range(counts[k]):
+            i, j, m = terms[k, t, 0], terms[k, t, 1], terms[k, t, 2]
+            ar, ac = full_offsets[i, 0], full_offsets[i, 1]
+            for r in range(1, height + 1):
+                for c in range(1, width + 1):
+                    # An off-grid partner q has Λ_bq = 0 in every plane: no test needed.
+                    out[k, r - 1, c - 1] += (lam_planes[i, r, c]
+                                             * g_planes[m, r + ar, c + ac]
+                                             * lam_planes[j, r + kr, c + kc])
+    return out.reshape(n_terms, height * width)
 
 @njit(parallel=True, cache=True)
 def lower_positions(indptr, indices, rows, cols):

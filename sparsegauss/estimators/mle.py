@@ -18,17 +18,23 @@ Solver. The Hessian ``½ Jᵀ (Σ ⊗ Σ) J`` is badly conditioned when pixels a
 correlated and their scales differ by orders of magnitude (MNIST's border pixels carry
 only the added noise), so first-order methods need thousands of steps. The default is
 truncated Newton: conjugate gradients on Hessian-vector products (each one gradient
-evaluation, i.e. one refactorization and one selected inversion), preconditioned by the
-exact Hessian diagonal, which the selected inverse gives for free: ``½ Σ_pp²`` for a
-diagonal parameter and ``Σ_pp Σ_qq + Σ_pq²`` for an edge.
+evaluation, i.e. one refactorization and one selected inversion), preconditioned for
+untied grids by :func:`sandwich_preconditioner`, ``v ↦ 2 Eᵀ (Λ ⊗ Λ) E v`` — the inverse
+Hessian the problem would have if every entry of Λ were free, read on the pattern — and
+for tied grids by the exact Hessian diagonal (``½ Σ_pp²`` for a diagonal parameter and
+``Σ_pp Σ_qq + Σ_pq²`` for an edge, free from the selected inverse). On MNIST (60,000
+images) the sandwich cut the gradient evaluations of a fit from 461 to 283 (4
+neighbours) and from 948 to 224 (8 neighbours) against the diagonal.
 """
 
 import numpy as np
 
+from .._kernels import sandwich_on_pattern, sandwich_terms, symmetric_planes
 from ..normalization import GridNormalizer
 from ..optimize import minimize
 
-__all__ = ["fit_mle", "mle_loss_grad", "kkt_residual", "independent_start", "hessian_diagonal"]
+__all__ = ["fit_mle", "mle_loss_grad", "kkt_residual", "independent_start", "hessian_diagonal",
+           "sandwich_preconditioner"]
 
 
 def mle_loss_grad(theta, moments, normalizer):
@@ -89,6 +95,50 @@ def hessian_diagonal(covariance, grid):
     return grid.adjoint(hessian * grid.valid)
 
 
+def sandwich_preconditioner(theta, grid):
+    """Approximate inverse Hessian of ``−ℓ`` at θ: ``v ↦ 2 Eᵀ (Λ ⊗ Λ) E v`` (untied grids).
+
+    Were every entry of Λ free, the Hessian of ``−ℓ`` would be ``½ (Σ ⊗ Σ)`` on symmetric
+    matrices and its inverse ``2 (Λ ⊗ Λ)``: the Newton step of the complete problem is
+    ``ΔΛ = Λ − Λ S Λ``. Restricted to the pattern (``E`` places θ-space vectors in a
+    symmetric matrix, halving each edge; ``Eᵀ`` reads the pattern back), this is no longer
+    the exact inverse, but it is SPD, exact for the independent model, and captures the
+    pixel scales and correlations that make the Hessian ill-conditioned: with entries
+    ``(M)_jl = Λ_pr Λ_qs + Λ_ps Λ_qr`` for ``j = (p, q)``, ``l = (r, s)`` it satisfies
+    ``M ⪰ H⁻¹`` (a Schur-complement argument), so the preconditioned spectrum lies in
+    ``[1, ∞)`` and conjugate gradients see only the few directions that reach beyond the
+    pattern. Measured on MNIST at the optimum (dense Hessian, relative residual 1e-3):
+    63 CG iterations instead of the Jacobi preconditioner's 111 (4 neighbours), 54
+    instead of 229 (8 neighbours). Applying it costs ``O(K² D)`` (one stencil kernel).
+
+    Parameters
+    ----------
+    theta : ndarray, shape (n_params,)
+    grid : GridParameterization
+        Untied.
+
+    Returns
+    -------
+    callable
+        ``v ↦ M v`` for ``v`` of shape ``(n_params,)``.
+    """
+    if grid.tying != "untied":
+        raise ValueError("sandwich_preconditioner needs an untied grid.")
+    offsets = np.array(grid.offsets, dtype=np.int64)
+    height, width = grid.shape
+    planes, full_offsets = symmetric_planes(grid.fields(theta), offsets, height, width)
+    terms, counts = sandwich_terms(offsets, full_offsets)
+
+    def apply(vector):
+        # E v: the diagonal as is, each edge split evenly between (p, q) and (q, p).
+        middle = grid.fields(vector)
+        middle[1:] *= 0.5
+        product = sandwich_on_pattern(planes, middle, offsets, full_offsets, terms, counts,
+                                      height, width)
+        return 2.0 * grid.adjoint(product)
+    return apply
+
+
 def fit_mle(moments, grid, *, theta0=None, tol=1e-8, max_iter=100, solver="newton-cg",
             callback=None, normalizer=None):
     """Maximum-likelihood θ for the pattern moments of centred data.
@@ -138,6 +188,10 @@ def fit_mle(moments, grid, *, theta0=None, tol=1e-8, max_iter=100, solver="newto
         return kkt_residual(covariance_at(theta), moments, grid)
 
     def precondition(theta):
+        if grid.tying == "untied":
+            return sandwich_preconditioner(theta, grid)
+        # A tied parameter sums entries across the grid: the sandwich no longer inverts
+        # anything simple, and with a handful of parameters CG needs few steps anyway.
         inverse_diagonal = 1.0 / hessian_diagonal(covariance_at(theta), grid)
         return lambda vector: inverse_diagonal * vector
 
