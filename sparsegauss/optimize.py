@@ -18,7 +18,10 @@ gradients, to a relative residual ``η = min(0.5, √‖g‖)`` (Eisenstat–Wal
 superlinear convergence), then takes the same domain-safe line search. Hessian-vector
 products default to a forward difference of the gradient, ``(g(x + εv) − g(x)) / ε``,
 which costs one gradient evaluation and is accurate to ``O(ε)``; only the Newton step,
-never the gradient that decides convergence, carries that error.
+never the gradient that decides convergence, carries that error. Given ``hessian(x)``,
+the exact Hessian, it switches to direct Newton steps (Cholesky) for the rest of the run
+once CG has stalled — used ``max_cg`` products without reaching its forcing term — as it
+does when the preconditioner misses most of the Hessian's spread.
 
 ``"scipy-lbfgs"`` is SciPy's L-BFGS-B, for objectives defined everywhere (a
 ``NotPositiveDefiniteError`` from ``fun`` ends its run with an error).
@@ -56,7 +59,8 @@ _LOSS_RESOLUTION = 1e-10
 
 
 def minimize(fun, x0, *, method="lbfgs", tol=1e-8, maxiter=500, callback=None,
-             convergence=None, memory=10, precondition=None, hessp=None, max_cg=200,
+             convergence=None, memory=10, precondition=None, hessp=None, hessian=None,
+             max_cg=200,
              learning_rate=1e-2, schedule="constant", momentum=0.9, betas=(0.9, 0.999),
              window=50):
     """Minimize ``fun`` from ``x0``.
@@ -86,6 +90,12 @@ def minimize(fun, x0, *, method="lbfgs", tol=1e-8, maxiter=500, callback=None,
     hessp : callable, optional
         ``hessp(x, v) -> H(x) v`` for Newton-CG; default a forward difference of the
         gradient.
+    hessian : callable, optional
+        ``hessian(x) -> ndarray (n, n) or None``, the exact Hessian for Newton-CG. Once
+        conjugate gradients stall (``max_cg`` products without reaching the forcing
+        term: a Hessian too ill-conditioned for the preconditioner), every later Newton
+        step is solved with it directly, by Cholesky; ``None`` from it (too large) keeps
+        the truncated step.
     max_cg : int, default=200
         Most conjugate-gradient iterations per Newton step.
     learning_rate : float, default=1e-2
@@ -130,7 +140,7 @@ def minimize(fun, x0, *, method="lbfgs", tol=1e-8, maxiter=500, callback=None,
         return _scipy_lbfgs(fun, x0, tol, int(maxiter), callback, convergence, int(memory))
     if method == "newton-cg":
         return _newton_cg(fun, x0, tol, int(maxiter), callback, convergence, precondition,
-                          hessp, int(max_cg))
+                          hessp, hessian, int(max_cg))
     return _lbfgs(fun, x0, tol, int(maxiter), callback, convergence, int(memory),
                   precondition)
 
@@ -312,26 +322,50 @@ def _forward_difference_hessp(run):
     return hessp
 
 
-def _newton_cg(fun, x, tol, maxiter, callback, convergence, precondition, hessp, max_cg):
+def _newton_cg(fun, x, tol, maxiter, callback, convergence, precondition, hessp, hessian,
+               max_cg):
     run = _Run(fun, x, tol, callback, convergence)
     hessp = _forward_difference_hessp(run) if hessp is None else hessp
     initial_norm = max(np.linalg.norm(run.grad), np.finfo(float).tiny)
+    direct = False                 # solve by the exact Hessian, after CG has stalled once
+    n_direct = 0
     while not run.success and run.iteration < maxiter:
         run.iteration += 1
-        apply_m = precondition(run.x) if precondition is not None else (lambda v: v)
-        # Eisenstat & Walker's forcing term, made scale-free with the first gradient, and
-        # floored so that the last steps do not solve more accurately than ``tol`` needs
-        # (a relative reduction of the residual by ``tol / residual``, with 10x margin).
-        forcing = max(min(0.5, np.sqrt(np.linalg.norm(run.grad) / initial_norm)),
-                      0.1 * tol / run.residual)
-        direction = _truncated_pcg(lambda v: hessp(run.x, v), run.grad, apply_m, max_cg,
-                                   min(forcing, 0.5))
+        direction = _direct_newton_step(hessian, run.x, run.grad) if direct else None
+        if direction is None:
+            apply_m = precondition(run.x) if precondition is not None else (lambda v: v)
+            # Eisenstat & Walker's forcing term, made scale-free with the first gradient,
+            # and floored so that the last steps do not solve more accurately than
+            # ``tol`` needs (a relative reduction of the residual by ``tol / residual``,
+            # with 10x margin).
+            forcing = max(min(0.5, np.sqrt(np.linalg.norm(run.grad) / initial_norm)),
+                          0.1 * tol / run.residual)
+            direction, stalled = _truncated_pcg(lambda v: hessp(run.x, v), run.grad,
+                                                apply_m, max_cg, min(forcing, 0.5))
+            direct = stalled and hessian is not None
+        else:
+            n_direct += 1
         accepted = run.line_search(direction)
         if accepted is None:
             break
         if not run.accept(*accepted):
             break
-    return run.result(maxiter)
+    result = run.result(maxiter)
+    result.n_direct_steps = n_direct
+    return result
+
+
+def _direct_newton_step(hessian, x, grad):
+    """``−H⁻¹ g`` by Cholesky of the exact Hessian, or None when there is none to use."""
+    from scipy.linalg import LinAlgError, cho_factor, cho_solve
+
+    matrix = hessian(x)
+    if matrix is None:
+        return None
+    try:
+        return -cho_solve(cho_factor(matrix, overwrite_a=True), grad)
+    except LinAlgError:             # not numerically positive definite: keep CG's step
+        return None
 
 
 def _truncated_pcg(hessp, grad, apply_m, max_cg, forcing):
@@ -339,7 +373,8 @@ def _truncated_pcg(hessp, grad, apply_m, max_cg, forcing):
 
     Stops at relative residual ``forcing``, at ``max_cg`` iterations, or on non-positive
     curvature (then returns the last descent iterate, or the preconditioned gradient step
-    when there is none).
+    when there is none). Returns the direction and whether CG stalled (used all
+    ``max_cg`` iterations without reaching ``forcing``).
     """
     forcing = forcing * np.linalg.norm(grad)
     direction = np.zeros_like(grad)
@@ -351,17 +386,17 @@ def _truncated_pcg(hessp, grad, apply_m, max_cg, forcing):
         h_search = hessp(search)
         curvature = search @ h_search
         if curvature <= 0:
-            return direction if np.any(direction) else search
+            return (direction if np.any(direction) else search), False
         alpha = rz / curvature
         direction += alpha * search
         residual -= alpha * h_search
         if np.linalg.norm(residual) <= forcing:
-            break
+            return direction, False
         z = apply_m(residual)
         rz_next = residual @ z
         search = z + (rz_next / rz) * search
         rz = rz_next
-    return direction
+    return direction, True
 
 
 def _scipy_lbfgs(fun, x, tol, maxiter, callback, convergence, memory):

@@ -169,3 +169,28 @@ def test_newton_cg_hessian_products_stay_inside_the_domain():
     result = minimize(fun, np.array([1e-9, 1e3]), method="newton-cg", tol=1e-15, maxiter=200)
     assert result.success
     np.testing.assert_allclose(result.x, 1e9, rtol=1e-5)
+
+
+def test_newton_cg_switches_to_the_exact_hessian_when_cg_stalls(rng):
+    """An ill-conditioned quadratic whose CG solve cannot finish in ``max_cg`` products:
+    without the Hessian the run crawls; with it, the direct steps finish the job."""
+    eigenvalues = np.logspace(0, 6, 40)
+    basis, _ = np.linalg.qr(rng.normal(size=(40, 40)))
+    matrix = (basis * eigenvalues) @ basis.T
+    target = rng.normal(size=40)
+
+    def fun(x):
+        gap = x - target
+        return 0.5 * gap @ matrix @ gap, matrix @ gap
+
+    crawl = minimize(fun, np.zeros(40), method="newton-cg", tol=1e-8, maxiter=20, max_cg=3)
+    assert not crawl.success and crawl.n_direct_steps == 0
+    calls = []
+    direct = minimize(fun, np.zeros(40), method="newton-cg", tol=1e-8, maxiter=20, max_cg=3,
+                      hessian=lambda x: calls.append(1) or matrix.copy())
+    assert direct.success and direct.n_direct_steps == len(calls) >= 1
+    np.testing.assert_allclose(direct.x, target, rtol=1e-6)
+    # A Hessian callable that declines (returns None) leaves the truncated steps.
+    declined = minimize(fun, np.zeros(40), method="newton-cg", tol=1e-8, maxiter=20,
+                        max_cg=3, hessian=lambda x: None)
+    assert declined.n_direct_steps == 0
