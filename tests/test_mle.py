@@ -238,3 +238,7 @@ def test_likelihood_gap_lower_bound_stops_at_the_limit(rng):
     full, _ = likelihood_gap_bounds(theta, moments, grid, limit=np.inf, max_products=200)
     early, _ = likelihood_gap_bounds(theta, moments, grid, limit=0.1 * full)
     assert 0.1 * full < early < full
+    # Near the optimum the upper bound alone decides the comparison: no products.
+    mle = fit_mle(moments, grid)
+    lower, upper = likelihood_gap_bounds(mle.x, moments, grid, limit=1e-6)
+    assert lower == 0.0 and upper <= 1e-6

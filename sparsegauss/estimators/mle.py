@@ -158,11 +158,13 @@ def likelihood_gap_bounds(theta, moments, grid, *, normalizer=None, limit=1.0,
         ½ ω(λ) ≤ f(θ) − f(θ̂) ≤ ½ ω*(λ)   (the right side for λ < 1),
         ω(t) = t − log(1 + t),   ω*(t) = −t − log(1 − t),
 
-    (≈ δ when δ is small). Lower bound: preconditioned conjugate gradients on ``H d = −g``
+    (≈ δ when δ is small). Upper bound (untied grids): ``½ gᵀ M g ≥ δ`` with the sandwich
+    preconditioner ``M ⪰ H⁻¹``, at the cost of one gradient; when it is already at most
+    ``limit`` the comparison is decided and the lower bound is returned as 0 without
+    further work. Lower bound: preconditioned conjugate gradients on ``H d = −g``
     (finite-difference Hessian products, each one gradient evaluation) raise
     ``−½ gᵀ d_k`` monotonically towards δ; they stop once the lower bound passes
-    ``limit``, at ``max_products``, or at relative residual ``rtol``. Upper bound (untied
-    grids): ``½ gᵀ M g ≥ δ`` with the sandwich preconditioner ``M ⪰ H⁻¹``.
+    ``limit``, at ``max_products``, or at relative residual ``rtol``.
 
     Parameters
     ----------
@@ -196,6 +198,8 @@ def likelihood_gap_bounds(theta, moments, grid, *, normalizer=None, limit=1.0,
     if grid.tying == "untied":
         apply_m = sandwich_preconditioner(theta, grid)
         upper = gap_from_decrement(0.5 * grad @ apply_m(grad), "upper")
+        if np.isfinite(limit) and upper <= limit:
+            return 0.0, float(upper)
     else:
         inverse_diagonal = 1.0 / hessian_diagonal(covariance, grid)
         apply_m = lambda vector: inverse_diagonal * vector      # noqa: E731
