@@ -27,15 +27,16 @@ def _find(rows, estimator, stencil):
 
 def _results_table(rows):
     lines = ["| estimator | neighbours | fit time (s) | train LL | held-out LL | "
-             "KL(MLE ‖ est.) | exact log Z | NCE log Z | PD |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "KL(MLE ‖ est.) | exact log Z | NCE log Z | PD | converged |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         estimate = r.get("log_partition_estimate")
         z = "" if estimate is None else f"{estimate:.3f}"
         lines.append(f"| {r['estimator']} | {r['stencil']} | {_f(r['seconds'])} "
                      f"| {_f(r['train_loglik'])} | {_f(r['test_loglik'])} "
                      f"| {_f(r['kl_to_mle'], '.3f')} | {_f(r['log_partition'], '.3f')} | {z} "
-                     f"| {'yes' if r['positive_definite'] else 'no'} |")
+                     f"| {'yes' if r['positive_definite'] else 'no'} "
+                     f"| {'yes' if r.get('converged') else 'no'} |")
     return "\n".join(lines)
 
 

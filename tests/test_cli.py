@@ -47,6 +47,8 @@ def test_demo_writes_summary_report_figures_and_models(demo_run):
                     "## Contrastive divergence"):
         assert heading in report
     assert f"{rows['mle', 8]['test_loglik']:.2f}" in report
+    # The table says which fits converged, not only which are positive definite.
+    assert "| PD | converged |" in report and "| no | no |" in report
     # The reduced natural-image study: its own report, linked, with measured numbers.
     natural = summary["natural"]
     assert "## Natural images (reduced study)" in report and "natural/report.md" in report
