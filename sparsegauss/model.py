@@ -517,9 +517,13 @@ class GridGaussian(DensityMixin, BaseEstimator):
         """
         # Its own symbolic analysis: refactoring the fitted model's would overwrite the
         # factor that distribution_ holds.
-        lower, _ = likelihood_gap_bounds(self.theta_, moments, grid,
-                                         limit=self._CD_GAP_LIMIT,
-                                         max_products=self._CD_GAP_PRODUCTS)
+        try:
+            lower, _ = likelihood_gap_bounds(self.theta_, moments, grid,
+                                             limit=self._CD_GAP_LIMIT,
+                                             max_products=self._CD_GAP_PRODUCTS)
+        except NotPositiveDefiniteError:
+            # θ̂ on the very boundary of the cone: the runaway check speaks for it.
+            return False
         if not lower > self._CD_GAP_LIMIT:
             return False
         warnings.warn(
