@@ -44,7 +44,7 @@ from scipy.optimize import OptimizeResult
 
 from .exceptions import NotPositiveDefiniteError, SparseGaussError
 
-__all__ = ["minimize", "METHODS"]
+__all__ = ["minimize", "METHODS", "truncated_cg", "forward_difference_hessp"]
 
 METHODS = ("newton-cg", "lbfgs", "scipy-lbfgs", "adam", "sgd", "rmsprop")
 #: Methods that call ``fun`` once per step on a fresh minibatch.
@@ -291,8 +291,11 @@ _MAX_DIFFERENCE_HALVINGS = 60
 _INSIDE_FRACTION = 1e-3
 
 
-def _forward_difference_hessp(run):
+def forward_difference_hessp(evaluate, gradient):
     """``H(x) v`` by a forward difference of gradients that stays inside the domain.
+
+    ``evaluate(y) -> (loss, grad)``; ``gradient()`` is the gradient at the point ``x``
+    the products are taken at (already known to the caller: one evaluation per product).
 
     The iterate ``x`` lies inside the positive-definite cone, which is open, so a short
     enough step along ``v`` stays inside too. Near the boundary (a log-barrier path at a
@@ -307,19 +310,24 @@ def _forward_difference_hessp(run):
         eps = np.sqrt(np.finfo(float).eps) * (1.0 + np.linalg.norm(x)) / np.linalg.norm(vector)
         for halvings in range(_MAX_DIFFERENCE_HALVINGS):
             try:
-                _, shifted = run.evaluate(x + eps * vector)
+                _, shifted = evaluate(x + eps * vector)
             except NotPositiveDefiniteError:
                 eps *= 0.5
                 continue
             if halvings:
                 eps *= _INSIDE_FRACTION
-                _, shifted = run.evaluate(x + eps * vector)
-            return (shifted - run.grad) / eps
+                _, shifted = evaluate(x + eps * vector)
+            return (shifted - gradient()) / eps
         raise NotPositiveDefiniteError(
             "A Hessian-vector product found no step along v, down to "
             f"{eps:.1e}, that keeps the parameters positive definite: the iterate lies on "
             "the boundary of the cone.")
     return hessp
+
+
+def _forward_difference_hessp(run):
+    """:func:`forward_difference_hessp` at a Newton-CG run's current iterate."""
+    return forward_difference_hessp(run.evaluate, lambda: run.grad)
 
 
 def _newton_cg(fun, x, tol, maxiter, callback, convergence, precondition, hessp, hessian,
@@ -340,8 +348,8 @@ def _newton_cg(fun, x, tol, maxiter, callback, convergence, precondition, hessp,
             # with 10x margin).
             forcing = max(min(0.5, np.sqrt(np.linalg.norm(run.grad) / initial_norm)),
                           0.1 * tol / run.residual)
-            direction, stalled = _truncated_pcg(lambda v: hessp(run.x, v), run.grad,
-                                                apply_m, max_cg, min(forcing, 0.5))
+            direction, stalled = truncated_cg(lambda v: hessp(run.x, v), run.grad,
+                                              apply_m, max_cg, min(forcing, 0.5))
             direct = stalled and hessian is not None
         else:
             n_direct += 1
@@ -368,21 +376,29 @@ def _direct_newton_step(hessian, x, grad):
         return None
 
 
-def _truncated_pcg(hessp, grad, apply_m, max_cg, forcing):
-    """Approximate solution of ``H d = −g`` by preconditioned CG, truncated.
+def truncated_cg(hessp, grad, apply_m, max_iter, rtol, stop=None):
+    """Approximate solution of ``H d = −g`` by preconditioned CG from ``d = 0``, truncated.
 
-    Stops at relative residual ``forcing``, at ``max_cg`` iterations, or on non-positive
-    curvature (then returns the last descent iterate, or the preconditioned gradient step
-    when there is none). Returns the direction and whether CG stalled (used all
-    ``max_cg`` iterations without reaching ``forcing``).
+    Stops at relative residual ``rtol``, at ``max_iter`` iterations, when ``stop(d)`` is
+    true (it is called with every CG iterate ``d``), or on non-positive curvature (then returns the last
+    descent iterate, or the preconditioned gradient step when there is none). Each
+    iterate minimizes the quadratic model ``gᵀd + ½ dᵀHd`` over a growing Krylov space,
+    so ``−½ gᵀ d`` rises monotonically to the Newton decrement ``½ gᵀH⁻¹g``.
+
+    Returns
+    -------
+    direction : ndarray
+    stalled : bool
+        Whether CG used all ``max_iter`` iterations without reaching ``rtol`` (or
+        ``stop``).
     """
-    forcing = forcing * np.linalg.norm(grad)
+    tolerance = rtol * np.linalg.norm(grad)
     direction = np.zeros_like(grad)
     residual = -grad
     z = apply_m(residual)
     search = z.copy()
     rz = residual @ z
-    for _ in range(max_cg):
+    for _ in range(max_iter):
         h_search = hessp(search)
         curvature = search @ h_search
         if curvature <= 0:
@@ -390,7 +406,7 @@ def _truncated_pcg(hessp, grad, apply_m, max_cg, forcing):
         alpha = rz / curvature
         direction += alpha * search
         residual -= alpha * h_search
-        if np.linalg.norm(residual) <= forcing:
+        if (stop is not None and stop(direction)) or np.linalg.norm(residual) <= tolerance:
             return direction, False
         z = apply_m(residual)
         rz_next = residual @ z

@@ -34,9 +34,8 @@ to :data:`DENSE_HESSIAN_MAX_PARAMS` parameters).
 import numpy as np
 
 from .._kernels import sandwich_on_pattern, sandwich_terms, symmetric_planes
-from ..exceptions import NotPositiveDefiniteError
 from ..normalization import GridNormalizer
-from ..optimize import minimize
+from ..optimize import forward_difference_hessp, minimize, truncated_cg
 
 __all__ = ["fit_mle", "mle_loss_grad", "kkt_residual", "independent_start", "hessian_diagonal",
            "sandwich_preconditioner", "dense_hessian", "DENSE_HESSIAN_MAX_PARAMS",
@@ -145,6 +144,18 @@ def sandwich_preconditioner(theta, grid):
     return apply
 
 
+def newton_preconditioner(theta, covariance, grid):
+    """The preconditioner of the MLE's Newton systems at θ (``covariance``: Σ on the
+    pattern there): :func:`sandwich_preconditioner` for untied grids, the exact Hessian
+    diagonal for tied ones — a tied parameter sums entries across the grid, so the
+    sandwich no longer inverts anything simple, and with a handful of parameters CG
+    needs few steps anyway."""
+    if grid.tying == "untied":
+        return sandwich_preconditioner(theta, grid)
+    inverse_diagonal = 1.0 / hessian_diagonal(covariance, grid)
+    return lambda vector: inverse_diagonal * vector
+
+
 def likelihood_gap_bounds(theta, moments, grid, *, normalizer=None, limit=1.0,
                           max_products=20, rtol=1e-2):
     """Bounds on how far θ's mean log-likelihood lies below the MLE's, without fitting it.
@@ -195,50 +206,29 @@ def likelihood_gap_bounds(theta, moments, grid, *, normalizer=None, limit=1.0,
             return 0.5 * (t - np.log1p(t))
         return 0.5 * (-t - np.log1p(-t)) if t < 1 else np.inf
 
-    if grid.tying == "untied":
-        apply_m = sandwich_preconditioner(theta, grid)
+    apply_m = newton_preconditioner(theta, covariance, grid)
+    upper = np.inf
+    if grid.tying == "untied":           # the sandwich: M ⪰ H⁻¹
         upper = gap_from_decrement(0.5 * grad @ apply_m(grad), "upper")
         if np.isfinite(limit) and upper <= limit:
             return 0.0, float(upper)
-    else:
-        inverse_diagonal = 1.0 / hessian_diagonal(covariance, grid)
-        apply_m = lambda vector: inverse_diagonal * vector      # noqa: E731
-        upper = np.inf
 
-    def hessp(vector):
-        eps = np.sqrt(np.finfo(float).eps) * (1.0 + np.linalg.norm(theta)) / np.linalg.norm(vector)
-        for _ in range(60):
-            try:
-                return (mle_loss_grad(theta + eps * vector, moments, normalizer)[1]
-                        - grad) / eps
-            except NotPositiveDefiniteError:
-                eps *= 0.5
-        raise NotPositiveDefiniteError("θ lies on the boundary of the cone.")
+    def evaluate(point):
+        return mle_loss_grad(point, moments, normalizer)[:2]
 
-    direction = np.zeros_like(grad)
-    residual = -grad
-    z = apply_m(residual)
-    search = z.copy()
-    rz = residual @ z
-    norm0 = np.linalg.norm(grad)
-    lower = 0.0
-    for _ in range(max_products):
-        if norm0 == 0:
-            break
-        h_search = hessp(search)
-        curvature = search @ h_search
-        if curvature <= 0:
-            break
-        alpha = rz / curvature
-        direction += alpha * search
-        residual -= alpha * h_search
-        lower = gap_from_decrement(-0.5 * grad @ direction, "lower")
-        if lower > limit or np.linalg.norm(residual) <= rtol * norm0:
-            break
-        z = apply_m(residual)
-        rz_next = residual @ z
-        search = z + (rz_next / rz) * search
-        rz = rz_next
+    hessp = forward_difference_hessp(evaluate, lambda: grad)
+    # The bound holds for CG iterates only (not for the fallback step CG returns on
+    # non-positive curvature), so it is read from each iterate as CG produces it.
+    bounds = [0.0]
+
+    def passes_limit(iterate):
+        bounds.append(gap_from_decrement(-0.5 * grad @ iterate, "lower"))
+        return bounds[-1] > limit
+
+    if np.any(grad):
+        truncated_cg(lambda vector: hessp(theta, vector), grad, apply_m, max_products, rtol,
+                     stop=passes_limit)
+    lower = bounds[-1]
     return float(lower), float(max(upper, lower))
 
 
@@ -323,12 +313,7 @@ def fit_mle(moments, grid, *, theta0=None, tol=1e-8, max_iter=100, solver="newto
         return kkt_residual(covariance_at(theta), moments, grid)
 
     def precondition(theta):
-        if grid.tying == "untied":
-            return sandwich_preconditioner(theta, grid)
-        # A tied parameter sums entries across the grid: the sandwich no longer inverts
-        # anything simple, and with a handful of parameters CG needs few steps anyway.
-        inverse_diagonal = 1.0 / hessian_diagonal(covariance_at(theta), grid)
-        return lambda vector: inverse_diagonal * vector
+        return newton_preconditioner(theta, covariance_at(theta), grid)
 
     def hessian(theta):
         # Only when conjugate gradients stalled (strongly correlated pixels, where the
