@@ -9,7 +9,8 @@ fit does. From a factorization ``P A Pᵀ = L Lᵀ`` it gives
 * solves ``A x = b``;
 * exact samples ``x = Pᵀ L⁻ᵀ ε``, ``ε ~ N(0, I)``, whose covariance is ``A⁻¹``;
 * the selected inverse: entries of ``Σ = A⁻¹`` on a requested pattern, by Takahashi's
-  recursion over ``L`` (:func:`sparsegauss._kernels.takahashi_inverse`).
+  recursion over the supernodes of ``L``
+  (:func:`sparsegauss._kernels.takahashi_supernodal`).
 
 scikit-sparse 0.4.x's simplicial LDLᵀ factorization "succeeds" on an indefinite matrix
 (``logdet()`` is then nan), so every factorization's pivots are checked here.
@@ -38,8 +39,8 @@ def _one_blas_thread():
     """A context that limits every loaded BLAS to one thread, around the supernodal
     Takahashi kernel.
 
-    Its dense blocks (``np.linalg.inv`` and ``@`` inside Numba, on SciPy's OpenBLAS) are
-    mostly small, and OpenBLAS's threads spin while they wait: with another CPU-bound
+    Its dense blocks (``dtrsm``, ``dpotri``, ``dsymm``, ``dgemm`` of SciPy's OpenBLAS,
+    called from Numba) are mostly small, and OpenBLAS's threads spin while they wait: with another CPU-bound
     process on one of two cores, the kernel took 2.9× (256²) and 2.0× (512²) its idle
     time with the default two BLAS threads, and 1.01× and 1.10× with one (see the
     README's performance notes). On an idle machine one thread costs up to 25 % at 512²
@@ -152,21 +153,15 @@ class SparseCholesky:
         return positions
 
 
-    # Below this many columns per supernode on average (a simplicial factor of a small
-    # grid has ~1.3) the dense-block overhead outweighs BLAS; measured on 28x28 and 64x64.
-    _MIN_SUPERNODE_WIDTH = 4.0
-
     def _selected_inverse_on_factor(self, lower):
-        """Takahashi's recursion on the factor's full pattern, picking the faster kernel."""
+        """Takahashi's recursion on the factor's full pattern (its supernodes found once
+        per analysis: the structure is fixed)."""
         if self._supernodes is None or self._supernodes[0] != lower.nnz:
             starts = _kernels.supernode_starts(lower.indptr, lower.indices)
             self._supernodes = (lower.nnz, starts)
-        starts = self._supernodes[1]
-        if self.n >= self._MIN_SUPERNODE_WIDTH * (starts.size - 1):
-            with _one_blas_thread():
-                return _kernels.takahashi_supernodal(lower.indptr, lower.indices,
-                                                     lower.data, starts)
-        return _kernels.takahashi_inverse(lower.indptr, lower.indices, lower.data)
+        with _one_blas_thread():
+            return _kernels.takahashi_supernodal(lower.indptr, lower.indices, lower.data,
+                                                 self._supernodes[1])
 
 
 class CholeskyFactor:

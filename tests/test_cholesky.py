@@ -117,26 +117,46 @@ def test_non_square_pattern_is_rejected():
         SparseCholesky(sp.csc_matrix(np.ones((2, 3))))
 
 
-@pytest.mark.parametrize("shape, stencil", [((7, 9), 4), ((12, 10), 8), ((30, 30), 4)])
-def test_supernodal_and_scalar_takahashi_agree_with_dense(shape, stencil, rng):
-    """Both kernels on a supernodal factor (relaxed supernodes with explicit zeros)."""
+@pytest.mark.parametrize("mode", ["simplicial", "supernodal"])
+@pytest.mark.parametrize("shape, stencil", [((1, 1), 4), ((1, 9), 4), ((9, 1), 8), ((7, 9), 4),
+                                            ((12, 10), 8), ((30, 30), 4), ((24, 26), 8)])
+def test_takahashi_kernel_matches_the_dense_inverse_on_the_whole_factor(shape, stencil, mode,
+                                                                       rng):
+    """Every entry of the selected inverse on L's filled pattern, against a dense inverse.
+
+    The shapes give supernodes done in loops (chains, small grids) and by BLAS (30×30 and
+    24×26 have blocks of hundreds of entries); CHOLMOD's supernodal factors carry
+    relaxed supernodes with explicit zeros, its simplicial ones none.
+    """
     from sparsegauss import _kernels
     grid = GridParameterization(shape, stencil)
-    theta = random_spd_theta(grid, rng) if grid.n_pixels <= 200 else None
-    if theta is None:
-        fields = np.zeros((grid.n_terms, grid.n_pixels))
-        fields[0] = 4.0 + rng.uniform(0, 1, grid.n_pixels)
-        fields[1:] = rng.uniform(-0.9, 0.9, (grid.n_terms - 1, grid.n_pixels))
-        theta = grid.project(fields * grid.valid)
-    factor = SparseCholesky(grid.pattern, mode="supernodal").factorize(grid.precision(theta))
+    fields = np.zeros((grid.n_terms, grid.n_pixels))
+    fields[0] = 4.0 + rng.uniform(0, 1, grid.n_pixels)
+    fields[1:] = rng.uniform(-0.9, 0.9, (grid.n_terms - 1, grid.n_pixels)) * 4 / stencil
+    theta = grid.project(fields * grid.valid)
+    factor = SparseCholesky(grid.pattern, mode=mode).factorize(grid.precision(theta))
     lower = factor.lower()
     starts = _kernels.supernode_starts(lower.indptr, lower.indices)
-    assert starts[0] == 0 and starts[-1] == grid.n_pixels and starts.size - 1 < grid.n_pixels
-    scalar = _kernels.takahashi_inverse(lower.indptr, lower.indices, lower.data)
-    blocked = _kernels.takahashi_supernodal(lower.indptr, lower.indices, lower.data, starts)
-    np.testing.assert_allclose(blocked, scalar, rtol=1e-10, atol=1e-14)
-    # And against the dense inverse on the whole filled pattern of L.
+    assert starts[0] == 0 and starts[-1] == grid.n_pixels
+    sizes = np.diff(starts) * np.diff(lower.indptr)[starts[:-1]]
+    if grid.n_pixels >= 600:
+        # Both paths of the kernel run: blocks in loops and blocks by BLAS.
+        assert sizes.min() <= _kernels._SMALL_BLOCK < sizes.max()
+    inverse = _kernels.takahashi_supernodal(lower.indptr, lower.indices, lower.data, starts)
     perm = factor._analysis.permutation
     dense_inv = np.linalg.inv(grid.precision(theta).toarray())[np.ix_(perm, perm)]
     coo = lower.tocoo()
-    np.testing.assert_allclose(blocked, dense_inv[coo.row, coo.col], rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(inverse, dense_inv[coo.row, coo.col], rtol=1e-9, atol=1e-13)
+
+
+def test_takahashi_kernel_refuses_a_pattern_that_is_not_closed_under_elimination():
+    """A factor pattern missing a fill entry cannot be inverted by the recursion; the
+    kernel says so instead of reading past a column."""
+    from sparsegauss import _kernels
+    # Column 0 couples rows 1 and 2, but column 1 lacks row 2 (the fill entry).
+    lower = sp.csc_matrix(np.array([[2.0, 0, 0], [0.5, 2.0, 0], [0.5, 0, 2.0]]))
+    lower.sort_indices()
+    starts = np.array([0, 1, 2, 3], dtype=np.int64)
+    with pytest.raises(ValueError, match="not closed under elimination"):
+        _kernels.takahashi_supernodal(lower.indptr.astype(np.int64),
+                                      lower.indices.astype(np.int64), lower.data, starts)
