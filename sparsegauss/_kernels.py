@@ -341,7 +341,7 @@ def _supernode_in_loops(block, ld, s, r, z_rr, z_rj):
 
 
 @njit(cache=True)
-def takahashi_supernodal(indptr, indices, ldata, starts):
+def takahashi_supernodal(indptr, indices, ldata, starts, z):
     """Selected inverse: entries of ``Z = (L Lᵀ)⁻¹`` on the pattern of ``L``, by
     Takahashi's recursion over supernodes.
 
@@ -374,15 +374,13 @@ def takahashi_supernodal(indptr, indices, ldata, starts):
         elimination (any factor CHOLMOD returns).
     starts : ndarray of int64
         First column of each supernode, plus ``n`` (:func:`supernode_starts`).
-
-    Returns
-    -------
-    ndarray, like ``ldata``
-        ``Z`` in the same CSC layout as ``L``.
+    z : ndarray, like ``ldata``
+        Output: ``Z`` in the same CSC layout as ``L`` (every entry is written). The
+        caller keeps one buffer per factor pattern: on a 1024×1024 grid a fresh one
+        costs 0.2–0.4 s of page faults per call.
     """
     n = indptr.size - 1
     n_super = starts.size - 1
-    z = np.zeros_like(ldata)
     max_block = 1
     max_below = 1
     owner = np.empty(n, dtype=np.int64)
@@ -469,7 +467,6 @@ def takahashi_supernodal(indptr, indices, ldata, starts):
             q += s - c
             for a in range(r):
                 z[q + a] = z_rj[c * r + a]
-    return z
 
 
 @njit(cache=True)

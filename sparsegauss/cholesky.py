@@ -154,14 +154,19 @@ class SparseCholesky:
 
 
     def _selected_inverse_on_factor(self, lower):
-        """Takahashi's recursion on the factor's full pattern (its supernodes found once
-        per analysis: the structure is fixed)."""
+        """Takahashi's recursion on the factor's full pattern, into a buffer kept for
+        this pattern (its supernodes, too, are found once: the structure is fixed).
+
+        The returned array is overwritten by the next call; callers read from it at
+        once."""
         if self._supernodes is None or self._supernodes[0] != lower.nnz:
             starts = _kernels.supernode_starts(lower.indptr, lower.indices)
-            self._supernodes = (lower.nnz, starts)
+            self._supernodes = (lower.nnz, starts, np.empty(lower.nnz))
+        _, starts, inverse = self._supernodes
         with _one_blas_thread():
-            return _kernels.takahashi_supernodal(lower.indptr, lower.indices, lower.data,
-                                                 self._supernodes[1])
+            _kernels.takahashi_supernodal(lower.indptr, lower.indices, lower.data, starts,
+                                          inverse)
+        return inverse
 
 
 class CholeskyFactor:

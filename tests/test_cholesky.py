@@ -142,7 +142,9 @@ def test_takahashi_kernel_matches_the_dense_inverse_on_the_whole_factor(shape, s
     if grid.n_pixels >= 600:
         # Both paths of the kernel run: blocks in loops and blocks by BLAS.
         assert sizes.min() <= _kernels._SMALL_BLOCK < sizes.max()
-    inverse = _kernels.takahashi_supernodal(lower.indptr, lower.indices, lower.data, starts)
+    # Into a buffer of NaNs: every entry must be written.
+    inverse = np.full(lower.nnz, np.nan)
+    _kernels.takahashi_supernodal(lower.indptr, lower.indices, lower.data, starts, inverse)
     perm = factor._analysis.permutation
     dense_inv = np.linalg.inv(grid.precision(theta).toarray())[np.ix_(perm, perm)]
     coo = lower.tocoo()
@@ -159,4 +161,5 @@ def test_takahashi_kernel_refuses_a_pattern_that_is_not_closed_under_elimination
     starts = np.array([0, 1, 2, 3], dtype=np.int64)
     with pytest.raises(ValueError, match="not closed under elimination"):
         _kernels.takahashi_supernodal(lower.indptr.astype(np.int64),
-                                      lower.indices.astype(np.int64), lower.data, starts)
+                                      lower.indices.astype(np.int64), lower.data, starts,
+                                      np.empty(lower.nnz))
