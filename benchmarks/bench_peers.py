@@ -29,11 +29,14 @@ limit.
 """
 
 import math
+import os
 import warnings
 
 import numpy as np
+import scipy.sparse as sp
 
 from sparsegauss import GridGaussian
+from sparsegauss.cholesky import SparseCholesky
 from sparsegauss.datasets import make_grid_gaussian
 from sparsegauss.estimators.mle import fit_mle
 from sparsegauss.grid import GridParameterization
@@ -194,6 +197,97 @@ class Peers:
         return _dense_kl(self.truth.precision_.toarray(), self.precision)
 
 
+SELINV_ENGINES = ["sparsegauss", "sparsegauss-refactor", "selinv-diag", "selinv-full"]
+
+
+def random_grid_precision(side, seed=0):
+    """A random diagonally dominant 4-neighbour grid precision (side² pixels), as in
+    ``bench_core.SelectedInversion``: the parameters and the sparse matrix."""
+    rng = np.random.default_rng(seed)
+    grid = GridParameterization((side, side), 4)
+    fields = np.zeros((grid.n_terms, grid.n_pixels))
+    fields[0] = 4.0 + rng.uniform(0, 1, grid.n_pixels)
+    fields[1:] = -rng.uniform(0, 0.9, (grid.n_terms - 1, grid.n_pixels))
+    theta = grid.project(fields * grid.valid)
+    return grid, theta, sp.csc_matrix(grid.precision(theta))
+
+
+class SelectedInversionPeers:
+    """Selected inversion (entries of Σ = Λ⁻¹) against the specialized peers (issue 13).
+
+    Matrix: a random 4-neighbour grid precision, side² pixels. Every engine starts from
+    the matrix and ends with Σ's entries; none is given anything another computed.
+
+    * ``sparsegauss``: CHOLMOD's analysis (ordering, symbolic factor) + numeric
+      factorization + Takahashi's recursion on the factor's whole pattern
+      (:class:`sparsegauss.cholesky.SparseCholesky`) — what SelInv does in one call.
+    * ``sparsegauss-refactor``: the same without the analysis, kept from before — what
+      every iteration of a fit pays.
+    * ``selinv-diag`` / ``selinv-full``: SelInv (Lin et al. 2011, ``pip install selinv``,
+      which needs ``gfortran``, ``cmake`` and ``liblapack-dev`` to build): its own
+      symbolic and LDLᵀ factorization and selected inverse, given CHOLMOD's fill-reducing
+      permutation so that both factor the same reordered matrix; the diagonal of Σ only,
+      or Σ on the whole factor pattern. Skipped when not installed.
+
+    MUMPS (entries of A⁻¹ by ICNTL(30)), which the issue measured 20–118× slower than
+    sparsegauss, is not here: ``python-mumps`` 0.0.4 does not build from its sdist
+    (its ``_version.py`` fails outside a git checkout) and 0.0.2 built against Debian's
+    ``libmumps-seq-dev`` fails to import under NumPy 2.
+
+    CHOLMOD and SelInv call the system BLAS (``sparsegauss info`` names it); the
+    Takahashi kernel runs on one BLAS thread. ``track_diagonal_error`` is the largest
+    relative difference of the engine's diag(Σ) from a dense-free check, the solve
+    ``Λ x = e_p`` for 50 random pixels ``p``.
+    """
+
+    params = [[256, 512, 1024], SELINV_ENGINES]
+    param_names = ["side", "engine"]
+    quick_params = [[64], SELINV_ENGINES]
+    budget_seconds = 60.0
+
+    def setup(self, side, engine):
+        if side >= 1024 and not os.environ.get("SPARSEGAUSS_BENCH_SLOW"):
+            raise NotImplementedError("a minute of set-up; set SPARSEGAUSS_BENCH_SLOW=1 to run it")
+        if engine.startswith("selinv"):
+            try:
+                import selinv  # noqa: F401
+            except ImportError:
+                raise NotImplementedError("SelInv is not installed (apt-get install gfortran "
+                                          "cmake liblapack-dev; pip install selinv)")
+        self.grid, self.theta, self.matrix = random_grid_precision(side)
+        self.analysis = SparseCholesky(self.matrix)
+        self.permutation = self.analysis.permutation.astype(np.int32)
+        self.lower_triangle = sp.tril(self.matrix, format="csc")
+        pixels = np.random.default_rng(1).choice(self.grid.n_pixels, 50, replace=False)
+        factor = self.analysis.factorize(self.matrix)
+        unit = np.zeros((self.grid.n_pixels, pixels.size))
+        unit[pixels, np.arange(pixels.size)] = 1.0
+        self.check = (pixels, factor.solve(unit)[pixels, np.arange(pixels.size)])
+        self.diagonal = None
+        self.time_selected_inverse(side, engine)           # warm-up (JIT, BLAS threads)
+
+    def time_selected_inverse(self, side, engine):
+        n = self.grid.n_pixels
+        if engine.startswith("sparsegauss"):
+            analysis = SparseCholesky(self.matrix) if engine == "sparsegauss" else self.analysis
+            factor = analysis.factorize(self.matrix)
+            diagonal = np.arange(n, dtype=np.int64)
+            self.diagonal = factor.selected_inverse(diagonal, diagonal)
+        elif engine == "selinv-diag":
+            from selinv import selinv
+
+            self.diagonal = selinv(self.lower_triangle, self.permutation)
+        else:
+            from selinv import fullselinv, selinvfull
+
+            self.diagonal = fullselinv(*selinvfull(self.lower_triangle,
+                                                   self.permutation)).diag()
+
+    def track_diagonal_error(self, side, engine):
+        pixels, exact = self.check
+        return float(np.max(np.abs(self.diagonal[pixels] - exact) / exact))
+
+
 def summarize(results):
     """Time, memory and accuracy of each engine, with ratios to sparsegauss's MLE."""
     values = {}
@@ -204,8 +298,37 @@ def summarize(results):
             entry[r["benchmark"].split(".", 1)[1]] = r["median"]
             if "resident_before" in r:
                 entry["own_memory"] = r["median"] - r["resident_before"]
+    lines = []
+    if values:
+        lines += _fit_table(values)
+    selected = _selected_inversion_table(results)
+    if selected:
+        lines += ([""] if lines else []) + selected
+    return "\n".join(lines)
+
+
+def _selected_inversion_table(results):
+    values = {}
+    for r in results:
+        if r["benchmark"].startswith("SelectedInversionPeers."):
+            side, engine = (part.split("=", 1)[1] for part in r["params"].split(", "))
+            values.setdefault(int(side), {}).setdefault(engine, {})[
+                r["benchmark"].split(".", 1)[1]] = r["median"]
     if not values:
-        return ""
+        return []
+    lines = ["| grid | engine | time (s) | × sparsegauss (analysis included) "
+             "| max rel. error of diag(Σ) |", "|---|---|---|---|---|"]
+    for side, engines in sorted(values.items()):
+        reference = engines.get("sparsegauss", {}).get("time_selected_inverse")
+        for engine, v in engines.items():
+            t = v.get("time_selected_inverse", math.nan)
+            ratio = f"{t / reference:.2f}×" if reference else "—"
+            lines.append(f"| {side}×{side} | {engine} | {t:.3f} | {ratio} "
+                         f"| {v.get('track_diagonal_error', math.nan):.1e} |")
+    return lines
+
+
+def _fit_table(values):
     lines = ["| grid | engine | fit time (s) | × sparsegauss (same estimator) "
              "| fit's own memory (MiB) | held-out LL (nats/sample) | KL(truth‖est) |",
              "|---|---|---|---|---|---|---|"]
@@ -220,4 +343,4 @@ def summarize(results):
                          f"| {v.get('own_memory', math.nan) / 2**20:.0f} "
                          f"| {v.get('track_heldout_loglik', math.nan):.3f} "
                          f"| {v.get('track_kl_truth', math.nan):.4g} |")
-    return "\n".join(lines)
+    return lines

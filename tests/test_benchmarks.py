@@ -67,6 +67,21 @@ def test_quick_peers_agree_and_torch_is_skipped_or_run(quick_run):
         assert "side=8, engine=torch-nce" not in kl
 
 
+def test_quick_selected_inversion_peers_match_a_solve(quick_run):
+    """Every engine's diag(Σ) against solves Λ x = e_p (the benchmark's own check), and
+    SelInv runs exactly when it is installed."""
+    out, results = quick_run
+    errors = medians(results, "SelectedInversionPeers.track_diagonal_error")
+    assert errors["side=64, engine=sparsegauss"] < 1e-12
+    assert errors["side=64, engine=sparsegauss-refactor"] < 1e-12
+    try:
+        import selinv  # noqa: F401
+        assert errors["side=64, engine=selinv-full"] < 1e-12
+    except ImportError:
+        assert "side=64, engine=selinv-diag" not in errors
+    assert "| 64×64 | sparsegauss |" in (out / "results.md").read_text()
+
+
 def test_streamed_fit_memory_does_not_grow_with_samples(tmp_path):
     """Traced (NumPy) allocations of a fit from shards: 10x the samples, the same peak, and
     far below the data's size."""
