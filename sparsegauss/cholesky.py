@@ -16,6 +16,7 @@ scikit-sparse 0.4.x's simplicial LDLᵀ factorization "succeeds" on an indefinit
 (``logdet()`` is then nan), so every factorization's pivots are checked here.
 """
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -32,30 +33,40 @@ _SAMPLE_BLOCK = 64
 _SAMPLE_BLOCK_VALUES = 1 << 22
 
 
-_BLAS_CONTROLLER = None
+_BLAS_LIBRARIES = None
 
 
+@contextlib.contextmanager
 def _one_blas_thread():
-    """A context that limits every loaded BLAS to one thread, around the supernodal
+    """A context that runs every loaded BLAS on one thread, around the supernodal
     Takahashi kernel.
 
     Its dense blocks (``dtrsm``, ``dpotri``, ``dsymm``, ``dgemm`` of SciPy's OpenBLAS,
-    called from Numba) are mostly small, and OpenBLAS's threads spin while they wait: with another CPU-bound
-    process on one of two cores, the kernel took 2.9× (256²) and 2.0× (512²) its idle
-    time with the default two BLAS threads, and 1.01× and 1.10× with one (see the
-    README's performance notes). On an idle machine one thread costs up to 25 % at 512²
-    (0.92 s against 0.72 s); whole 256² MLE fits were not slower (8.5–8.8 s against
-    9.0–10.3 s).
+    called from Numba) are mostly small, and OpenBLAS's threads spin while they wait:
+    with another CPU-bound process on one of two cores, the earlier kernel took 2.9×
+    (256²) and 2.0× (512²) its idle time with the default two BLAS threads, and 1.01×
+    and 1.10× with one; the present one 1.08× and 1.00× (see the README's performance
+    notes). The libraries are found once (threadpoolctl) and their thread counts set and
+    restored directly: ``ThreadpoolController.limit`` re-reads every library's state on
+    each call, 70 µs, a quarter of the kernel's time on a 28×28 grid.
     """
-    global _BLAS_CONTROLLER
-    if _BLAS_CONTROLLER is None:
-        # Numba's np.linalg binds SciPy's LAPACK: load it first, so the controller,
-        # which lists the libraries loaded when it is made, knows it.
-        import scipy.linalg.cython_lapack  # noqa: F401
+    global _BLAS_LIBRARIES
+    if _BLAS_LIBRARIES is None:
+        # The kernel calls SciPy's BLAS: load it first, so the controller, which lists
+        # the libraries loaded when it is made, knows it.
+        import scipy.linalg.cython_blas  # noqa: F401
         from threadpoolctl import ThreadpoolController
 
-        _BLAS_CONTROLLER = ThreadpoolController()
-    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+        _BLAS_LIBRARIES = [library for library in ThreadpoolController().lib_controllers
+                           if library.user_api == "blas"]
+    previous = [library.get_num_threads() for library in _BLAS_LIBRARIES]
+    for library in _BLAS_LIBRARIES:
+        library.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for library, count in zip(_BLAS_LIBRARIES, previous):
+            library.set_num_threads(count)
 
 
 class SparseCholesky:

@@ -163,3 +163,24 @@ def test_takahashi_kernel_refuses_a_pattern_that_is_not_closed_under_elimination
         _kernels.takahashi_supernodal(lower.indptr.astype(np.int64),
                                       lower.indices.astype(np.int64), lower.data, starts,
                                       np.empty(lower.nnz))
+
+
+def test_takahashi_runs_on_one_blas_thread_and_restores_the_counts():
+    """The kernel's BLAS calls must not spawn threads (they fight a busy core); the
+    user's thread counts are restored afterwards, also after an error."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from sparsegauss.cholesky import _one_blas_thread
+
+    def blas_threads():
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        with _one_blas_thread():
+            assert set(blas_threads()) == {1}
+        assert blas_threads() == before
+        with pytest.raises(RuntimeError):
+            with _one_blas_thread():
+                raise RuntimeError
+        assert blas_threads() == before
