@@ -30,7 +30,7 @@ __all__ = ["SparseCholesky", "CholeskyFactor"]
 
 #: Samples drawn per triangular solve, and the most values (D × block) one block holds.
 _SAMPLE_BLOCK = 64
-_SAMPLE_BLOCK_VALUES = 1 << 22
+_SAMPLE_BLOCK_VALUES = 1 << 24
 
 
 _BLAS_LIBRARIES = None
@@ -221,7 +221,9 @@ class CholeskyFactor:
         # A few dozen right-hand sides at a time: on a 28×28 grid one solve with 60,000
         # columns cost 40 µs per sample (the block leaves the cache), blocks of 64 cost
         # 10 µs, of which drawing the 784 normals is 6.6 µs. On large grids the block
-        # shrinks so that it stays near 32 MiB. The normals are drawn one sample per
+        # shrinks so that it stays near 128 MiB: a solve reads the whole factor whatever
+        # the number of right-hand sides, so one sample per solve wastes it (1024×1024:
+        # 82 ms per sample with 4 per block, 64 ms with 16). The normals are drawn one sample per
         # row, so that the (D, block) right-hand side CHOLMOD solves is their transpose,
         # already in Fortran order: scikit-sparse copies a C-ordered one first, which
         # was a third of the solve's time.
