@@ -120,6 +120,9 @@ def run_class(cls, quick, repeat, pattern, log):
             value = float(getattr(bench, method)(*combo))
             yield dict(benchmark=f"{cls.__name__}.{method}", params=label, unit="",
                        median=value, samples=[value])
+            # Logged as it comes: the results files are written only at the end of a
+            # run that may take an hour.
+            log(f"    {method}: {value:.6g}")
         if hasattr(bench, "teardown"):
             bench.teardown(*combo)
 
