@@ -84,3 +84,35 @@ def test_out_of_core_errors(data, tmp_path):
     np.save(tmp_path / "d.npy", np.zeros((3, 42), dtype=np.complex64))
     with pytest.raises(TypeError, match="real numbers. Got dtype complex64"):
         GridGaussian(SHAPE).fit(tmp_path)
+
+
+@pytest.mark.parametrize("layout", ["float32", "big-endian", "uint8", "fortran"])
+def test_shards_read_in_several_chunks_give_every_row_once(tmp_path, monkeypatch, layout):
+    """Shards are read by plain sequential reads into one reused buffer (Fortran-ordered
+    ones through the memory map): every row reaches the statistic once, in any dtype."""
+    import sparsegauss.sources as sources
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((23, 12))
+    if layout == "uint8":
+        X = rng.integers(0, 256, (23, 12)).astype(np.uint8)
+    stored = {"float32": X.astype(np.float32), "big-endian": X.astype(">f8"),
+              "uint8": X, "fortran": np.asfortranarray(X)}[layout]
+    np.save(tmp_path / "a.npy", stored[:10])
+    np.save(tmp_path / "b.npy", stored[10:])
+    monkeypatch.setattr(sources, "_CHUNK_VALUES", 3 * 12)     # 3 rows per chunk
+    source = as_source(str(tmp_path), (3, 4))
+    seen = source.sum_over_chunks(
+        lambda chunk: np.array([len(chunk), *chunk.sum(axis=0, dtype=np.float64)]))
+    assert seen[0] == 23
+    np.testing.assert_allclose(seen[1:], np.asarray(stored, dtype=np.float64).sum(axis=0),
+                               rtol=1e-12)
+
+
+def test_truncated_shard_is_named(tmp_path):
+    np.save(tmp_path / "a.npy", np.ones((5, 12)))
+    data = (tmp_path / "a.npy").read_bytes()
+    # Header intact, the last row cut off: the memory map refuses it, or the read does.
+    (tmp_path / "a.npy").write_bytes(data[:-8 * 12])
+    with pytest.raises(ValueError, match="a.npy"):
+        as_source(str(tmp_path), (3, 4)).sum_over_chunks(lambda chunk: chunk.sum())
