@@ -1,0 +1,63 @@
+"""The library's own normal variates (`sparsegauss._random`, ziggurat on SplitMix64
+streams) against the normal distribution, and their reproducibility."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from sparsegauss import _kernels
+from sparsegauss._random import standard_normal
+
+
+@pytest.fixture(scope="module")
+def draws():
+    return standard_normal(np.random.default_rng(20261130), (2000, 2500))
+
+
+def test_ziggurat_tables_tile_the_density():
+    """Every layer has the same area v, and the top layer ends at x = 0."""
+    x, ratio, f = _kernels.ZIGGURAT
+    r, v = x[1], _kernels._ZIGGURAT_V
+    tail = stats.norm.sf(r) * np.sqrt(2 * np.pi)        # ∫_r^∞ exp(−t²/2) dt
+    assert r * f[1] + tail == pytest.approx(v, rel=1e-9)
+    areas = x[1:256] * (f[2:257] - f[1:256])            # layers 1 … 255
+    np.testing.assert_allclose(areas, v, rtol=1e-8)
+    assert x[256] == 0.0 and np.all(np.diff(x[1:]) < 0)
+
+
+def test_variates_follow_the_normal_distribution(draws):
+    """Five million variates: histogram (χ² over 200 bins to ±5), the two tails the
+    ziggurat treats apart (beyond its base strip r ≈ 3.65, and beyond 4.5), the first
+    four moments and the correlation of neighbours, within their sampling error."""
+    z = draws.ravel()
+    n = z.size
+    edges = np.linspace(-5.0, 5.0, 201)
+    counts, _ = np.histogram(z, edges)
+    expected = n * np.diff(stats.norm.cdf(edges))
+    chi2 = np.sum((counts - expected) ** 2 / expected)
+    assert stats.chi2.sf(chi2, len(counts) - 1) > 1e-3
+    for threshold in (_kernels.ZIGGURAT[0][1], 4.5):
+        p = 2 * stats.norm.sf(threshold)
+        observed = np.count_nonzero(np.abs(z) > threshold)
+        assert abs(observed - n * p) < 4.5 * np.sqrt(n * p)
+    assert abs(z.mean()) < 4.5 / np.sqrt(n)
+    assert abs(z.var() - 1.0) < 4.5 * np.sqrt(2.0 / n)
+    assert abs(stats.skew(z)) < 4.5 * np.sqrt(6.0 / n)
+    assert abs(stats.kurtosis(z)) < 4.5 * np.sqrt(24.0 / n)
+    assert abs(np.corrcoef(z[:-1], z[1:])[0, 1]) < 4.5 / np.sqrt(n)
+    # Rows are separate streams: row r against row r + 1.
+    rows = draws[:-1].ravel(), draws[1:].ravel()
+    assert abs(np.corrcoef(*rows)[0, 1]) < 4.5 / np.sqrt(rows[0].size)
+
+
+def test_the_generator_state_alone_decides_the_numbers():
+    """Same Generator state, same numbers (filled in place or not); the draw advances
+    the Generator, so the next call differs."""
+    a = standard_normal(np.random.default_rng(3), (4, 5))
+    out = np.empty((4, 5))
+    rng = np.random.default_rng(3)
+    b = standard_normal(rng, (4, 5), out=out)
+    assert b is out
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(b, standard_normal(rng, (4, 5)))
+    assert standard_normal(np.random.default_rng(3), 7).shape == (7,)
