@@ -693,10 +693,11 @@ def standard_normal_rows(seed, out, x, ratio, f):
 
 # -- Metropolis-adjusted Langevin steps --------------------------------------------------
 @njit(cache=True)
-def mala_propose(seed, x, psi, eps, xi, proposal, zx, zratio, zf):
-    """``proposal = x + ε ψ + √(2ε) ξ`` with fresh normals ``ξ`` (kept in ``xi`` for
-    :func:`mala_reverse`); returns the forward proposal's log-density up to a constant,
-    ``−‖ξ‖²/2`` per row."""
+def mala_propose(seed, x, psi, eps, proposal, zx, zratio, zf):
+    """``proposal = x + ε ψ + √(2ε) ξ`` with fresh normals ``ξ`` drawn in the same pass;
+    returns the forward proposal's log-density up to a constant, ``−‖ξ‖²/2`` per row.
+    (ξ is not stored: :func:`mala_reverse` needs only ``p − x``, and on 256 × 784 chains
+    the extra 1.6 MB written per step was a fifth of the step's memory traffic.)"""
     n, d = x.shape
     scale = np.sqrt(2.0 * eps)
     forward = np.empty(n)
@@ -705,7 +706,6 @@ def mala_propose(seed, x, psi, eps, xi, proposal, zx, zratio, zf):
         total = 0.0
         for j in range(d):
             state, z = _standard_normal(state, zx, zratio, zf)
-            xi[row, j] = z
             total += z * z
             proposal[row, j] = x[row, j] + eps * psi[row, j] + scale * z
         forward[row] = -0.5 * total
@@ -713,16 +713,15 @@ def mala_propose(seed, x, psi, eps, xi, proposal, zx, zratio, zf):
 
 
 @njit(cache=True)
-def mala_reverse(xi, psi_x, psi_p, eps):
-    """The reverse proposal's log-density up to the same constant:
-    ``−‖x − p − εψ(p)‖² / 4ε`` with ``x − p − εψ(p) = −(√(2ε) ξ + ε(ψ(x) + ψ(p)))``."""
-    n, d = xi.shape
-    scale = np.sqrt(2.0 * eps)
+def mala_reverse(x, proposal, psi_p, eps):
+    """The reverse proposal's log-density up to the same constant,
+    ``−‖x − p − εψ(p)‖² / 4ε`` per row."""
+    n, d = x.shape
     out = np.empty(n)
     for row in range(n):
         total = 0.0
         for j in range(d):
-            r = scale * xi[row, j] + eps * (psi_x[row, j] + psi_p[row, j])
+            r = proposal[row, j] - x[row, j] + eps * psi_p[row, j]
             total += r * r
         out[row] = -total / (4.0 * eps)
     return out

@@ -258,6 +258,14 @@ def test_adaptive_noise_needs_only_an_exact_sampler_and_log_z():
                     rng=rng, steps=5)
 
 
+def standard_normal_rows_of(seed, shape):
+    from sparsegauss import _kernels
+
+    out = np.empty(shape)
+    _kernels.standard_normal_rows(seed, out, *_kernels.ZIGGURAT)
+    return out
+
+
 def test_mala_kernels_match_their_formulas():
     """The fused MALA kernels against NumPy: the proposal from its returned normals, the
     forward and reverse proposal log-densities, the row copy, and the DEM's fused
@@ -267,12 +275,15 @@ def test_mala_kernels_match_their_formulas():
     rng = np.random.default_rng(5)
     x, psi_x, psi_p = (rng.standard_normal((7, 9)) for _ in range(3))
     eps = 0.3
-    xi, proposal = np.empty_like(x), np.empty_like(x)
-    forward = _kernels.mala_propose(11, x, psi_x, eps, xi, proposal, *_kernels.ZIGGURAT)
-    np.testing.assert_allclose(proposal, x + eps * psi_x + np.sqrt(2 * eps) * xi)
+    proposal = np.empty_like(x)
+    forward = _kernels.mala_propose(11, x, psi_x, eps, proposal, *_kernels.ZIGGURAT)
+    xi = (proposal - x - eps * psi_x) / np.sqrt(2 * eps)
     np.testing.assert_allclose(forward, -0.5 * np.sum(xi ** 2, axis=1))
+    # The normals are the library's: the same seed gives the same rows.
+    np.testing.assert_allclose(xi, standard_normal_rows_of(11, x.shape), atol=1e-12)
+    assert abs(xi.mean()) < 0.5 and 0.5 < xi.std() < 1.5
     reverse = x - proposal - eps * psi_p
-    np.testing.assert_allclose(_kernels.mala_reverse(xi, psi_x, psi_p, eps),
+    np.testing.assert_allclose(_kernels.mala_reverse(x, proposal, psi_p, eps),
                                -np.sum(reverse ** 2, axis=1) / (4 * eps))
     mask = np.array([True, False, True, True, False, False, True])
     a, b = x.copy(), psi_x.copy()

@@ -222,20 +222,20 @@ class DeepEnergy(EnergyModel):
 
         ``step_size`` defaults to ``0.1 σ²`` (the Gaussian term's scale sets how far a
         step may go; measured acceptance on whitened patches was ~0.6–0.8). The chains'
-        work arrays (normals, proposals, scores) are kept between calls of the same shape:
+        work arrays (proposals, scores) are kept between calls of the same shape:
         CD calls this once per step, and fresh 1.6 MB arrays cost a page fault per 4 KiB.
         """
         rng = np.random.default_rng(random_state)
         eps = 0.1 * self.sigma ** 2 if step_size is None else float(step_size)
         x = np.array(start, dtype=np.float64, order="C")
-        xi, proposal, psi_x, psi_p = self._scratch(x.shape, 4)
+        proposal, psi_x, psi_p = self._scratch(x.shape, 3)
         f_x, _ = self.log_density_and_score(theta, x, out=psi_x)
 
         def target(Z):
             return self.log_density_and_score(theta, Z, out=psi_p)
 
         for _ in range(int(n_steps)):
-            mala_step(x, f_x, psi_x, target, eps, rng, buffers=(xi, proposal))
+            mala_step(x, f_x, psi_x, target, eps, rng, proposal=proposal)
         return x
 
     def _scratch(self, shape, count):
@@ -252,13 +252,13 @@ class DeepEnergy(EnergyModel):
         return state
 
 
-def mala_step(x, f_x, psi_x, target, eps, rng, carried=(), buffers=None):
+def mala_step(x, f_x, psi_x, target, eps, rng, carried=(), proposal=None):
     """One Metropolis-adjusted Langevin step for every row, in place.
 
     Proposal ``p = x + ε ψ(x) + √(2ε) ξ``; accepted with probability
     ``min(1, e^{f(p) − f(x)} q(x | p) / q(p | x))``, where
-    ``log q(p | x) = −‖p − x − εψ(x)‖²/4ε = −‖ξ‖²/2`` (no pass over p − x) and
-    ``x − p − εψ(p) = −(√(2ε) ξ + ε (ψ(x) + ψ(p)))``. The normals come from
+    ``log q(p | x) = −‖p − x − εψ(x)‖²/4ε = −‖ξ‖²/2`` (summed as ξ is drawn) and
+    ``log q(x | p) = −‖x − p − εψ(p)‖²/4ε``. The normals come from
     :func:`sparsegauss._kernels.mala_propose` (ziggurat, per-row streams seeded from
     ``rng``), drawn in the same pass that forms the proposal.
 
@@ -274,18 +274,18 @@ def mala_step(x, f_x, psi_x, target, eps, rng, carried=(), buffers=None):
     carried : tuple of ndarray
         Per-row arrays updated like ``f_x`` from ``target``'s extra outputs (what a
         caller needs of the accepted states without evaluating them again).
-    buffers : (ndarray, ndarray), optional
-        Work arrays of ``x``'s shape for the normals and the proposals.
+    proposal : ndarray, optional
+        Work array of ``x``'s shape for the proposals.
 
     Returns
     -------
     accept : ndarray of bool
     """
-    xi, proposal = buffers if buffers is not None else (np.empty_like(x), np.empty_like(x))
-    forward = _kernels.mala_propose(draw_seed(rng), x, psi_x, eps, xi, proposal,
+    proposal = np.empty_like(x) if proposal is None else proposal
+    forward = _kernels.mala_propose(draw_seed(rng), x, psi_x, eps, proposal,
                                     *_kernels.ZIGGURAT)
     f_p, psi_p, *extra = target(proposal)
-    backward = _kernels.mala_reverse(xi, psi_x, psi_p, eps)
+    backward = _kernels.mala_reverse(x, proposal, psi_p, eps)
     accept = np.log(rng.random(len(x))) < f_p - f_x + backward - forward
     _kernels.copy_rows_where(accept, x, proposal, psi_x, psi_p)
     f_x[accept] = f_p[accept]
