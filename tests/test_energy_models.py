@@ -322,3 +322,21 @@ def test_mala_samples_a_non_gaussian_model():
     import pickle
     assert hasattr(model, "_scratch_arrays")
     assert not hasattr(pickle.loads(pickle.dumps(model)), "_scratch_arrays")
+
+
+def test_mcmc_vjp_returns_the_terms_of_both_ends():
+    """The DEM's chains carry their forward passes: the values and gradient functions
+    ``mcmc_vjp`` returns for the start and for the chains equal fresh evaluations there,
+    and the chains are those ``mcmc`` draws from the same random state."""
+    rng = np.random.default_rng(4)
+    model, theta = _deep_case(rng)
+    start = rng.standard_normal((50, 6))
+    chains, (f_start, vjp_start), (f_chains, vjp_chains) = model.mcmc_vjp(
+        theta, start, 7, random_state=9)
+    np.testing.assert_array_equal(chains, model.mcmc(theta, start, 7, random_state=9))
+    assert not np.allclose(chains, start)
+    weights = rng.standard_normal(50)
+    for X, f, vjp in ((start, f_start, vjp_start), (chains, f_chains, vjp_chains)):
+        f_fresh, vjp_fresh = model.log_density_vjp(theta, X)
+        np.testing.assert_allclose(f, f_fresh, rtol=1e-12)
+        np.testing.assert_allclose(vjp(weights), vjp_fresh(weights), rtol=1e-10, atol=1e-12)

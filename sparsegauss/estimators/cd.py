@@ -44,7 +44,7 @@ class CDOptions:
     persistent: bool = False
 
 
-def cd_gradient(model, theta, data, negatives):
+def cd_gradient(model, theta, data, negatives, data_terms=None, negative_terms=None):
     """The loss CD reports and its gradient estimate.
 
     The loss is the exact negative mean log-likelihood ``log Z(θ) − mean f_θ(data)``
@@ -52,19 +52,22 @@ def cd_gradient(model, theta, data, negatives):
     ``NotPositiveDefiniteError`` outside the cone, which the optimizer backs off from),
     and otherwise the free-energy gap ``mean f_θ(negatives) − mean f_θ(data)``.
 
+    ``data_terms`` and ``negative_terms``, when given, are ``log_density_vjp``'s pairs
+    for the two sets (from :meth:`~sparsegauss.models.EnergyModel.mcmc_vjp`).
+
     Returns
     -------
     loss : float
     grad : ndarray, shape (n_params,)
     """
-    f_data, vjp_data = model.log_density_vjp(theta, data)
+    f_data, vjp_data = data_terms or model.log_density_vjp(theta, data)
     mean_data = float(np.mean(f_data))
     to_negatives = np.full(len(negatives), 1.0 / len(negatives))
     if model.has_log_partition:
         loss = model.log_partition_value(theta) - mean_data
         grad_negatives = model.log_density_grad(theta, negatives, to_negatives)
     else:
-        f_negatives, vjp_negatives = model.log_density_vjp(theta, negatives)
+        f_negatives, vjp_negatives = negative_terms or model.log_density_vjp(theta, negatives)
         loss = float(np.mean(f_negatives)) - mean_data
         grad_negatives = vjp_negatives(to_negatives)
     return loss, vjp_data(np.full(len(data), -1.0 / len(data))) + grad_negatives
@@ -99,8 +102,14 @@ def fit_cd(model, X, *, theta0, scale, options=CDOptions(), optimizer=OptimizerO
             if start is None or len(start) != len(batch):
                 start = batch
             negatives = chains["state"] = model.mcmc(theta, start, options.cd_steps, rng)
-        else:
+        elif model.has_log_partition:
+            # Its gradient needs no values at the chains' end (log Z replaces them).
             negatives = model.mcmc(theta, batch, options.cd_steps, rng)
+        else:
+            # Chains from the data: the model's MCMC has evaluated both ends already.
+            negatives, data_terms, negative_terms = model.mcmc_vjp(
+                theta, batch, options.cd_steps, rng)
+            return cd_gradient(model, theta, batch, negatives, data_terms, negative_terms)
         return cd_gradient(model, theta, batch, negatives)
 
     result = run(objective, draw, len(X), theta0, scale, optimizer, rng, name="cd")

@@ -22,6 +22,8 @@ method                    value                                       used by
 ``log_partition``         exact ``log Z(θ)`` and ``∇_θ log Z``         NCE (exact), CD
 ``sample``                exact samples of ``p_θ``                     CD (exact sampler)
 ``mcmc``                  a Markov chain that leaves ``p_θ`` invariant CD
+``mcmc_vjp``              ``mcmc`` and ``log_density_vjp`` at both     CD
+                          ends of the chains
 ========================  ==========================================  ==================
 
 The last three are optional (``has_log_partition``, ``has_exact_sampler`` say whether a
@@ -120,6 +122,14 @@ class EnergyModel(abc.ABC):
     def mcmc(self, theta, start, n_steps, random_state=None):
         """Run a ``p_θ``-invariant Markov chain ``n_steps`` steps from each row of ``start``."""
         raise NotImplementedError(f"{type(self).__name__} has no MCMC sampler.")
+
+    def mcmc_vjp(self, theta, start, n_steps, random_state=None):
+        """:meth:`mcmc` and what CD needs at both ends: ``(chains, (f(start),
+        vjp(start)), (f(chains), vjp(chains)))``, the pairs as :meth:`log_density_vjp`
+        returns them. By default two more evaluations; a model whose chains already
+        evaluated both ends (the DEM's MALA) returns those."""
+        chains = self.mcmc(theta, start, n_steps, random_state)
+        return chains, self.log_density_vjp(theta, start), self.log_density_vjp(theta, chains)
 
     def frozen(self, theta):
         """The normalized distribution ``p_θ`` as an object with ``sample(n,

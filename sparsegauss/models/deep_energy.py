@@ -107,7 +107,10 @@ class DeepEnergy(EnergyModel):
 
     def log_density_vjp(self, theta, X):
         V, W, b, c, X, g, u = self._forward(theta, X)
+        return self._values(X, b, u), self._vjp(W, X, g, u)
 
+    def _vjp(self, W, X, g, u):
+        """``w ↦ Σ_n w_n ∇_θ f_θ(x_n)`` from a forward pass ``(g, u)`` of ``X``."""
         def vjp(weights):
             weights = np.asarray(weights, dtype=np.float64)
             w = weights[:, None]
@@ -115,7 +118,7 @@ class DeepEnergy(EnergyModel):
             m = g * (1 - g) * (q @ W)            # ∂f/∂a
             return self.pack((w * m).T @ X, (w * q).T @ g, weights @ X, weights @ q)
 
-        return self._values(X, b, u), vjp
+        return vjp
 
     def log_density_grad(self, theta, X, weights):
         return self.log_density_vjp(theta, X)[1](weights)
@@ -123,11 +126,15 @@ class DeepEnergy(EnergyModel):
     def log_density_and_score(self, theta, X, out=None):
         """``f_θ(x)`` and the score ``ψ(x)`` per row; ``out`` (C-contiguous, ``X``'s shape)
         receives ψ without an allocation (MALA's buffers)."""
+        return self._evaluate(theta, X, out)[:2]
+
+    def _evaluate(self, theta, X, out=None):
+        """``f``, ``ψ`` (into ``out``) and the forward pass ``(g, u)`` of the rows of X."""
         V, W, b, c, X, g, u = self._forward(theta, X)
         m = g * (1 - g) * (expit(u) @ W)
         psi = np.matmul(m, V, out=out)
         gaussian = _kernels.gaussian_term_and_score(X, b, 1.0 / self.sigma ** 2, psi)
-        return gaussian + softplus(u).sum(axis=1), psi
+        return gaussian + softplus(u).sum(axis=1), psi, g, u
 
     def score(self, theta, X):
         V, W, b, c, X, g, u = self._forward(theta, X)
@@ -225,18 +232,35 @@ class DeepEnergy(EnergyModel):
         work arrays (proposals, scores) are kept between calls of the same shape:
         CD calls this once per step, and fresh 1.6 MB arrays cost a page fault per 4 KiB.
         """
+        return self._run_chains(theta, start, n_steps, random_state, step_size)[0]
+
+    def mcmc_vjp(self, theta, start, n_steps, random_state=None, step_size=None):
+        """:meth:`mcmc`, with the values and gradient functions at both ends from the
+        forward passes MALA already made (CD's two extra passes per step)."""
+        x, f_x, g_x, u_x, start_terms = self._run_chains(theta, start, n_steps,
+                                                          random_state, step_size)
+        W = self.unpack(theta)[1]
+        f_start, g_start, u_start, start = start_terms
+        return (x, (f_start, self._vjp(W, start, g_start, u_start)),
+                (f_x, self._vjp(W, x, g_x, u_x)))
+
+    def _run_chains(self, theta, start, n_steps, random_state, step_size):
         rng = np.random.default_rng(random_state)
         eps = 0.1 * self.sigma ** 2 if step_size is None else float(step_size)
-        x = np.array(start, dtype=np.float64, order="C")
+        start = np.asarray(start, dtype=np.float64)
+        x = np.array(start, order="C")
         proposal, psi_x, psi_p = self._scratch(x.shape, 3)
-        f_x, _ = self.log_density_and_score(theta, x, out=psi_x)
+        f_x, _, g_x, u_x = self._evaluate(theta, x, out=psi_x)
+        # The start's forward pass, before the chains overwrite theirs.
+        start_terms = (f_x.copy(), g_x.copy(), u_x.copy(), start)
 
         def target(Z):
-            return self.log_density_and_score(theta, Z, out=psi_p)
+            return self._evaluate(theta, Z, out=psi_p)
 
         for _ in range(int(n_steps)):
-            mala_step(x, f_x, psi_x, target, eps, rng, proposal=proposal)
-        return x
+            mala_step(x, f_x, psi_x, target, eps, rng, carried=(g_x, u_x),
+                      proposal=proposal)
+        return x, f_x, g_x, u_x, start_terms
 
     def _scratch(self, shape, count):
         """``count`` float64 arrays of ``shape``, the same ones on every call with that
