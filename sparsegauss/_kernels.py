@@ -680,12 +680,13 @@ def _standard_normal(state, x, ratio, f):
 
 
 @njit(cache=True)
-def standard_normal_rows(seed, out, x, ratio, f):
-    """Fill the 2-D array ``out`` with N(0, 1) variates, row ``r`` from stream ``r`` of
-    ``seed`` (``x, ratio, f``: :data:`ZIGGURAT`)."""
+def standard_normal_rows(seed, out, x, ratio, f, first_row=0):
+    """Fill the 2-D array ``out`` with N(0, 1) variates, row ``r`` from stream
+    ``first_row + r`` of ``seed`` (``x, ratio, f``: :data:`ZIGGURAT`): a large draw made
+    in blocks gives the numbers of one draw."""
     n, d = out.shape
     for row in range(n):
-        state = _row_stream(seed, row)
+        state = _row_stream(seed, first_row + row)
         for j in range(d):
             state, z = _standard_normal(state, x, ratio, f)
             out[row, j] = z

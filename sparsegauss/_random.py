@@ -20,15 +20,21 @@ def draw_seed(rng):
     return int(rng.integers(0, 2 ** 63))
 
 
-def standard_normal(rng, shape, out=None):
-    """N(0, 1) variates of ``shape`` (1-D or 2-D; rows are the parallel streams).
+def standard_normal(rng, shape, out=None, *, seed=None, first_row=0):
+    """N(0, 1) variates of ``shape`` (1-D or 2-D; each row is a stream of its own).
 
     Parameters
     ----------
     rng : numpy.random.Generator
+        Gives the seed (one draw) when ``seed`` is None.
     shape : int or tuple of int
     out : ndarray of float64, optional
         C-contiguous array of ``shape`` to fill (no allocation).
+    seed : int, optional
+        A seed from :func:`draw_seed`, to draw one large array in row blocks:
+        block ``[a, b)`` with ``first_row=a`` gets the rows the whole draw would have.
+    first_row : int, default=0
+        Stream index of the first row.
 
     Returns
     -------
@@ -38,5 +44,6 @@ def standard_normal(rng, shape, out=None):
     if out is None:
         out = np.empty(shape)
     rows = out.reshape(1, -1) if out.ndim == 1 else out.reshape(out.shape[0], -1)
-    _kernels.standard_normal_rows(draw_seed(rng), rows, *_kernels.ZIGGURAT)
+    seed = draw_seed(rng) if seed is None else seed
+    _kernels.standard_normal_rows(seed, rows, *_kernels.ZIGGURAT, first_row)
     return out

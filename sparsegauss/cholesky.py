@@ -24,6 +24,7 @@ import scipy.sparse as sp
 from sksparse.cholmod import CholmodNotPositiveDefiniteError, analyze
 
 from . import _kernels
+from ._random import draw_seed, standard_normal
 from .exceptions import NotPositiveDefiniteError
 
 __all__ = ["SparseCholesky", "CholeskyFactor"]
@@ -227,10 +228,16 @@ class CholeskyFactor:
         # row, so that the (D, block) right-hand side CHOLMOD solves is their transpose,
         # already in Fortran order: scikit-sparse copies a C-ordered one first, which
         # was a third of the solve's time.
-        block = int(max(1, min(_SAMPLE_BLOCK, _SAMPLE_BLOCK_VALUES // n)))
+        # The normals come from the library's ziggurat (sparsegauss._random): 2–3× faster
+        # than Generator.standard_normal here, a third of a 28×28 sample's cost.
+        block = int(max(1, min(_SAMPLE_BLOCK, _SAMPLE_BLOCK_VALUES // n, n_samples)))
+        normals = np.empty((block, n))
+        seed = draw_seed(rng)                 # one stream per sample, whatever the block
         for start in range(0, n_samples, block):
             stop = min(start + block, n_samples)
-            self.unwhiten(rng.standard_normal((stop - start, n)), out=out[start:stop])
+            eps = standard_normal(rng, (stop - start, n), out=normals[:stop - start],
+                                  seed=seed, first_row=start)
+            self.unwhiten(eps, out=out[start:stop])
         return out
 
     def whiten(self, X):

@@ -61,3 +61,12 @@ def test_the_generator_state_alone_decides_the_numbers():
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(b, standard_normal(rng, (4, 5)))
     assert standard_normal(np.random.default_rng(3), 7).shape == (7,)
+
+
+def test_a_draw_in_row_blocks_equals_the_whole_draw():
+    """With one seed, blocks of rows given their first row's index reproduce the rows
+    of a single draw (what sampling in solve-sized blocks relies on)."""
+    whole = standard_normal(None, (10, 6), seed=123)
+    parts = [standard_normal(None, (b - a, 6), seed=123, first_row=a)
+             for a, b in ((0, 3), (3, 4), (4, 10))]
+    np.testing.assert_array_equal(np.vstack(parts), whole)
