@@ -72,8 +72,8 @@ def draw_noise(noise_model, n_samples, n_pixels, rng, dtype=np.float64):
     are 1 GiB in float64). The log-densities are those of the stored (rounded) samples,
     so that data and noise enter the classifier on the same footing.
     """
-    out = np.empty((n_samples, n_pixels), dtype=dtype)
     block = int(max(1, _NOISE_BLOCK_VALUES // n_pixels))
+    out = None
     for start in range(0, n_samples, block):
         stop = min(start + block, n_samples)
         drawn = np.asarray(noise_model.sample(stop - start, rng))
@@ -81,6 +81,13 @@ def draw_noise(noise_model, n_samples, n_pixels, rng, dtype=np.float64):
             raise ValueError(f"The noise's sample({stop - start}, random_state) returned "
                              f"shape {drawn.shape}; expected ({stop - start}, {n_pixels}), "
                              "one row of H*W pixels per sample.")
+        if stop - start == n_samples and drawn.dtype == dtype:
+            # One block already in the data's dtype (every minibatch draw): use it as it
+            # is. A copy cost a fresh 1.6 MB array per NCE step on MNIST, ~400 page faults.
+            out = drawn.reshape(n_samples, n_pixels)
+            break
+        if out is None:
+            out = np.empty((n_samples, n_pixels), dtype=dtype)
         out[start:stop] = drawn.reshape(stop - start, n_pixels)
     return out, np.asarray(noise_model.score_samples(out), dtype=np.float64)
 
