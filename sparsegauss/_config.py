@@ -1,4 +1,5 @@
-"""What sparsegauss runs on: library versions, the BLAS under CHOLMOD, thread counts.
+"""What sparsegauss runs on: library versions, the BLAS under CHOLMOD, thread counts, the
+allocator's thresholds.
 
 ``show_config()`` prints it, as ``numpy.show_config()`` does for NumPy; ``config()``
 returns it as a dictionary, which the benchmark runner stores beside every result. The
@@ -11,6 +12,8 @@ import ctypes
 import importlib.metadata
 import os
 import platform
+
+from ._memory import allocator_state
 
 __all__ = ["config", "show_config"]
 
@@ -98,7 +101,7 @@ def config():
     threads = dict(cpus=os.cpu_count(), numba=numba.get_num_threads(),
                    numba_layer=numba.config.THREADING_LAYER, environment=variables)
     return dict(versions=versions, cholmod_blas=system_blas, threadpools=pools,
-                threads=threads)
+                threads=threads, allocator=allocator_state())
 
 
 def show_config():
@@ -122,4 +125,7 @@ def show_config():
     if threads["environment"]:
         lines += ["environment: " + ", ".join(f"{k}={v}"
                                               for k, v in threads["environment"].items())]
+    allocator = info["allocator"]
+    lines += [f"glibc malloc thresholds (heap below 32 MiB, 64 MiB kept): "
+              f"{'set' if allocator['tuned'] else 'not set'} ({allocator['reason']})"]
     print("\n".join(lines))

@@ -34,6 +34,8 @@ def test_info_command(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "BLAS and LAPACK under CHOLMOD" in out and "CHOLMOD" in out
+    assert "glibc malloc thresholds" in out
     assert main(["info", "--json"]) == 0
     assert set(json.loads(capsys.readouterr().out)) == {"versions", "cholmod_blas",
-                                                         "threadpools", "threads"}
+                                                         "threadpools", "threads",
+                                                         "allocator"}
