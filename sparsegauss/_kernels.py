@@ -20,6 +20,7 @@ from numba.extending import get_cython_function_address
 __all__ = ["apply_stencil", "copy_rows_where", "gaussian_term_and_score", "gibbs_sweeps",
            "lower_positions", "mala_propose", "mala_reverse", "pattern_cross_moments",
            "pattern_moments", "quadratic_forms", "sandwich_on_pattern", "sandwich_terms",
+           "lower_transposed_solve", "scatter_transposed", "standard_normal_columns",
            "standard_normal_rows", "supernode_starts", "symmetric_planes",
            "takahashi_supernodal", "ZIGGURAT"]
 
@@ -692,6 +693,19 @@ def standard_normal_rows(seed, out, x, ratio, f, first_row=0):
             out[row, j] = z
 
 
+@njit(cache=True)
+def standard_normal_columns(seed, out, x, ratio, f, first_column=0):
+    """Fill the 2-D array ``out`` with N(0, 1) variates, column ``c`` from stream
+    ``first_column + c`` of ``seed``: the numbers :func:`standard_normal_rows` puts in
+    row ``c``, laid out for a solve with one right-hand side per column."""
+    d, n = out.shape
+    for column in range(n):
+        state = _row_stream(seed, first_column + column)
+        for j in range(d):
+            state, z = _standard_normal(state, x, ratio, f)
+            out[j, column] = z
+
+
 # -- Metropolis-adjusted Langevin steps --------------------------------------------------
 @njit(cache=True)
 def mala_propose(seed, x, psi, eps, proposal, zx, zratio, zf):
@@ -754,3 +768,33 @@ def gaussian_term_and_score(X, b, inv_var, psi):
             psi[row, j] += b[j] - v * inv_var
         out[row] = -0.5 * square * inv_var + linear
     return out
+
+
+@njit(cache=True)
+def lower_transposed_solve(indptr, indices, data, rhs):
+    """Solve ``Lᵀ X = rhs`` in place for a lower-triangular CSC ``L`` with sorted row
+    indices (the diagonal first in each column) and ``rhs`` of shape (n, k), C-ordered:
+    ``x_j = (z_j − Σ_{i>j} L_ij x_i) / L_jj`` for j from last to first, each update a
+    contiguous row of k right-hand sides (vectorized)."""
+    n, k = rhs.shape
+    for j in range(n - 1, -1, -1):
+        start = indptr[j]
+        for p in range(start + 1, indptr[j + 1]):
+            i = indices[p]
+            value = data[p]
+            for c in range(k):
+                rhs[j, c] -= value * rhs[i, c]
+        inverse = 1.0 / data[start]
+        for c in range(k):
+            rhs[j, c] *= inverse
+
+
+@njit(cache=True)
+def scatter_transposed(columns, permutation, out):
+    """``out[c, permutation[j]] = columns[j, c]``: solutions in the factor's order, one
+    per column, back to one sample per row in pixel order."""
+    d, n = columns.shape
+    for j in range(d):
+        target = permutation[j]
+        for c in range(n):
+            out[c, target] = columns[j, c]

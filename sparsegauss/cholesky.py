@@ -32,6 +32,13 @@ __all__ = ["SparseCholesky", "CholeskyFactor"]
 #: Samples drawn per triangular solve, and the most values (D × block) one block holds.
 _SAMPLE_BLOCK = 64
 _SAMPLE_BLOCK_VALUES = 1 << 24
+#: Grids up to this many pixels solve ``Lᵀ x = ε`` with :func:`_kernels.lower_transposed_
+#: solve` on blocks of this many samples (one per column, contiguous across samples):
+#: 256 samples of a 28×28 4-neighbour factor in 0.40 ms against CHOLMOD's 1.27 ms (8
+#: neighbours 0.75 vs 1.63 ms); 64×64 6.8 vs 8.5 ms; level at 128×128, where CHOLMOD's
+#: supernodal solve starts to gain from BLAS.
+_KERNEL_SOLVE_MAX_PIXELS = 1 << 12
+_KERNEL_SOLVE_BLOCK = 256
 
 
 _BLAS_LIBRARIES = None
@@ -219,20 +226,33 @@ class CholeskyFactor:
         rng = np.random.default_rng(random_state)
         n = self._analysis.n
         out = np.empty((n_samples, n))
-        # A few dozen right-hand sides at a time: on a 28×28 grid one solve with 60,000
-        # columns cost 40 µs per sample (the block leaves the cache), blocks of 64 cost
-        # 10 µs, of which drawing the 784 normals is 6.6 µs. On large grids the block
-        # shrinks so that it stays near 128 MiB: a solve reads the whole factor whatever
-        # the number of right-hand sides, so one sample per solve wastes it (1024×1024:
-        # 82 ms per sample with 4 per block, 64 ms with 16). The normals are drawn one sample per
-        # row, so that the (D, block) right-hand side CHOLMOD solves is their transpose,
-        # already in Fortran order: scikit-sparse copies a C-ordered one first, which
-        # was a third of the solve's time.
-        # The normals come from the library's ziggurat (sparsegauss._random): 2–3× faster
-        # than Generator.standard_normal here, a third of a 28×28 sample's cost.
+        # The normals come from the library's ziggurat (sparsegauss._random), 2–3× faster
+        # than Generator.standard_normal here; one seed per call and one stream per
+        # sample, so neither the path nor the block changes a sample.
+        # Small grids: our own solve, 256 samples a block, one per column (the updates
+        # run along contiguous rows of right-hand sides). Larger grids: CHOLMOD's
+        # supernodal solve, a few dozen right-hand sides at a time: on a 28×28 grid one
+        # solve with 60,000 columns cost 40 µs per sample (the block leaves the cache),
+        # blocks of 64 cost 10 µs. On large grids the block shrinks so that it stays
+        # near 128 MiB: a solve reads the whole factor whatever the number of right-hand
+        # sides, so one sample per solve wastes it (1024×1024: 82 ms per sample with 4
+        # per block, 64 ms with 16). Its normals are drawn one sample per row, so that
+        # the (D, block) right-hand side is their transpose, already in Fortran order:
+        # scikit-sparse copies a C-ordered one first, which was a third of the solve.
+        seed = draw_seed(rng)
+        if n <= _KERNEL_SOLVE_MAX_PIXELS:
+            lower = self.lower()
+            permutation = self._analysis.permutation
+            for start in range(0, n_samples, _KERNEL_SOLVE_BLOCK):
+                stop = min(start + _KERNEL_SOLVE_BLOCK, n_samples)
+                columns = np.empty((n, stop - start))
+                _kernels.standard_normal_columns(seed, columns, *_kernels.ZIGGURAT, start)
+                _kernels.lower_transposed_solve(lower.indptr, lower.indices, lower.data,
+                                                columns)
+                _kernels.scatter_transposed(columns, permutation, out[start:stop])
+            return out
         block = int(max(1, min(_SAMPLE_BLOCK, _SAMPLE_BLOCK_VALUES // n, n_samples)))
         normals = np.empty((block, n))
-        seed = draw_seed(rng)                 # one stream per sample, whatever the block
         for start in range(0, n_samples, block):
             stop = min(start + block, n_samples)
             eps = standard_normal(rng, (stop - start, n), out=normals[:stop - start],

@@ -95,13 +95,18 @@ def test_samples_are_reproducible(rng):
 
 
 def test_samples_do_not_depend_on_the_solve_block(rng, monkeypatch):
-    """Large grids solve for fewer samples at a time; the draws must be the same (up to
-    the rounding of a different solve)."""
+    """Large grids solve for fewer samples at a time, with CHOLMOD instead of the
+    library's kernel; the draws must be the same (up to the rounding of a different
+    solve)."""
     import sparsegauss.cholesky as cholesky
 
     grid = GridParameterization((4, 4), 4)
     factor = SparseCholesky(grid.pattern).factorize(grid.precision(random_spd_theta(grid, rng)))
     whole = factor.sample(10, 7)
+    monkeypatch.setattr(cholesky, "_KERNEL_SOLVE_BLOCK", 3)
+    np.testing.assert_allclose(factor.sample(10, 7), whole, rtol=1e-12, atol=1e-14)
+    # CHOLMOD's solve (the path of larger grids), in blocks of 3 too.
+    monkeypatch.setattr(cholesky, "_KERNEL_SOLVE_MAX_PIXELS", 0)
     monkeypatch.setattr(cholesky, "_SAMPLE_BLOCK_VALUES", 3 * grid.n_pixels)
     np.testing.assert_allclose(factor.sample(10, 7), whole, rtol=1e-12, atol=1e-14)
 
