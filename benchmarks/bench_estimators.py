@@ -30,6 +30,7 @@ CASES = {
     "sm closed form (defaults)": dict(method="sm"),
     "sm barrier": dict(method="sm", sm_solver="barrier"),
     "nce (defaults)": dict(method="nce"),
+    "nce fresh noise": dict(method="nce", noise_sampling="fresh"),
     "nce diagonal noise": dict(method="nce", noise="diagonal"),
     "nce grid (tied) noise": dict(method="nce", noise="grid"),
     "nce adaptive noise": dict(method="nce", noise="adaptive"),
@@ -46,6 +47,8 @@ GIVEN = {
     "sm closed form (defaults)": "closed form (one sparse solve)",
     "sm barrier": "starts at the independent model",
     "nce (defaults)": "noise: untied 4-nbr grid MLE (= the 4-nbr answer); starts at the noise",
+    "nce fresh noise": ("as nce (defaults), with a fresh noise sample at every step "
+                        "instead of one pool"),
     "nce diagonal noise": "noise: N(0, diag S); starts at the noise",
     "nce grid (tied) noise": "noise: tied 4-nbr grid MLE; starts at the noise",
     "nce adaptive noise": ("noise: N(0, diag S), then a frozen copy of the current "
@@ -60,7 +63,7 @@ GIVEN = {
 #: Cases of the quick (CI) run: only the fast ones.
 QUICK = ["mle (defaults)", "sm closed form (defaults)"]
 #: Cases not run with 8 neighbours: the noise comparison is made on the 4-neighbour model.
-SKIP_8 = {"nce diagonal noise", "nce grid (tied) noise", "cd-1 gibbs"}
+SKIP_8 = {"nce diagonal noise", "nce grid (tied) noise", "cd-1 gibbs", "nce fresh noise"}
 
 
 class EstimatorFit:

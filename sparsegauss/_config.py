@@ -68,14 +68,15 @@ def config():
     dict
         ``versions`` (package → version), ``cholmod_blas`` (the system BLAS and LAPACK
         libraries loaded with CHOLMOD: path and implementation), ``threadpools`` (every
-        BLAS/OpenMP pool threadpoolctl sees: library, implementation, threads) and
-        ``threads`` (CPUs, Numba's threads, the thread variables set).
+        BLAS/OpenMP pool threadpoolctl sees: library, implementation, threads),
+        ``threads`` (CPUs, Numba's threads, the thread variables set) and ``allocator``
+        (whether glibc's malloc thresholds were set at import, and why not).
 
     Examples
     --------
     >>> from sparsegauss import config
     >>> sorted(config())
-    ['cholmod_blas', 'threadpools', 'threads', 'versions']
+    ['allocator', 'cholmod_blas', 'threadpools', 'threads', 'versions']
     """
     import numba
     import sksparse.cholmod  # noqa: F401  (loads libcholmod and the BLAS it links)
