@@ -20,7 +20,7 @@ from numba.extending import get_cython_function_address
 __all__ = ["apply_stencil", "copy_rows_where", "gaussian_term_and_score", "gibbs_sweeps",
            "lower_positions", "mala_propose", "mala_reverse", "pattern_cross_moments",
            "pattern_moments", "quadratic_forms", "sandwich_on_pattern", "sandwich_terms",
-           "lower_transposed_solve", "scatter_transposed", "standard_normal_columns",
+           "lower_transposed_solve", "scatter_transposed",
            "standard_normal_rows", "supernode_starts", "symmetric_planes",
            "takahashi_supernodal", "ZIGGURAT"]
 
@@ -681,29 +681,20 @@ def _standard_normal(state, x, ratio, f):
 
 
 @njit(cache=True)
-def standard_normal_rows(seed, out, x, ratio, f, first_row=0):
+def standard_normal_rows(seed, out, x, ratio, f, first_row=0, transposed=False):
     """Fill the 2-D array ``out`` with N(0, 1) variates, row ``r`` from stream
     ``first_row + r`` of ``seed`` (``x, ratio, f``: :data:`ZIGGURAT`): a large draw made
-    in blocks gives the numbers of one draw."""
-    n, d = out.shape
-    for row in range(n):
-        state = _row_stream(seed, first_row + row)
+    in blocks gives the numbers of one draw. With ``transposed``, stream ``c`` fills
+    column ``c`` instead (the layout of a solve with one right-hand side per column)."""
+    n_streams, d = out.shape[::-1] if transposed else out.shape
+    for stream in range(n_streams):
+        state = _row_stream(seed, first_row + stream)
         for j in range(d):
             state, z = _standard_normal(state, x, ratio, f)
-            out[row, j] = z
-
-
-@njit(cache=True)
-def standard_normal_columns(seed, out, x, ratio, f, first_column=0):
-    """Fill the 2-D array ``out`` with N(0, 1) variates, column ``c`` from stream
-    ``first_column + c`` of ``seed``: the numbers :func:`standard_normal_rows` puts in
-    row ``c``, laid out for a solve with one right-hand side per column."""
-    d, n = out.shape
-    for column in range(n):
-        state = _row_stream(seed, first_column + column)
-        for j in range(d):
-            state, z = _standard_normal(state, x, ratio, f)
-            out[j, column] = z
+            if transposed:
+                out[j, stream] = z
+            else:
+                out[stream, j] = z
 
 
 # -- Metropolis-adjusted Langevin steps --------------------------------------------------

@@ -246,7 +246,7 @@ class CholeskyFactor:
             for start in range(0, n_samples, _KERNEL_SOLVE_BLOCK):
                 stop = min(start + _KERNEL_SOLVE_BLOCK, n_samples)
                 columns = np.empty((n, stop - start))
-                _kernels.standard_normal_columns(seed, columns, *_kernels.ZIGGURAT, start)
+                _kernels.standard_normal_rows(seed, columns, *_kernels.ZIGGURAT, start, True)
                 _kernels.lower_transposed_solve(lower.indptr, lower.indices, lower.data,
                                                 columns)
                 _kernels.scatter_transposed(columns, permutation, out[start:stop])
