@@ -264,7 +264,8 @@ class DeepEnergy(EnergyModel):
 
     def _scratch(self, shape, count):
         """``count`` float64 arrays of ``shape``, the same ones on every call with that
-        shape (the last shape only)."""
+        shape (the last shape only). One model object therefore runs one set of chains
+        at a time: threads sampling concurrently need a model object each."""
         scratch = getattr(self, "_scratch_arrays", None)
         if scratch is None or scratch[0].shape != tuple(shape) or len(scratch) < count:
             scratch = self._scratch_arrays = [np.empty(shape) for _ in range(count)]
