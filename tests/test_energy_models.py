@@ -340,3 +340,18 @@ def test_mcmc_vjp_returns_the_terms_of_both_ends():
         f_fresh, vjp_fresh = model.log_density_vjp(theta, X)
         np.testing.assert_allclose(f, f_fresh, rtol=1e-12)
         np.testing.assert_allclose(vjp(weights), vjp_fresh(weights), rtol=1e-10, atol=1e-12)
+
+
+def test_default_mcmc_vjp_evaluates_both_ends():
+    """The interface's default (here the grid Gaussian's Gibbs chains): the chains of
+    ``mcmc`` from the same random state, and ``log_density_vjp`` at both ends."""
+    rng = np.random.default_rng(6)
+    model, theta = _grid_case(rng)
+    start = rng.standard_normal((40, model.n_features))
+    chains, (f_start, vjp_start), (f_chains, vjp_chains) = model.mcmc_vjp(
+        theta, start, 3, random_state=2)
+    np.testing.assert_array_equal(chains, model.mcmc(theta, start, 3, random_state=2))
+    weights = rng.standard_normal(40)
+    for X, f, vjp in ((start, f_start, vjp_start), (chains, f_chains, vjp_chains)):
+        np.testing.assert_allclose(f, model.log_density(theta, X))
+        np.testing.assert_allclose(vjp(weights), model.log_density_grad(theta, X, weights))
