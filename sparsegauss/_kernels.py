@@ -17,12 +17,12 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import get_cython_function_address
 
-__all__ = ["apply_stencil", "copy_rows_where", "gaussian_term_and_score", "gibbs_sweeps",
-           "lower_positions", "mala_propose", "mala_reverse", "pattern_cross_moments",
-           "pattern_moments", "quadratic_forms", "sandwich_on_pattern", "sandwich_terms",
-           "lower_transposed_solve", "scatter_transposed",
+__all__ = ["ZIGGURAT", "apply_stencil", "copy_rows_where", "gaussian_term_and_score",
+           "gibbs_sweeps", "lower_positions", "lower_transposed_solve", "mala_propose",
+           "mala_reverse", "pattern_cross_moments", "pattern_moments", "quadratic_forms",
+           "sandwich_on_pattern", "sandwich_terms", "scatter_transposed",
            "standard_normal_rows", "supernode_starts", "symmetric_planes",
-           "takahashi_supernodal", "ZIGGURAT"]
+           "takahashi_supernodal"]
 
 
 # Reassociation (and FMA contraction) lets LLVM vectorize the floating-point sums below;
@@ -702,8 +702,8 @@ def standard_normal_rows(seed, out, x, ratio, f, first_row=0, transposed=False):
 def mala_propose(seed, x, psi, eps, proposal, zx, zratio, zf):
     """``proposal = x + ε ψ + √(2ε) ξ`` with fresh normals ``ξ`` drawn in the same pass;
     returns the forward proposal's log-density up to a constant, ``−‖ξ‖²/2`` per row.
-    (ξ is not stored: :func:`mala_reverse` needs only ``p − x``, and on 256 × 784 chains
-    the extra 1.6 MB written per step was a fifth of the step's memory traffic.)"""
+    (ξ is not stored: :func:`mala_reverse` needs only ``p − x``. Writing it too, this
+    kernel took 2.0–2.1 ms a call on 256 × 784 chains inside a CD fit; without, 1.0 ms.)"""
     n, d = x.shape
     scale = np.sqrt(2.0 * eps)
     forward = np.empty(n)
@@ -766,7 +766,7 @@ def lower_transposed_solve(indptr, indices, data, rhs):
     """Solve ``Lᵀ X = rhs`` in place for a lower-triangular CSC ``L`` with sorted row
     indices (the diagonal first in each column) and ``rhs`` of shape (n, k), C-ordered:
     ``x_j = (z_j − Σ_{i>j} L_ij x_i) / L_jj`` for j from last to first, each update a
-    contiguous row of k right-hand sides (vectorized)."""
+    contiguous row of k right-hand sides (an inner loop the compiler can vectorize)."""
     n, k = rhs.shape
     for j in range(n - 1, -1, -1):
         start = indptr[j]

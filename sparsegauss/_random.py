@@ -1,4 +1,5 @@
-"""Standard normal variates drawn in parallel, reproducibly from a caller's Generator.
+"""Standard normal variates by the library's ziggurat, reproducibly from a caller's
+Generator.
 
 ``standard_normal(rng, shape)`` takes one 63-bit seed from ``rng`` and fills the array
 with :func:`sparsegauss._kernels.standard_normal_rows` (ziggurat on per-row SplitMix64
