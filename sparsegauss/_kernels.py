@@ -70,7 +70,7 @@ def _three_terms(y, w, r0, r1, r2, s0, s1, s2, d):
 
 @njit(fastmath=_REASSOC, inline="always")
 def _two_terms(y, w, r0, r1, s0, s1, d):
-    """:func:`_three_terms` for the two further terms of the 8-neighbour stencil."""
+    """:func:`_three_terms` for two terms."""
     for p in range(d):
         q = np.uint64(p)
         t0 = 0.0
@@ -81,6 +81,26 @@ def _two_terms(y, w, r0, r1, s0, s1, d):
             t1 += wy * y[b, q + s1]
         r0[p] += t0
         r1[p] += t1
+
+
+@njit(fastmath=_REASSOC, inline="always")
+def _one_term(y, w, r0, s0, d):
+    """:func:`_three_terms` for one term."""
+    for p in range(d):
+        q = np.uint64(p)
+        t0 = 0.0
+        for b in range(_BLOCK):
+            t0 += w[b] * y[b, q] * y[b, q + s0]
+        r0[p] += t0
+
+
+@njit(fastmath=_REASSOC, inline="always")
+def _negative_term(y, w, r0, s, d):
+    """One term with a negative shift (only on grids one or two pixels wide, from score
+    matching's extended offsets): partners before pixel 0 contribute zero."""
+    for b in range(_BLOCK):
+        for p in range(-s, d):
+            r0[p] += w[b] * y[b, p] * y[b, p + s]
 
 
 @njit(parallel=True, fastmath=_REASSOC, cache=True)
@@ -96,7 +116,9 @@ def pattern_moments(X, center, weights, shifts, n_chunks):
     X : ndarray, shape (n, D), float32 or float64, C-contiguous
     center : ndarray, shape (D,), float64
     weights : ndarray, shape (n,), float64
-    shifts : ndarray, shape (n_terms,), int64; 3 or 5 terms, ``shifts[0] == 0``
+    shifts : ndarray, shape (n_terms,), int64
+        Any number of terms (3 or 5 for the stencils; score matching's extended offsets
+        have more, negative ones on grids one or two pixels wide).
     n_chunks : int
         Number of sample chunks processed in parallel, each with its own accumulator
         (so no two threads write the same memory, and no (n × n_params) temporary).
@@ -110,7 +132,8 @@ def pattern_moments(X, center, weights, shifts, n_chunks):
     pad = 0
     for k in range(n_terms):
         pad = max(pad, shifts[k])
-    unsigned = shifts.astype(np.uint64)     # unsigned offsets: see the module docstring
+    # Unsigned offsets (see the module docstring); negative shifts take their own loop.
+    unsigned = np.maximum(shifts, 0).astype(np.uint64)
     acc = np.zeros((n_chunks, n_terms, d))
     for chunk in prange(n_chunks):
         start = chunk * n // n_chunks
@@ -125,10 +148,23 @@ def pattern_moments(X, center, weights, shifts, n_chunks):
                     _center_into(y[b], X[first + b], center, d)
                 else:
                     w[b] = 0.0
-            _three_terms(y, w, rows[0], rows[1], rows[2], unsigned[0], unsigned[1],
-                         unsigned[2], d)
-            if n_terms == 5:
-                _two_terms(y, w, rows[3], rows[4], unsigned[3], unsigned[4], d)
+            k = 0
+            while k < n_terms:
+                if shifts[k] < 0:
+                    _negative_term(y, w, rows[k], shifts[k], d)
+                    k += 1
+                    continue
+                group = 1                    # up to three non-negative terms per loop
+                while group < 3 and k + group < n_terms and shifts[k + group] >= 0:
+                    group += 1
+                if group == 3:
+                    _three_terms(y, w, rows[k], rows[k + 1], rows[k + 2], unsigned[k],
+                                 unsigned[k + 1], unsigned[k + 2], d)
+                elif group == 2:
+                    _two_terms(y, w, rows[k], rows[k + 1], unsigned[k], unsigned[k + 1], d)
+                else:
+                    _one_term(y, w, rows[k], unsigned[k], d)
+                k += group
     out = np.zeros((n_terms, d))
     for chunk in range(n_chunks):
         out += acc[chunk]

@@ -52,3 +52,27 @@ def test_many_samples_chunked_like_one(rng):
     whole = pattern_moments(X, grid)
     parts = pattern_moments(X[:500], grid) + pattern_moments(X[500:], grid)
     np.testing.assert_allclose(whole, parts, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_moment_kernel_any_shifts_against_numpy(dtype, rng):
+    """The kernel groups non-negative shifts three to a loop and gives negative ones (score
+    matching's extended offsets on grids one or two pixels wide) their own: every grouping
+    and a shift past the row's end, against a direct NumPy sum (partners outside the row
+    count as zero). 37 samples: the last block of four is partial."""
+    from sparsegauss import _kernels
+
+    d = 11
+    X = rng.normal(size=(37, d)).astype(dtype)
+    center = rng.normal(size=d)
+    weights = rng.uniform(0, 2, size=37)
+    Y = X.astype(np.float64) - center
+    for shifts in ([0], [0, 1], [0, 1, 3], [0, 1, 3, 4], [0, 2, -1, 1, 12, 5, -3]):
+        shifts = np.array(shifts, dtype=np.int64)
+        moments = _kernels.pattern_moments(X, center, weights, shifts, 2)
+        for k, s in enumerate(shifts):
+            expected = np.zeros(d)
+            for p in range(d):
+                if 0 <= p + s < d:
+                    expected[p] = np.sum(weights * Y[:, p] * Y[:, p + s])
+            np.testing.assert_allclose(moments[k], expected, rtol=1e-10, atol=1e-10)
