@@ -504,7 +504,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
             f"not marked converged. {advice}", ConvergenceWarning, stacklevel=4)
         return True
 
-    def _is_short_of_likelihood(self, grid, moments):
+    def _is_short_of_likelihood(self, grid, moments, n_samples):
         """Whether a CD, NCE or ranking-NCE estimate is provably far below the maximum
         likelihood (and warn).
 
@@ -524,26 +524,35 @@ class GridGaussian(DensityMixin, BaseEstimator):
         """
         # Its own symbolic analysis: refactoring the fitted model's would overwrite the
         # factor that distribution_ holds.
+        limit = self._GAP_LIMIT
+        if self.method != "cd":
+            # NCE's own sampling error: KL(MLE ‖ θ̂) ≈ p/(2N) on average for a noise equal
+            # to the data (asymptotic variance (1 + 1/ν) I⁻¹ with ν = 1); allowed twice.
+            limit += grid.n_params / n_samples
         try:
-            lower, _ = likelihood_gap_bounds(self.theta_, moments, grid,
-                                             limit=self._GAP_LIMIT,
+            lower, _ = likelihood_gap_bounds(self.theta_, moments, grid, limit=limit,
                                              max_products=self._GAP_PRODUCTS)
         except NotPositiveDefiniteError:
             # θ̂ on the very boundary of the cone: the runaway check speaks for it.
             return False
-        if not lower > self._GAP_LIMIT:
+        if not lower > limit:
             return False
         if self.method == "cd":
             why = ("CD stopped short of its answer (a plateau of its noisy gradient, or too "
                    "few steps for strongly correlated pixels) and is not marked converged. "
                    "Use method='mle' (exact), or more steps (max_iter) with tol=0.")
         else:
-            why = (f"{'NCE' if self.method == 'nce' else 'Ranking NCE'}'s own loss may "
-                   "have converged, but with a noise this far from the data the classifier "
-                   "tells them apart by features the model cannot match, and the estimate "
-                   "says more about the noise than about the data; it is not marked "
-                   "converged. Use noise='adaptive' (with more steps, max_iter, if this "
-                   "persists), or method='mle' (exact).")
+            name = "NCE" if self.method == "nce" else "Ranking NCE"
+            if self.noise == "adaptive":
+                why = (f"{name} with the adaptive noise had too few steps to bring its noise "
+                       "and estimate to the data; it is not marked converged. Use more "
+                       "steps (max_iter), or method='mle' (exact).")
+            else:
+                why = (f"{name}'s own loss may have converged, but against a noise this far "
+                       "from the data the classifier separates them by features the model "
+                       "cannot match, and the estimate says more about the noise than about "
+                       "the data; it is not marked converged. Use noise='adaptive' (with "
+                       "more steps, max_iter, if this persists), or method='mle' (exact).")
         warnings.warn(
             f"The {self.method!r} estimate's log-likelihood is at least {lower:.3g} nats "
             "per sample below the maximum likelihood of these data (a lower bound from the "
@@ -649,6 +658,8 @@ class GridGaussian(DensityMixin, BaseEstimator):
     #: near the data 0.02–0.09 (4 neighbours). The bound is rigorous but loose for
     #: large gaps (it grows like the square root of the decrement): at 0.5 it caught a
     #: default CD fit at KL 3.2 (2,000 blurred 10×12 images) that a limit of 1 missed.
+    #: NCE and ranking NCE are allowed p/N more: their own sampling error (see
+    #: :meth:`_is_short_of_likelihood`), which on MNIST's 8,000-image demo split is 0.3–0.5.
     _GAP_LIMIT = 0.5
     #: Hessian-vector products the bound may spend (each a refactorization and a
     #: selected inversion: 30 ms on MNIST's 28×28 grid).
@@ -676,7 +687,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
         self.converged_ = (bool(result.success) and self.is_positive_definite_
                            and not self._is_runaway(factor, variances))
         if self.converged_ and self.method in ("cd", "nce", "rnce") and moments is not None:
-            self.converged_ = not self._is_short_of_likelihood(grid, moments)
+            self.converged_ = not self._is_short_of_likelihood(grid, moments, n_samples)
         for name in ("kkt_residual_", "log_partition_estimate_", "noise_",
                      "perturbation_std_"):
             self.__dict__.pop(name, None)
