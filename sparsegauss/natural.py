@@ -117,7 +117,8 @@ def _gaussian_fits(X, X_test, seed, say):
                 shape, stencil=stencil, method=method, random_state=seed).fit(flat))
             if method == "sm" and not model.is_positive_definite_:
                 rows.append(dict(estimator="sm closed form", stencil=stencil,
-                                 seconds=seconds, positive_definite=False, warnings=messages))
+                                 seconds=seconds, positive_definite=False, converged=False,
+                                 warnings=messages))
                 model, seconds, messages = _timed(lambda: GridGaussian(
                     shape, stencil=stencil, method="sm", sm_solver="barrier",
                     random_state=seed).fit(flat))
@@ -125,7 +126,7 @@ def _gaussian_fits(X, X_test, seed, say):
             say(f"  Gaussian {label}, {stencil} neighbours: {seconds:.1f} s")
             row = dict(estimator=label, stencil=stencil, seconds=seconds,
                        positive_definite=bool(model.is_positive_definite_),
-                       warnings=messages)
+                       converged=bool(model.converged_), warnings=messages)
             if model.is_positive_definite_:
                 mle = models.get((stencil, "mle"), model)
                 row.update(train_loglik=model.score(flat), test_loglik=model.score(flat_test),
