@@ -200,10 +200,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
         Adam, learning rate 0.02, 4000 steps, cosine schedule) were chosen by
         measurement on MNIST (60,000 images, noise std 0.1; KL to the exact MLE, fit
         time on 2 cores): 0.009 nats in 20 s (4 neighbours), 0.12 in 23 s (8); and on a
-        16×16 synthetic grid with 10⁵ samples, 1.9× the MLE's KL to the truth. Since the
-        data term of the gradient is taken over all the data once (the Gaussian is an
-        exponential family) and the sampler got faster: 0.008 in 9.1 s, 0.066 in 11.7 s
-        (one fit each, 2026-12-01). Gibbs
+        16×16 synthetic grid with 10⁵ samples, 1.9× the MLE's KL to the truth. Gibbs
         sweeps restarted at the data (CD-1, the former default) left KL 54 (4
         neighbours) and 133 (8) with degenerate Λ; CD-5 52 / 100; persistent chains
         (PCD-1) 1.06 / 15 in 27 / 112 s; PCD-5 0.25 in 73 s (4 neighbours).

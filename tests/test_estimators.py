@@ -137,35 +137,3 @@ def test_gibbs_sampler_has_the_model_covariance(stencil, rng):
     empirical = samples.T @ samples / n
     se = np.sqrt((np.outer(np.diag(inverse), np.diag(inverse)) + inverse ** 2) / n)
     assert np.all(np.abs(empirical - inverse) < 5 * se)
-
-
-@pytest.mark.parametrize("sampler", ["exact", "gibbs"])
-def test_cd_on_an_exponential_family_uses_all_the_data_and_the_exact_loss(sampler, rng):
-    """For a model linear in θ with an exact log Z (the grid Gaussian), CD takes the data
-    term of its gradient over all the data once: every loss it reports is the exact
-    negative mean log-likelihood of the whole data set at that step's θ (dense oracle),
-    not a minibatch's."""
-    from sparsegauss.estimators._driver import OptimizerOptions
-    from sparsegauss.estimators.cd import CDOptions, fit_cd
-    from sparsegauss.estimators.fitting import gaussian_start
-    from sparsegauss.stats import pattern_moments
-
-    grid = GridParameterization((4, 5), 8)
-    X = rng.normal(size=(300, grid.n_pixels)) @ np.linalg.cholesky(
-        np.linalg.inv(dense_precision(grid, random_spd_theta(grid, rng)))).T
-    theta0, _, scale = gaussian_start(pattern_moments(X, grid) / len(X), grid)
-    seen = []
-    result = fit_cd(GridGaussianEnergy(grid), X, theta0=theta0, scale=scale,
-                    options=CDOptions(sampler=sampler),
-                    optimizer=OptimizerOptions(optimizer="adam", max_iter=5, batch_size=32,
-                                               callback=lambda r: seen.append(r.x.copy())),
-                    rng=0)
-
-    def exact_loss(theta):
-        precision = dense_precision(grid, theta)
-        log_z = 0.5 * grid.n_pixels * np.log(2 * np.pi) - 0.5 * np.linalg.slogdet(precision)[1]
-        return log_z + 0.5 * np.mean(np.einsum("ni,ij,nj->n", X, precision, X))
-
-    losses = [row["loss"] for row in result.history]
-    np.testing.assert_allclose(losses[0], exact_loss(theta0), rtol=1e-10)
-    np.testing.assert_allclose(losses[1:], [exact_loss(scale * u) for u in seen], rtol=1e-10)

@@ -60,10 +60,6 @@ class EnergyModel(abc.ABC):
     has_log_partition = False
     #: Whether :meth:`sample` draws exact samples.
     has_exact_sampler = False
-    #: Whether ``f_θ(x) = θ · t(x)`` (an exponential family): then ``∇_θ f`` does not
-    #: depend on θ, and an estimator may average it over all the data once instead of
-    #: over a minibatch at every step (CD does).
-    linear_in_theta = False
 
     @abc.abstractmethod
     def log_density(self, theta, X):

@@ -91,7 +91,6 @@ class GridGaussianEnergy(EnergyModel):
 
     has_log_partition = True
     has_exact_sampler = True
-    linear_in_theta = True          # f_θ(x) = −½ xᵀΛ(θ)x with Λ linear in θ
 
     def __init__(self, grid):
         self.grid = grid
