@@ -51,7 +51,8 @@ def _three_terms(y, w, r0, r1, r2, s0, s1, s2, d):
 
     At most three accumulators per loop: all five terms of the 8-neighbour stencil in one
     loop ran at 51 ms on MNIST against 33 ms split three + two (the five-store loop was
-    not vectorized; most likely too many runtime overlap checks for LLVM's limit).
+    not vectorized; most likely too many runtime overlap checks for LLVM's limit). A
+    group of one or two terms fills the rest with a scratch row at shift 0.
     """
     for p in range(d):
         q = np.uint64(p)
@@ -66,32 +67,6 @@ def _three_terms(y, w, r0, r1, r2, s0, s1, s2, d):
         r0[p] += t0
         r1[p] += t1
         r2[p] += t2
-
-
-@njit(fastmath=_REASSOC, inline="always")
-def _two_terms(y, w, r0, r1, s0, s1, d):
-    """:func:`_three_terms` for two terms."""
-    for p in range(d):
-        q = np.uint64(p)
-        t0 = 0.0
-        t1 = 0.0
-        for b in range(_BLOCK):
-            wy = w[b] * y[b, q]
-            t0 += wy * y[b, q + s0]
-            t1 += wy * y[b, q + s1]
-        r0[p] += t0
-        r1[p] += t1
-
-
-@njit(fastmath=_REASSOC, inline="always")
-def _one_term(y, w, r0, s0, d):
-    """:func:`_three_terms` for one term."""
-    for p in range(d):
-        q = np.uint64(p)
-        t0 = 0.0
-        for b in range(_BLOCK):
-            t0 += w[b] * y[b, q] * y[b, q + s0]
-        r0[p] += t0
 
 
 @njit(fastmath=_REASSOC, inline="always")
@@ -141,6 +116,8 @@ def pattern_moments(X, center, weights, shifts, n_chunks):
         y = np.zeros((_BLOCK, d + pad))      # zero padding: partners past D contribute 0
         w = np.zeros(_BLOCK)
         rows = acc[chunk]
+        scratch = np.zeros((2, d))           # the unused accumulators of a short group
+        zero = np.uint64(0)
         for first in range(start, stop, _BLOCK):
             for b in range(_BLOCK):
                 if first + b < stop:
@@ -157,13 +134,11 @@ def pattern_moments(X, center, weights, shifts, n_chunks):
                 group = 1                    # up to three non-negative terms per loop
                 while group < 3 and k + group < n_terms and shifts[k + group] >= 0:
                     group += 1
-                if group == 3:
-                    _three_terms(y, w, rows[k], rows[k + 1], rows[k + 2], unsigned[k],
-                                 unsigned[k + 1], unsigned[k + 2], d)
-                elif group == 2:
-                    _two_terms(y, w, rows[k], rows[k + 1], unsigned[k], unsigned[k + 1], d)
-                else:
-                    _one_term(y, w, rows[k], unsigned[k], d)
+                second = rows[k + 1] if group > 1 else scratch[0]
+                third = rows[k + 2] if group > 2 else scratch[1]
+                _three_terms(y, w, rows[k], second, third, unsigned[k],
+                             unsigned[k + 1] if group > 1 else zero,
+                             unsigned[k + 2] if group > 2 else zero, d)
                 k += group
     out = np.zeros((n_terms, d))
     for chunk in range(n_chunks):
