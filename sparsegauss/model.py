@@ -172,12 +172,13 @@ class GridGaussian(DensityMixin, BaseEstimator):
         :mod:`sparsegauss.estimators.adaptive`). On MNIST (60,000 images; scratch runs
         of 2026-12-01) it reaches KL 0.056 to the exact MLE with 4 neighbours (held-out
         0.09 nats/image below the MLE, learned log Z 0.03 nats from the exact value)
-        in 10.2 s, and KL 0.48 with 8 (0.58 below, log Z 0.12 off) in 12.7 s; the "auto"
-        noise leaves 12.5 with 8 neighbours. It is not the default because it fails on strongly
-        correlated data: on 50,000 28×28 patches of the bundled photographs its first
-        phase (like CD's defaults) ends hundreds of nats from the MLE (KL 401 with 4
-        neighbours; not positive definite with 8), where the MLE's diagonal is 20–30 times the
-        independent model's, its condition number 4·10⁴, and Adam's steps do not reach it.
+        in 10.2 s, and KL 0.48 with 8 (0.58 below, log Z 0.12 off) in 12.7 s; the
+        "auto" noise leaves 12.5 with 8 neighbours. It is not the default because it
+        fails on strongly correlated data: on 50,000 28×28 patches of the bundled
+        photographs its first phase (like CD's defaults) ends hundreds of nats from the
+        MLE (KL 305–401 with 4 neighbours; not positive definite with 8), where the
+        MLE's diagonal is 20–30 times the independent model's, its condition number
+        4·10⁴, and Adam's steps do not reach it.
         Either way the fit is checked: an NCE or ranking-NCE estimate provably far below
         the data's maximum likelihood is not marked converged, and says what to do. With
         a full-batch ``optimizer`` the noise adapts by 1,000 Adam steps first and
@@ -533,13 +534,13 @@ class GridGaussian(DensityMixin, BaseEstimator):
         1.9 after one product); 8-neighbour NCE with the 4-neighbour grid noise reported
         convergence at KL 68.7 on the same patches, and ranking NCE at KL 11.4 on MNIST.
         """
-        # Its own symbolic analysis: refactoring the fitted model's would overwrite the
-        # factor that distribution_ holds.
         limit = self._GAP_LIMIT
         if self.method != "cd":
             # NCE's own sampling error: KL(MLE ‖ θ̂) ≈ p/(2N) on average for a noise equal
             # to the data (asymptotic variance (1 + 1/ν) I⁻¹ with ν = 1); allowed twice.
             limit += grid.n_params / n_samples
+        # Its own symbolic analysis: refactoring the fitted model's would overwrite the
+        # factor that distribution_ holds.
         try:
             lower, _ = likelihood_gap_bounds(self.theta_, moments, grid, limit=limit,
                                              max_products=self._GAP_PRODUCTS)
