@@ -12,8 +12,10 @@ counts as zero) and leave it to the caller to zero the pairs that wrap around a 
 
 Offsets into a row are added as unsigned integers (``y[q + s]`` with ``q = uint64(p)``).
 With a signed index Numba emits a negative-index wraparound test on every access, and
-that select stops LLVM from vectorizing the loop: the pattern-moment and quadratic-form
-passes over MNIST ran at half the speed (scalar ``vfmadd…sd`` in the generated code).
+that select stops LLVM from vectorizing the loop: a one-line ``row[p] += w*y[p]*y[p+s]``
+kernel compiled to 3 AVX instructions with the signed index and 20 with an unsigned one,
+and the pattern-moment and quadratic-form passes over MNIST ran twice as fast after the
+change (the README's Performance section).
 """
 
 import llvmlite.binding as llvm_binding

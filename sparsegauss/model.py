@@ -176,7 +176,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
         "auto" noise leaves 12.5 with 8 neighbours. It is not the default because it
         fails on strongly correlated data: on 50,000 28×28 patches of the bundled
         photographs its first phase (like CD's defaults) ends hundreds of nats from the
-        MLE (KL 305–401 with 4 neighbours; not positive definite with 8), where the
+        MLE (KL 401 with 4 neighbours at 2,000 steps; not positive definite with 8), where the
         MLE's diagonal is 20–30 times the independent model's, its condition number
         4·10⁴, and Adam's steps do not reach it.
         Either way the fit is checked: an NCE or ranking-NCE estimate provably far below

@@ -36,11 +36,12 @@ def test_demo_writes_summary_report_figures_and_models(demo_run):
             if s == stencil and name != "sm closed form":
                 assert row["positive_definite"] and row["converged"], name
     assert rows["mle", 8]["test_loglik"] > rows["mle", 4]["test_loglik"]
-    # NCE with the adaptive noise: its learned log Z within NCE's finite-sample bias
-    # (between -0.5 and -3 p/N measured; p/N = 0.29 / 0.47 here) of the exact value.
-    for stencil in (4, 8):
-        nce = rows["nce", stencil]
-        assert abs(nce["log_partition_error"]) < 3 * nce["n_params"] / nce["n_train"]
+    # NCE with the adaptive noise: its learned log Z within 0.5 nats of the exact value
+    # with 4 neighbours, and with 8 within NCE's finite-sample bias (between -0.5 and -3
+    # p/N measured; p/N = 0.47 here).
+    assert abs(rows["nce", 4]["log_partition_error"]) < 0.5
+    nce = rows["nce", 8]
+    assert abs(nce["log_partition_error"]) < 3 * nce["n_params"] / nce["n_train"]
     assert "noise=\"adaptive\"" in (demo_run / "report.md").read_text()
     assert [r["estimator"] for r in summary["noise_check"]] == list(NOISE_CHECK)
     report = (demo_run / "report.md").read_text()
