@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import get_cython_function_address
 
-__all__ = ["ZIGGURAT", "apply_stencil", "copy_rows_where", "gaussian_term_and_score",
+__all__ = ["ZIGGURAT", "apply_stencil", "cholesky_supernodal", "copy_rows_where", "gaussian_term_and_score",
            "gibbs_sweeps", "lower_positions", "lower_transposed_solve", "mala_propose",
            "mala_reverse", "pattern_cross_moments", "pattern_moments", "quadratic_forms",
            "sandwich_on_pattern", "sandwich_terms", "scatter_transposed",
@@ -353,7 +353,56 @@ def _fortran_routine(module, name, n_args):
 _dtrsm = _fortran_routine("cython_blas", "dtrsm", 11)
 _dsymm = _fortran_routine("cython_blas", "dsymm", 12)
 _dgemm = _fortran_routine("cython_blas", "dgemm", 13)
+_dsyrk = _fortran_routine("cython_blas", "dsyrk", 10)
+_dpotrf = _fortran_routine("cython_lapack", "dpotrf", 5)
 _dpotri = _fortran_routine("cython_lapack", "dpotri", 5)
+
+@njit(cache=True, inline="always")
+def _supernode_sizes(indptr, starts):
+    """Supernode owning each column, and the largest block (columns × rows) and number
+    of rows below any supernode (to size the work arrays once)."""
+    n = indptr.size - 1
+    max_block = 1
+    max_below = 1
+    owner = np.empty(n, dtype=np.int64)
+    for sn in range(starts.size - 1):
+        f = starts[sn]
+        ld = indptr[f + 1] - indptr[f]
+        s = starts[sn + 1] - f
+        max_block = max(max_block, s * ld)
+        max_below = max(max_below, ld - s)
+        owner[f:starts[sn + 1]] = sn
+    return owner, max_block, max_below
+
+
+@njit(cache=True, inline="always")
+def _ancestor_run(indptr, indices, starts, owner, rows, b0, offset):
+    """The run of rows ``rows[b0:b1]`` of ``R`` that are columns of one later supernode
+    ``S'``, and where every later row of ``R`` sits in ``S'``'s columns.
+
+    ``R`` (the rows below a supernode) is a clique of the filled graph, so the rows of
+    ``R`` past the run all lie in the rows ``R'`` below ``S'``; ``offset[a]`` gets the
+    position of ``rows[a]`` in ``S'``'s first column (one sorted merge). In column
+    ``c2 = rows[b]`` of ``S'`` (``b`` in the run), row ``rows[a]`` then sits at
+    ``indptr[c2] + rows[a] − c2`` for ``a`` in the run and at ``indptr[c2] − (c2 − f2) +
+    offset[a]`` past it. Returns ``(b1, f2)``, ``f2`` the first column of ``S'``.
+    """
+    r = rows.size
+    sn2 = owner[rows[b0]]
+    f2 = starts[sn2]
+    end2 = starts[sn2 + 1]
+    b1 = b0 + 1
+    while b1 < r and rows[b1] < end2:
+        b1 += 1
+    q2 = indptr[f2] + (end2 - f2)
+    for a in range(b1, r):
+        while q2 < indptr[f2 + 1] and indices[q2] != rows[a]:
+            q2 += 1
+        if q2 == indptr[f2 + 1]:
+            raise ValueError("factor pattern is not closed under elimination")
+        offset[a] = q2 - indptr[f2]
+    return b1, f2
+
 
 #: Supernodes whose block (columns × rows) is at most this many entries are done in
 #: loops: for them the BLAS calls' own overhead is most of the cost (measured on 28×28
@@ -447,18 +496,8 @@ def takahashi_supernodal(indptr, indices, ldata, starts, z):
         caller keeps one buffer per factor pattern: on a 1024×1024 grid a fresh one
         costs 0.2–0.4 s of page faults per call.
     """
-    n = indptr.size - 1
     n_super = starts.size - 1
-    max_block = 1
-    max_below = 1
-    owner = np.empty(n, dtype=np.int64)
-    for sn in range(n_super):
-        f = starts[sn]
-        ld = indptr[f + 1] - indptr[f]
-        s = starts[sn + 1] - f
-        max_block = max(max_block, s * ld)
-        max_below = max(max_below, ld - s)
-        owner[f:starts[sn + 1]] = sn
+    owner, max_block, max_below = _supernode_sizes(indptr, starts)
     # Column-major work arrays: the supernode's columns (leading dimension ld = s + r,
     # rows J then R), Z_RR (r × r, lower triangle) and Z_RJ (r × s).
     block = np.empty(max_block)
@@ -484,26 +523,10 @@ def takahashi_supernodal(indptr, indices, ldata, starts, z):
         rows = indices[p0 + s:p0 + ld]
         b0 = 0
         while b0 < r:
-            # rows[b0:b1] are columns of the later supernode S' (first column f2, width
-            # s2); every later row of R lies in the rows R' below S' (R is a clique).
-            sn2 = owner[rows[b0]]
-            f2 = starts[sn2]
-            end2 = starts[sn2 + 1]
-            b1 = b0 + 1
-            while b1 < r and rows[b1] < end2:
-                b1 += 1
-            q2 = indptr[f2] + (end2 - f2)
-            for a in range(b1, r):
-                while q2 < indptr[f2 + 1] and indices[q2] != rows[a]:
-                    q2 += 1
-                if q2 == indptr[f2 + 1]:
-                    raise ValueError("factor pattern is not closed under elimination")
-                offset[a] = q2 - indptr[f2]
+            b1, f2 = _ancestor_run(indptr, indices, starts, owner, rows, b0, offset)
             for b in range(b0, b1):
                 c2 = rows[b]
                 q0 = indptr[c2]
-                # In column c2 of S', row x ∈ S' sits at x − c2, row R'[t] at
-                # (end2 − c2) + t: the offset within column f2 minus (c2 − f2).
                 for a in range(b, b1):
                     z_rr[b * r + a] = z[q0 + rows[a] - c2]
                 shift = q0 - (c2 - f2)
@@ -535,6 +558,128 @@ def takahashi_supernodal(indptr, indices, ldata, starts, z):
             q += s - c
             for a in range(r):
                 z[q + a] = z_rj[c * r + a]
+
+
+@njit(cache=True)
+def cholesky_supernodal(indptr, indices, ldata, starts, positions, values):
+    """Numeric Cholesky factorization ``A = L Lᵀ`` into a fixed supernodal structure.
+
+    Right-looking over supernodes, as a multifrontal code without frontal matrices: for
+    a supernode with columns ``J`` and rows ``R`` below it, whose block already holds
+    ``A``'s entries minus every earlier supernode's update,
+
+        L_JJ = chol(B_JJ)                     (dpotrf, ⅓ s³ flops)
+        L_RJ = B_RJ L_JJ⁻ᵀ                    (dtrsm, r s²)
+        B_RR −= L_RJ L_RJᵀ                    (dsyrk, r² s; scattered into the columns
+                                               of the later supernodes that own R)
+
+    The scatter uses the same relative indices as :func:`takahashi_supernodal`'s gather
+    (``R`` is a clique of the filled graph). Tiny supernodes (block ≤ ``_SMALL_BLOCK``
+    entries) are done in loops.
+
+    Parameters
+    ----------
+    indptr, indices : ndarray of int64
+        The factor's structure: lower-triangular CSC, sorted rows, diagonal first, closed
+        under elimination (the structure CHOLMOD's symbolic analysis gives).
+    ldata : ndarray of float64
+        Output: the factor's values in that structure (every entry is written).
+    starts : ndarray of int64
+        First column of each supernode, plus ``n`` (:func:`supernode_starts`).
+    positions : ndarray of int64
+        Where each value of ``A`` (already permuted) goes in ``ldata``; ``-1`` skips it
+        (the upper triangle).
+    values : ndarray of float64
+        ``A``'s values, like ``positions``.
+
+    Returns
+    -------
+    int
+        ``-1`` on success; otherwise the first (permuted) column whose pivot is not
+        positive (or not finite): ``A`` is not positive definite, and ``ldata`` is
+        incomplete.
+    """
+    n_super = starts.size - 1
+    ldata[:] = 0.0
+    for t in range(positions.size):
+        if positions[t] >= 0:
+            ldata[positions[t]] = values[t]
+    owner, max_block, max_below = _supernode_sizes(indptr, starts)
+    block = np.empty(max_block)
+    update = np.empty(max_below * max_below)
+    offset = np.empty(max_below, dtype=np.int64)
+    flags = np.array([ord("L"), ord("R"), ord("N"), ord("T")], dtype=np.uint8)
+    lower, right, no_trans, trans = flags[0:1], flags[1:2], flags[2:3], flags[3:4]
+    dims = np.zeros(3, dtype=np.int32)            # r, s, ld
+    info = np.zeros(1, dtype=np.int32)
+    scalars = np.array([1.0, 0.0])
+    one, zero = scalars[0:1], scalars[1:2]
+    for sn in range(n_super):
+        f = starts[sn]
+        s = starts[sn + 1] - f
+        p0 = indptr[f]
+        ld = indptr[f + 1] - p0
+        r = ld - s
+        for c in range(s):
+            q = indptr[f + c]
+            for i in range(ld - c):
+                block[c * ld + c + i] = ldata[q + i]
+        if s * ld <= _SMALL_BLOCK:
+            for c in range(s):
+                pivot = block[c * ld + c]
+                if not pivot > 0.0 or not np.isfinite(pivot):
+                    return f + c
+                pivot = np.sqrt(pivot)
+                block[c * ld + c] = pivot
+                for i in range(c + 1, ld):
+                    block[c * ld + i] /= pivot
+                for c2 in range(c + 1, s):
+                    factor = block[c * ld + c2]
+                    for i in range(c2, ld):
+                        block[c2 * ld + i] -= block[c * ld + i] * factor
+            if s == 1:      # most supernodes of small grids: an outer product, no sum
+                for b in range(r):
+                    x = block[1 + b]
+                    for a in range(b, r):
+                        update[b * r + a] = block[1 + a] * x
+            else:
+                for b in range(r):
+                    for a in range(b, r):
+                        v = 0.0
+                        for c in range(s):
+                            v += block[c * ld + s + a] * block[c * ld + s + b]
+                        update[b * r + a] = v
+        else:
+            dims[0], dims[1], dims[2] = r, s, ld
+            m_r, m_s, m_ld = dims[0:1], dims[1:2], dims[2:3]
+            _dpotrf(lower.ctypes, m_s.ctypes, block.ctypes, m_ld.ctypes, info.ctypes)
+            if info[0] != 0:
+                return f + max(info[0] - 1, 0)
+            tail = block[s:]
+            if r > 0:
+                _dtrsm(right.ctypes, lower.ctypes, trans.ctypes, no_trans.ctypes,
+                       m_r.ctypes, m_s.ctypes, one.ctypes, block.ctypes, m_ld.ctypes,
+                       tail.ctypes, m_ld.ctypes)
+                _dsyrk(lower.ctypes, no_trans.ctypes, m_r.ctypes, m_s.ctypes, one.ctypes,
+                       tail.ctypes, m_ld.ctypes, zero.ctypes, update.ctypes, m_r.ctypes)
+        for c in range(s):
+            q = indptr[f + c]
+            for i in range(ld - c):
+                ldata[q + i] = block[c * ld + c + i]
+        rows = indices[p0 + s:p0 + ld]
+        b0 = 0
+        while b0 < r:
+            b1, f2 = _ancestor_run(indptr, indices, starts, owner, rows, b0, offset)
+            for b in range(b0, b1):
+                c2 = rows[b]
+                q0 = indptr[c2]
+                for a in range(b, b1):
+                    ldata[q0 + rows[a] - c2] -= update[b * r + a]
+                shift = q0 - (c2 - f2)
+                for a in range(b1, r):
+                    ldata[shift + offset[a]] -= update[b * r + a]
+            b0 = b1
+    return -1
 
 
 @njit(cache=True)

@@ -3,7 +3,16 @@
 One :class:`SparseCholesky` holds the symbolic analysis (fill-reducing ordering and the
 factor's structure) of one sparsity pattern; :meth:`SparseCholesky.factorize` refactors
 it numerically for new values on the same pattern, which is what every iteration of a
-fit does. From a factorization ``P A Pᵀ = L Lᵀ`` it gives
+fit does. CHOLMOD does the analysis (its ordering and its relaxed supernodes); the
+numeric refactorization is the library's own supernodal kernel
+(:func:`sparsegauss._kernels.cholesky_supernodal`) writing into an array the library
+owns, so that the selected inversion reads the factor where it lies. Through
+scikit-sparse the factor had to be copied out of CHOLMOD after every refactorization
+(``Factor.L()``), which cost more than the refactorization itself on large grids
+(1024×1024: refactor 3.0 s, with the copy 6.1 s; the kernel, single-threaded, 1.6 s).
+CHOLMOD's own numeric factor is brought up to date only when a solve needs it
+(:meth:`CholeskyFactor.solve`, and sampling on grids above 4,096 pixels). From a
+factorization ``P A Pᵀ = L Lᵀ`` it gives
 
 * ``log det A = Σ_j log d_j`` with ``d_j = L_jj²``;
 * solves ``A x = b``;
@@ -110,15 +119,31 @@ class SparseCholesky:
         self.permutation = np.asarray(self._factor.P(), dtype=np.int64)
         self.inverse_permutation = np.empty_like(self.permutation)
         self.inverse_permutation[self.permutation] = np.arange(self.n)
+        # The factor's structure (CHOLMOD's, relaxed supernodes and their explicit zeros
+        # included) from one factorization of a diagonally dominant matrix on the pattern:
+        # scikit-sparse hands out the structure only with values.
+        probe = abs(pattern)
+        probe.data[:] = -1.0
+        probe = (probe + sp.diags(np.asarray(abs(probe).sum(axis=1)).ravel() + 2.0)).tocsc()
+        self._factor.cholesky_inplace(probe)
+        structure = self._factor.L()
+        structure.sort_indices()
+        self.indptr = structure.indptr.astype(np.int64)
+        self.indices = structure.indices.astype(np.int64)
+        self.starts = _kernels.supernode_starts(self.indptr, self.indices)
+        self._values = np.empty(self.indices.size)       # the numeric factor, reused
+        self._inverse = None                             # the selected inverse, reused
+        self._matrix_lookup = None
         self._lookup = None
-        self._supernodes = None
+        self._generation = 0
+        self._cholmod_generation = None                  # CHOLMOD holds `probe`
 
     def factorize(self, matrix):
         """Refactor numerically for a matrix on the analyzed pattern.
 
         Parameters
         ----------
-        matrix : scipy.sparse.csc_matrix, shape (D, D)
+        matrix : scipy.sparse matrix, shape (D, D)
             Symmetric; only the lower triangle is read.
 
         Returns
@@ -132,29 +157,74 @@ class SparseCholesky:
         NotPositiveDefiniteError
             When a pivot is not positive (or not finite); ``column`` names the pixel.
         """
+        matrix = sp.csc_matrix(matrix, dtype=np.float64)
+        if matrix.shape != (self.n, self.n):
+            raise ValueError(f"The matrix must have shape ({self.n}, {self.n}), the "
+                             f"analyzed pattern's. Got {matrix.shape} instead.")
         if not np.all(np.isfinite(matrix.data)):
             raise ValueError("The matrix to factorize contains NaN or inf entries.")
-        try:
-            self._factor.cholesky_inplace(matrix)
-        except CholmodNotPositiveDefiniteError:
-            # CHOLMOD's supernodal code stops at the first bad pivot; ask the pivots which.
-            self._raise_not_pd(self._factor.D())
-        pivots = self._factor.D()
-        if not np.all(pivots > 0) or not np.all(np.isfinite(pivots)):
-            self._raise_not_pd(pivots)
-        return CholeskyFactor(self, pivots)
+        positions = self._value_positions(matrix)
+        with _one_blas_thread():
+            failed = _kernels.cholesky_supernodal(self.indptr, self.indices, self._values,
+                                                  self.starts, positions, matrix.data)
+        self._generation += 1
+        diagonal = self._values[self.indptr[:-1]]
+        if failed >= 0 or not np.all(np.isfinite(diagonal)):
+            self._raise_not_pd(failed)
+        return CholeskyFactor(self, matrix, diagonal * diagonal)
 
-    def _raise_not_pd(self, pivots):
-        bad = np.flatnonzero(~(np.isfinite(pivots) & (pivots > 0)))
-        column = int(self.permutation[bad[0]]) if bad.size else None
-        where = f" (first failing pivot at pixel {column})" if column is not None else ""
+    def _value_positions(self, matrix):
+        """Where each stored value of ``matrix`` goes in the factor (``-1``: upper
+        triangle, not read), found once per matrix structure: every iteration of a fit
+        passes the same index arrays."""
+        cached = self._matrix_lookup
+        if cached is not None and (cached[0] is matrix.indices or (
+                cached[0].size == matrix.indices.size
+                and np.array_equal(cached[0], matrix.indices)
+                and np.array_equal(cached[1], matrix.indptr))):
+            return cached[2]
+        rows = matrix.indices.astype(np.int64)
+        cols = np.repeat(np.arange(self.n, dtype=np.int64), np.diff(matrix.indptr))
+        lower = rows >= cols
+        positions = np.full(rows.size, -1, dtype=np.int64)
+        positions[lower] = _kernels.lower_positions(
+            self.indptr, self.indices, self.inverse_permutation[rows[lower]],
+            self.inverse_permutation[cols[lower]])
+        if np.any(positions[lower] < 0):
+            raise ValueError("The matrix has entries outside the analyzed pattern; "
+                             "analyze its own pattern (SparseCholesky(matrix)).")
+        self._matrix_lookup = (matrix.indices, matrix.indptr, positions)
+        return positions
+
+    def _raise_not_pd(self, failed):
+        if failed < 0:                 # a non-finite pivot the kernel let through
+            diagonal = self._values[self.indptr[:-1]]
+            failed = int(np.flatnonzero(~np.isfinite(diagonal))[0])
+        column = int(self.permutation[failed])
         raise NotPositiveDefiniteError(
-            f"The precision matrix is not positive definite{where}: its Cholesky "
-            "factorization has a pivot <= 0. The parameters lie outside the cone of valid "
-            "Gaussian models.", column=column)
+            f"The precision matrix is not positive definite (first failing pivot at pixel "
+            f"{column}): its Cholesky factorization has a pivot <= 0. The parameters lie "
+            "outside the cone of valid Gaussian models.", column=column)
 
-    def _positions(self, lower, rows, cols):
-        """Positions of the original entries (rows, cols) in the permuted factor ``lower``.
+    def _cholmod_for(self, factor):
+        """CHOLMOD's numeric factor of ``factor``'s matrix, refactored only when the
+        last one CHOLMOD holds is another's."""
+        if self._cholmod_generation != factor._generation:
+            try:
+                self._factor.cholesky_inplace(factor._matrix)
+            except CholmodNotPositiveDefiniteError as exc:   # not reached: ours passed
+                raise NotPositiveDefiniteError(str(exc)) from exc
+            self._cholmod_generation = factor._generation
+        return self._factor
+
+    def _check_current(self, factor):
+        if factor._generation != self._generation:
+            raise RuntimeError("This CholeskyFactor's values were overwritten by a later "
+                               "factorize() on the same SparseCholesky; use a factor "
+                               "before refactoring (or analyze the pattern twice).")
+
+    def _positions(self, rows, cols):
+        """Positions of the original entries (rows, cols) in the permuted factor.
 
         The factor's structure is fixed by the analysis, so the lookup for the same
         ``rows``/``cols`` arrays is computed once and reused by every refactorization.
@@ -163,29 +233,24 @@ class SparseCholesky:
         if cached is not None and cached[0] is rows and cached[1] is cols:
             return cached[2]
         positions = _kernels.lower_positions(
-            lower.indptr.astype(np.int64), lower.indices.astype(np.int64),
-            self.inverse_permutation[rows], self.inverse_permutation[cols])
+            self.indptr, self.indices, self.inverse_permutation[rows],
+            self.inverse_permutation[cols])
         if np.any(positions < 0):
             raise ValueError("Requested entries lie outside the factor's pattern; "
                              "the selected inverse covers only the analyzed pattern.")
         self._lookup = (rows, cols, positions)
         return positions
 
-
-    def _selected_inverse_on_factor(self, lower):
+    def _selected_inverse_on_factor(self):
         """Takahashi's recursion on the factor's full pattern, into a buffer kept for
-        this pattern (its supernodes, too, are found once: the structure is fixed).
-
-        The returned array is overwritten by the next call; callers read from it at
-        once."""
-        if self._supernodes is None or self._supernodes[0] != lower.nnz:
-            starts = _kernels.supernode_starts(lower.indptr, lower.indices)
-            self._supernodes = (lower.nnz, starts, np.empty(lower.nnz))
-        _, starts, inverse = self._supernodes
+        this pattern. The returned array is overwritten by the next call; callers read
+        from it at once."""
+        if self._inverse is None:
+            self._inverse = np.empty(self.indices.size)
         with _one_blas_thread():
-            _kernels.takahashi_supernodal(lower.indptr, lower.indices, lower.data, starts,
-                                          inverse)
-        return inverse
+            _kernels.takahashi_supernodal(self.indptr, self.indices, self._values,
+                                          self.starts, self._inverse)
+        return self._inverse
 
 
 class CholeskyFactor:
@@ -195,9 +260,10 @@ class CholeskyFactor:
     it before the next refactorization.
     """
 
-    def __init__(self, analysis, pivots):
+    def __init__(self, analysis, matrix, pivots):
         self._analysis = analysis
-        self._factor = analysis._factor
+        self._matrix = matrix
+        self._generation = analysis._generation
         self.pivots = pivots
         self._lower = None
 
@@ -207,7 +273,8 @@ class CholeskyFactor:
 
     def solve(self, b):
         """Solve ``A x = b`` for a vector or a (D, k) array."""
-        return self._factor.solve_A(np.asarray(b, dtype=np.float64))
+        cholmod = self._analysis._cholmod_for(self)
+        return cholmod.solve_A(np.asarray(b, dtype=np.float64))
 
     def sample(self, n_samples, random_state=None):
         """Exact draws from ``N(0, A⁻¹)``.
@@ -279,18 +346,22 @@ class CholeskyFactor:
         """The inverse of :meth:`whiten`, ``x = Pᵀ L⁻ᵀ z`` for every row of ``Z``
         (written into ``out`` when given)."""
         Z = np.asarray(Z, dtype=np.float64)
-        permuted = self._factor.solve_Lt(Z.T, use_LDLt_decomposition=False)
+        cholmod = self._analysis._cholmod_for(self)
+        permuted = cholmod.solve_Lt(Z.T, use_LDLt_decomposition=False)
         if out is None:
             out = np.empty(Z.shape)
         out[:, self._analysis.permutation] = permuted.T
         return out
 
     def lower(self):
-        """The factor ``L`` (of the permuted matrix) as CSC with sorted indices."""
+        """The factor ``L`` (of the permuted matrix) as CSC with sorted indices; it shares
+        the analysis's memory."""
+        self._analysis._check_current(self)
         if self._lower is None:
-            lower = self._factor.L()
-            if not lower.has_sorted_indices:
-                lower.sort_indices()
+            analysis = self._analysis
+            lower = sp.csc_matrix((analysis._values, analysis.indices, analysis.indptr),
+                                  shape=(analysis.n, analysis.n), copy=False)
+            lower.has_sorted_indices = True
             self._lower = lower
         return self._lower
 
@@ -310,6 +381,6 @@ class CholeskyFactor:
         -------
         ndarray, shape (m,)
         """
-        lower = self.lower()
-        inverse = self._analysis._selected_inverse_on_factor(lower)
-        return inverse[self._analysis._positions(lower, rows, cols)]
+        self._analysis._check_current(self)
+        inverse = self._analysis._selected_inverse_on_factor()
+        return inverse[self._analysis._positions(rows, cols)]

@@ -201,3 +201,88 @@ def test_takahashi_runs_on_one_blas_thread_and_restores_the_counts():
             with _one_blas_thread():
                 raise RuntimeError
         assert blas_threads() == before
+
+
+@pytest.mark.parametrize("mode", ["simplicial", "supernodal"])
+@pytest.mark.parametrize("shape, stencil", [((1, 1), 4), ((1, 9), 4), ((9, 1), 8), ((7, 9), 4),
+                                            ((12, 10), 8), ((30, 30), 4), ((24, 26), 8)])
+def test_factorization_kernel_matches_numpy_cholesky(shape, stencil, mode, rng):
+    """The library's numeric factor against ``numpy.linalg.cholesky`` of ``P A Pᵀ``, entry
+    by entry on the factor's structure, with zeros everywhere else (the structure holds
+    all of L). Shapes as for the selected inverse: loops and BLAS blocks both run."""
+    grid = GridParameterization(shape, stencil)
+    theta = random_spd_theta(grid, rng)
+    analysis = SparseCholesky(grid.pattern, mode=mode)
+    factor = analysis.factorize(grid.precision(theta))
+    perm = analysis.permutation
+    dense = np.linalg.cholesky(dense_precision(grid, theta)[np.ix_(perm, perm)])
+    lower = factor.lower().toarray()
+    np.testing.assert_allclose(lower, dense, rtol=1e-10, atol=1e-12 * np.abs(dense).max())
+    np.testing.assert_allclose(factor.pivots, np.diag(dense) ** 2, rtol=1e-12)
+
+
+def test_factorization_reads_only_the_lower_triangle(rng):
+    grid = GridParameterization((6, 7), 8)
+    theta = random_spd_theta(grid, rng)
+    full = grid.precision(theta)
+    analysis = SparseCholesky(grid.pattern)
+    expected = analysis.factorize(full).logdet()
+    lower_only = analysis.factorize(sp.tril(full, format="csc")).logdet()
+    garbage_above = sp.tril(full) + 7.0 * sp.triu(full, 1)
+    assert lower_only == pytest.approx(expected, rel=1e-13)
+    assert analysis.factorize(garbage_above).logdet() == pytest.approx(expected, rel=1e-13)
+
+
+def test_indefinite_by_elimination_names_the_first_failing_pivot(rng):
+    """Every diagonal entry positive, but strong couplings make a later pivot negative:
+    the reported pixel is the first one, in elimination order, whose pivot fails, as in
+    a dense Cholesky of ``P A Pᵀ``."""
+    grid = GridParameterization((8, 9), 4)
+    fields = np.zeros((grid.n_terms, grid.n_pixels))
+    fields[0] = 1.0
+    fields[1:] = -0.3
+    fields[1:, 40:] = -0.9                       # too strong from here on
+    theta = grid.project(fields * grid.valid)
+    analysis = SparseCholesky(grid.pattern, mode="supernodal")
+    dense = dense_precision(grid, theta)[np.ix_(analysis.permutation, analysis.permutation)]
+    first_bad = None
+    for k in range(1, grid.n_pixels + 1):        # leading minors in elimination order
+        if np.linalg.eigvalsh(dense[:k, :k])[0] <= 0:
+            first_bad = k - 1
+            break
+    assert first_bad is not None
+    with pytest.raises(NotPositiveDefiniteError) as info:
+        analysis.factorize(grid.precision(theta))
+    assert info.value.column == analysis.permutation[first_bad]
+
+
+def test_a_factor_overwritten_by_a_later_refactorization_says_so(rng):
+    grid = GridParameterization((5, 6), 4)
+    analysis = SparseCholesky(grid.pattern)
+    theta1, theta2 = random_spd_theta(grid, rng), random_spd_theta(grid, rng)
+    first = analysis.factorize(grid.precision(theta1))
+    second = analysis.factorize(grid.precision(theta2))
+    rows, cols = grid.pair_indices()
+    with pytest.raises(RuntimeError, match="overwritten"):
+        first.selected_inverse(rows, cols)
+    # Its log-determinant and solves stay its own (the solve refactors CHOLMOD for it).
+    b = rng.normal(size=grid.n_pixels)
+    np.testing.assert_allclose(first.solve(b), np.linalg.solve(dense_precision(grid, theta1), b),
+                               rtol=1e-9)
+    assert first.logdet() == pytest.approx(np.linalg.slogdet(dense_precision(grid, theta1))[1])
+    np.testing.assert_allclose(second.solve(b),
+                               np.linalg.solve(dense_precision(grid, theta2), b), rtol=1e-9)
+    np.testing.assert_allclose(second.selected_inverse(rows, cols),
+                               np.linalg.inv(dense_precision(grid, theta2))[rows, cols],
+                               rtol=1e-9)
+
+
+def test_a_matrix_off_the_analyzed_pattern_is_refused():
+    grid = GridParameterization((1, 16), 4)      # a chain: the factor has no fill
+    analysis = SparseCholesky(grid.pattern)
+    matrix = np.eye(16) * 3
+    matrix[15, 0] = matrix[0, 15] = 1.0
+    with pytest.raises(ValueError, match="outside the analyzed pattern"):
+        analysis.factorize(sp.csc_matrix(matrix))
+    with pytest.raises(ValueError, match="shape"):
+        analysis.factorize(sp.eye(15, format="csc"))
