@@ -3,16 +3,17 @@
 One :class:`SparseCholesky` holds the symbolic analysis (fill-reducing ordering and the
 factor's structure) of one sparsity pattern; :meth:`SparseCholesky.factorize` refactors
 it numerically for new values on the same pattern, which is what every iteration of a
-fit does. CHOLMOD does the analysis (its ordering and its relaxed supernodes); the
-numeric refactorization is the library's own supernodal kernel
-(:func:`sparsegauss._kernels.cholesky_supernodal`) writing into an array the library
-owns, so that the selected inversion reads the factor where it lies. Through
-scikit-sparse the factor had to be copied out of CHOLMOD after every refactorization
-(``Factor.L()``), which cost more than the refactorization itself on large grids
-(1024×1024: refactor 3.0 s, with the copy 6.1 s; the kernel, single-threaded, 1.6 s).
-CHOLMOD's own numeric factor is brought up to date only when a solve needs it
-(:meth:`CholeskyFactor.solve`, and sampling on grids above 4,096 pixels). From a
-factorization ``P A Pᵀ = L Lᵀ`` it gives
+fit does. CHOLMOD chooses the fill-reducing ordering; the factor's structure
+(:func:`sparsegauss._kernels.symbolic_supernodal`: CHOLMOD's relaxed supernodes, the same
+structure, tested) and the numeric refactorization
+(:func:`sparsegauss._kernels.cholesky_supernodal`) are the library's own, writing into
+arrays the library owns, so that the selected inversion reads the factor where it lies.
+Through scikit-sparse the factor had to be copied out of CHOLMOD after every
+refactorization (``Factor.L()``), which cost more than the refactorization itself on
+large grids (1024×1024: refactor 3.0 s, with the copy 6.1 s; the kernel, on one thread,
+1.6 s). CHOLMOD's own numeric factor is brought up to date only when a solve needs it
+(:meth:`CholeskyFactor.solve`, :meth:`CholeskyFactor.unwhiten`, and so sampling on grids
+above 4,096 pixels). From a factorization ``P A Pᵀ = L Lᵀ`` it gives
 
 * ``log det A = Σ_j log d_j`` with ``d_j = L_jj²``;
 * solves ``A x = b``;
@@ -49,6 +50,15 @@ _SAMPLE_BLOCK_VALUES = 1 << 24
 _KERNEL_SOLVE_MAX_PIXELS = 1 << 12
 _KERNEL_SOLVE_BLOCK = 256
 
+
+#: Relaxed amalgamation (:func:`sparsegauss._kernels.symbolic_supernodal`): CHOLMOD's
+#: defaults ``nrelax``, ``zrelax`` (modes "auto" and "supernodal"), and none (the exact
+#: structure, fundamental supernodes only: mode "simplicial"). Relaxed is faster even
+#: on 28×28, where CHOLMOD itself would choose its simplicial code: the MNIST MLE in
+#: 0.31–0.33 s against 0.34 s (4 neighbours) and 0.35–0.38 s against 0.43–0.50 s (8),
+#: medians of 7, alternated (scratch /tmp/exp5/ab2.py).
+_RELAX = ((4, 16, 48), (0.8, 0.1, 0.05))
+_NO_RELAX = ((0, 0, 0), (0.0, 0.0, 0.0))
 
 _BLAS_LIBRARIES = None
 
@@ -95,7 +105,9 @@ class SparseCholesky:
         Symmetric matrix whose nonzero structure (both triangles, or the lower one)
         every later matrix shares.
     mode : {"auto", "simplicial", "supernodal"}, default="auto"
-        CHOLMOD's factorization algorithm (see scikit-sparse's ``analyze``).
+        The factor's structure: relaxed supernodes (CHOLMOD's supernodal structure:
+        "auto" and "supernodal") or the exact one ("simplicial"). CHOLMOD orders the
+        pattern and, for solves, factors with the same mode.
 
     Examples
     --------
@@ -119,24 +131,24 @@ class SparseCholesky:
         self.permutation = np.asarray(self._factor.P(), dtype=np.int64)
         self.inverse_permutation = np.empty_like(self.permutation)
         self.inverse_permutation[self.permutation] = np.arange(self.n)
-        # The factor's structure (CHOLMOD's, relaxed supernodes and their explicit zeros
-        # included) from one factorization of a diagonally dominant matrix on the pattern:
-        # scikit-sparse hands out the structure only with values.
-        probe = abs(pattern)
-        probe.data[:] = -1.0
-        probe = (probe + sp.diags(np.asarray(abs(probe).sum(axis=1)).ravel() + 2.0)).tocsc()
-        self._factor.cholesky_inplace(probe)
-        structure = self._factor.L()
-        structure.sort_indices()
-        self.indptr = structure.indptr.astype(np.int64)
-        self.indices = structure.indices.astype(np.int64)
-        self.starts = _kernels.supernode_starts(self.indptr, self.indices)
+        # The factor's structure in relaxed supernodes (CHOLMOD's rule and defaults, so
+        # the same blocks as CHOLMOD's supernodal factor), from the permuted pattern with
+        # both triangles.
+        ones = pattern.copy()
+        ones.data[:] = 1.0                 # structure only: explicit zeros count, no cancelling
+        ones = ones + ones.T
+        permuted = ones[self.permutation][:, self.permutation].tocsc()
+        permuted.sort_indices()
+        nrelax, zrelax = _NO_RELAX if mode == "simplicial" else _RELAX
+        self.indptr, self.indices, self.starts = _kernels.symbolic_supernodal(
+            permuted.indptr.astype(np.int64), permuted.indices.astype(np.int64),
+            np.asarray(nrelax, dtype=np.int64), np.asarray(zrelax, dtype=np.float64))
         self._values = np.empty(self.indices.size)       # the numeric factor, reused
         self._inverse = None                             # the selected inverse, reused
         self._matrix_lookup = None
         self._lookup = None
         self._generation = 0
-        self._cholmod_generation = None                  # CHOLMOD holds `probe`
+        self._cholmod_generation = None                  # CHOLMOD holds no values yet
 
     def factorize(self, matrix):
         """Refactor numerically for a matrix on the analyzed pattern.

@@ -278,11 +278,33 @@ def test_a_factor_overwritten_by_a_later_refactorization_says_so(rng):
 
 
 def test_a_matrix_off_the_analyzed_pattern_is_refused():
-    grid = GridParameterization((1, 16), 4)      # a chain: the factor has no fill
-    analysis = SparseCholesky(grid.pattern)
+    grid = GridParameterization((1, 16), 4)      # a chain: the exact factor has no fill
+    analysis = SparseCholesky(grid.pattern, mode="simplicial")
     matrix = np.eye(16) * 3
     matrix[15, 0] = matrix[0, 15] = 1.0
     with pytest.raises(ValueError, match="outside the analyzed pattern"):
         analysis.factorize(sp.csc_matrix(matrix))
     with pytest.raises(ValueError, match="shape"):
         analysis.factorize(sp.eye(15, format="csc"))
+
+
+@pytest.mark.parametrize("mode", ["simplicial", "supernodal"])
+@pytest.mark.parametrize("shape, stencil", [((1, 1), 4), ((1, 9), 4), ((7, 9), 4), ((12, 10), 8),
+                                            ((30, 30), 4), ((24, 26), 8), ((64, 64), 4)])
+def test_symbolic_structure_is_cholmods(shape, stencil, mode, rng):
+    """The library's symbolic factorization (elimination tree, column structures, relaxed
+    amalgamation) gives exactly the structure of CHOLMOD's factor in the same mode: the
+    pattern scikit-sparse's ``Factor.L()`` returns after a numeric factorization, with
+    the relaxed supernodes' explicit zeros."""
+    from sparsegauss import _kernels
+    grid = GridParameterization(shape, stencil)
+    analysis = SparseCholesky(grid.pattern, mode=mode)
+    cholmod = analysis._factor
+    cholmod.cholesky_inplace(grid.precision(random_spd_theta(grid, rng)))
+    lower = cholmod.L()
+    lower.sort_indices()
+    np.testing.assert_array_equal(analysis.indptr, lower.indptr)
+    np.testing.assert_array_equal(analysis.indices, lower.indices)
+    if mode == "simplicial":
+        np.testing.assert_array_equal(analysis.starts, _kernels.supernode_starts(
+            lower.indptr.astype(np.int64), lower.indices.astype(np.int64)))
