@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import get_cython_function_address
 
-__all__ = ["ZIGGURAT", "apply_stencil", "cholesky_supernodal", "copy_rows_where", "gaussian_term_and_score",
+__all__ = ["ZIGGURAT", "apply_stencil", "cholesky_supernodal", "first_non_finite_row", "copy_rows_where", "gaussian_term_and_score",
            "gibbs_sweeps", "lower_positions", "lower_transposed_solve", "mala_propose",
            "mala_reverse", "pattern_cross_moments", "pattern_moments", "quadratic_forms",
            "sandwich_on_pattern", "sandwich_terms", "scatter_transposed",
@@ -997,6 +997,29 @@ def lower_positions(indptr, indices, rows, cols):
                 hi = mid
         out[t] = lo if (lo < indptr[c + 1] and indices[lo] == r) else -1
     return out
+
+
+@njit(parallel=True, fastmath=_REASSOC, cache=True)
+def first_non_finite_row(X, n_chunks):
+    """Index of the first row of ``X`` holding a NaN or an infinity, or ``X.shape[0]``.
+
+    One read of the array with no temporary (``np.isfinite(X)`` allocates a mask the size
+    of the data, 47 MB for MNIST in float64, and cost 22–38 ms of a 0.3 s MLE fit): a row
+    is finite when ``Σ 0·x`` is 0, since ``0·inf`` and ``0·NaN`` are NaN. Reassociation
+    alone does not let LLVM fold ``0·x`` to 0 (that needs "nnan" and "nsz").
+    """
+    n = X.shape[0]
+    found = np.full(n_chunks, n, dtype=np.int64)
+    for chunk in prange(n_chunks):
+        for i in range(chunk * n // n_chunks, (chunk + 1) * n // n_chunks):
+            total = 0.0
+            row = X[i]
+            for p in range(row.size):
+                total += row[p] * 0.0
+            if total != total:
+                found[chunk] = i
+                break
+    return found.min()
 
 
 def default_chunks(n_samples):

@@ -63,10 +63,14 @@ _NO_RELAX = ((0, 0, 0), (0.0, 0.0, 0.0))
 _BLAS_LIBRARIES = None
 
 
+_BLAS_DEPTH = 0
+
+
 @contextlib.contextmanager
 def _one_blas_thread():
     """A context that runs every loaded BLAS on one thread, around the supernodal
-    Takahashi kernel.
+    factorization and Takahashi kernels (nested contexts cost nothing: a gradient of
+    log Z sets the counts once for both kernels).
 
     Its dense blocks (``dtrsm``, ``dpotri``, ``dsymm``, ``dgemm`` of SciPy's OpenBLAS,
     called from Numba) are mostly small, and OpenBLAS's threads spin while they wait:
@@ -77,7 +81,10 @@ def _one_blas_thread():
     restored directly: ``ThreadpoolController.limit`` re-reads every library's state on
     each call, 70 µs, a quarter of the kernel's time on a 28×28 grid.
     """
-    global _BLAS_LIBRARIES
+    global _BLAS_LIBRARIES, _BLAS_DEPTH
+    if _BLAS_DEPTH:
+        yield
+        return
     if _BLAS_LIBRARIES is None:
         # The kernel calls SciPy's BLAS: load it first, so the controller, which lists
         # the libraries loaded when it is made, knows it.
@@ -89,9 +96,11 @@ def _one_blas_thread():
     previous = [library.get_num_threads() for library in _BLAS_LIBRARIES]
     for library in _BLAS_LIBRARIES:
         library.set_num_threads(1)
+    _BLAS_DEPTH += 1
     try:
         yield
     finally:
+        _BLAS_DEPTH -= 1
         for library, count in zip(_BLAS_LIBRARIES, previous):
             library.set_num_threads(count)
 
@@ -169,7 +178,8 @@ class SparseCholesky:
         NotPositiveDefiniteError
             When a pivot is not positive (or not finite); ``column`` names the pixel.
         """
-        matrix = sp.csc_matrix(matrix, dtype=np.float64)
+        if not (sp.issparse(matrix) and matrix.format == "csc" and matrix.dtype == np.float64):
+            matrix = sp.csc_matrix(matrix, dtype=np.float64)
         if matrix.shape != (self.n, self.n):
             raise ValueError(f"The matrix must have shape ({self.n}, {self.n}), the "
                              f"analyzed pattern's. Got {matrix.shape} instead.")

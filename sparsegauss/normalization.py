@@ -11,7 +11,7 @@ sparse Cholesky factor gives at the cost of a factorization.
 
 import numpy as np
 
-from .cholesky import SparseCholesky
+from .cholesky import SparseCholesky, _one_blas_thread
 
 __all__ = ["GridNormalizer", "LOG_2PI"]
 
@@ -60,7 +60,8 @@ class GridNormalizer:
             ``−½ adjoint(m ⊙ Σ_pattern)``.
         covariance : ndarray, shape (n_terms, D)
         """
-        return self.value_and_grad_of(self.factorize(theta))
+        with _one_blas_thread():     # once for both kernels
+            return self.value_and_grad_of(self.factorize(theta))
 
     def value_and_grad_of(self, factor):
         """:meth:`value_and_grad` from an existing Cholesky factor of Λ(θ)."""

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _kernels
+
 __all__ = ["ArraySource", "DaskSource", "DataSource", "ShardSource", "as_source",
            "check_samples", "is_out_of_core"]
 
@@ -60,11 +62,13 @@ def check_samples(X, shape, where="X"):
             f"{width}) for a {height}x{width} grid. Got shape {X.shape} instead.")
     if X.dtype not in (np.float32, np.float64):
         X = X.astype(np.float64)
-    if not np.all(np.isfinite(X)):
-        bad = np.argwhere(~np.isfinite(X))[0]
-        raise ValueError(f"{where} contains NaN or inf (first at sample {bad[0]}, pixel "
-                         f"{bad[1]}). Remove or impute those values first.")
-    return np.ascontiguousarray(X)
+    X = np.ascontiguousarray(X)
+    row = _kernels.first_non_finite_row(X, _kernels.default_chunks(X.shape[0]))
+    if row < X.shape[0]:
+        pixel = int(np.flatnonzero(~np.isfinite(X[row]))[0])
+        raise ValueError(f"{where} contains NaN or inf (first at sample {row}, pixel "
+                         f"{pixel}). Remove or impute those values first.")
+    return X
 
 
 class DataSource:

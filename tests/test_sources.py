@@ -116,3 +116,29 @@ def test_truncated_shard_is_named(tmp_path):
     (tmp_path / "a.npy").write_bytes(data[:-8 * 12])
     with pytest.raises(ValueError, match="a.npy"):
         as_source(str(tmp_path), (3, 4)).sum_over_chunks(lambda chunk: chunk.sum())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [(0, 0), (517, 11), (999, 19)])
+def test_check_samples_names_the_first_non_finite_value(dtype, value, where):
+    from sparsegauss.sources import check_samples
+
+    X = np.ones((1000, 20), dtype=dtype)
+    X[where] = value
+    X[where[0], where[1] + 1:] = np.nan          # later in the same row: not the first
+    if where[0] + 1 < 1000:
+        X[where[0] + 1:, 3] = np.inf             # later rows: not the first either
+    with pytest.raises(ValueError, match=rf"first at sample {where[0]}, pixel {where[1]}\)"):
+        check_samples(X, (4, 5))
+
+
+def test_check_samples_accepts_the_largest_finite_values():
+    """Finiteness is not tested by summing the data (which overflows)."""
+    from sparsegauss.sources import check_samples
+
+    for dtype in (np.float32, np.float64):
+        big = np.finfo(dtype).max
+        X = np.full((7, 6), big, dtype=dtype)
+        X[::2] = -big
+        np.testing.assert_array_equal(check_samples(X, (2, 3)), X)
