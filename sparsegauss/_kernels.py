@@ -377,6 +377,31 @@ def _supernode_sizes(indptr, starts):
 
 
 @njit(cache=True, inline="always")
+def _load_supernode(indptr, ldata, starts, sn, block):
+    """Copy supernode ``sn``'s columns into the column-major ``block`` (leading dimension
+    ``ld = s + r``: its ``s`` columns' rows, then the ``r`` rows below). Returns
+    ``(f, s, p0, ld, r)``: first column, width, start of its first column in ``ldata``."""
+    f = starts[sn]
+    s = starts[sn + 1] - f
+    p0 = indptr[f]
+    ld = indptr[f + 1] - p0
+    for c in range(s):
+        q = indptr[f + c]
+        for i in range(ld - c):
+            block[c * ld + c + i] = ldata[q + i]
+    return f, s, p0, ld, ld - s
+
+
+@njit(cache=True, inline="always")
+def _blas_arguments():
+    """Character flags and integer cells for the Fortran BLAS/LAPACK calls (every
+    argument is a pointer): "L", "R", "N", "T", three dimensions, ``info``."""
+    flags = np.array([ord("L"), ord("R"), ord("N"), ord("T")], dtype=np.uint8)
+    return (flags[0:1], flags[1:2], flags[2:3], flags[3:4], np.zeros(3, dtype=np.int32),
+            np.zeros(1, dtype=np.int32))
+
+
+@njit(cache=True, inline="always")
 def _ancestor_run(indptr, indices, starts, owner, rows, b0, offset):
     """The run of rows ``rows[b0:b1]`` of ``R`` that are columns of one later supernode
     ``S'``, and where every later row of ``R`` sits in ``S'``'s columns.
@@ -403,6 +428,34 @@ def _ancestor_run(indptr, indices, starts, owner, rows, b0, offset):
             raise ValueError("factor pattern is not closed under elimination")
         offset[a] = q2 - indptr[f2]
     return b1, f2
+
+
+@njit(cache=True, inline="always")
+def _exchange_below(indptr, indices, starts, owner, rows, offset, dense, values, gather):
+    """Between the dense ``r × r`` lower triangle ``dense`` (column-major) and the
+    factor-shaped ``values``, for the rows ``R`` below a supernode: gather
+    ``dense[b, a] = values[R_a, R_b]`` (the selected inversion's ``Z_RR``) or, with
+    ``gather`` false, scatter ``values[R_a, R_b] −= dense[b, a]`` (the factorization's
+    Schur update), by relative indices (:func:`_ancestor_run`)."""
+    r = rows.size
+    b0 = 0
+    while b0 < r:
+        b1, f2 = _ancestor_run(indptr, indices, starts, owner, rows, b0, offset)
+        for b in range(b0, b1):
+            c2 = rows[b]
+            q0 = indptr[c2]
+            shift = q0 - (c2 - f2)
+            if gather:
+                for a in range(b, b1):
+                    dense[b * r + a] = values[q0 + rows[a] - c2]
+                for a in range(b1, r):
+                    dense[b * r + a] = values[shift + offset[a]]
+            else:
+                for a in range(b, b1):
+                    values[q0 + rows[a] - c2] -= dense[b * r + a]
+                for a in range(b1, r):
+                    values[shift + offset[a]] -= dense[b * r + a]
+        b0 = b1
 
 
 #: Supernodes whose block (columns × rows) is at most this many entries are done in
@@ -505,35 +558,13 @@ def takahashi_supernodal(indptr, indices, ldata, starts, z):
     z_rr = np.empty(max_below * max_below)
     z_rj = np.empty(max_block)
     offset = np.empty(max_below, dtype=np.int64)
-    flags = np.array([ord("L"), ord("R"), ord("N"), ord("T")], dtype=np.uint8)
-    lower, right, no_trans, trans = flags[0:1], flags[1:2], flags[2:3], flags[3:4]
-    dims = np.zeros(3, dtype=np.int32)            # r, s, ld
-    info = np.zeros(1, dtype=np.int32)
+    lower, right, no_trans, trans, dims, info = _blas_arguments()   # dims: r, s, ld
     scalars = np.array([1.0, -1.0, 0.0])
     one, minus_one, zero = scalars[0:1], scalars[1:2], scalars[2:3]
     for sn in range(n_super - 1, -1, -1):
-        f = starts[sn]
-        s = starts[sn + 1] - f
-        p0 = indptr[f]
-        ld = indptr[f + 1] - p0
-        r = ld - s
-        for c in range(s):
-            q = indptr[f + c]
-            for i in range(ld - c):
-                block[c * ld + c + i] = ldata[q + i]
-        rows = indices[p0 + s:p0 + ld]
-        b0 = 0
-        while b0 < r:
-            b1, f2 = _ancestor_run(indptr, indices, starts, owner, rows, b0, offset)
-            for b in range(b0, b1):
-                c2 = rows[b]
-                q0 = indptr[c2]
-                for a in range(b, b1):
-                    z_rr[b * r + a] = z[q0 + rows[a] - c2]
-                shift = q0 - (c2 - f2)
-                for a in range(b1, r):
-                    z_rr[b * r + a] = z[shift + offset[a]]
-            b0 = b1
+        f, s, p0, ld, r = _load_supernode(indptr, ldata, starts, sn, block)
+        _exchange_below(indptr, indices, starts, owner, indices[p0 + s:p0 + ld], offset,
+                        z_rr, z, True)
         if s * ld <= _SMALL_BLOCK:
             _supernode_in_loops(block, ld, s, r, z_rr, z_rj)
         else:
@@ -609,22 +640,11 @@ def cholesky_supernodal(indptr, indices, ldata, starts, positions, values):
     block = np.empty(max_block)
     update = np.empty(max_below * max_below)
     offset = np.empty(max_below, dtype=np.int64)
-    flags = np.array([ord("L"), ord("R"), ord("N"), ord("T")], dtype=np.uint8)
-    lower, right, no_trans, trans = flags[0:1], flags[1:2], flags[2:3], flags[3:4]
-    dims = np.zeros(3, dtype=np.int32)            # r, s, ld
-    info = np.zeros(1, dtype=np.int32)
+    lower, right, no_trans, trans, dims, info = _blas_arguments()   # dims: r, s, ld
     scalars = np.array([1.0, 0.0])
     one, zero = scalars[0:1], scalars[1:2]
     for sn in range(n_super):
-        f = starts[sn]
-        s = starts[sn + 1] - f
-        p0 = indptr[f]
-        ld = indptr[f + 1] - p0
-        r = ld - s
-        for c in range(s):
-            q = indptr[f + c]
-            for i in range(ld - c):
-                block[c * ld + c + i] = ldata[q + i]
+        f, s, p0, ld, r = _load_supernode(indptr, ldata, starts, sn, block)
         if s * ld <= _SMALL_BLOCK:
             for c in range(s):
                 pivot = block[c * ld + c]
@@ -667,19 +687,8 @@ def cholesky_supernodal(indptr, indices, ldata, starts, positions, values):
             q = indptr[f + c]
             for i in range(ld - c):
                 ldata[q + i] = block[c * ld + c + i]
-        rows = indices[p0 + s:p0 + ld]
-        b0 = 0
-        while b0 < r:
-            b1, f2 = _ancestor_run(indptr, indices, starts, owner, rows, b0, offset)
-            for b in range(b0, b1):
-                c2 = rows[b]
-                q0 = indptr[c2]
-                for a in range(b, b1):
-                    ldata[q0 + rows[a] - c2] -= update[b * r + a]
-                shift = q0 - (c2 - f2)
-                for a in range(b1, r):
-                    ldata[shift + offset[a]] -= update[b * r + a]
-            b0 = b1
+        _exchange_below(indptr, indices, starts, owner, indices[p0 + s:p0 + ld], offset,
+                        update, ldata, False)
     return -1
 
 

@@ -201,6 +201,13 @@ def test_takahashi_runs_on_one_blas_thread_and_restores_the_counts():
             with _one_blas_thread():
                 raise RuntimeError
         assert blas_threads() == before
+        # Nested (a gradient of log Z around both kernels): one thread throughout, and
+        # the counts come back only when the outer context ends.
+        with _one_blas_thread():
+            with _one_blas_thread():
+                assert set(blas_threads()) == {1}
+            assert set(blas_threads()) == {1}
+        assert blas_threads() == before
 
 
 @pytest.mark.parametrize("mode", ["simplicial", "supernodal"])
