@@ -111,7 +111,10 @@ def show_config():
     lines = ["sparsegauss configuration", "", "versions:"]
     lines += [f"  {name:<14} {version or 'not installed'}"
               for name, version in info["versions"].items()]
-    lines += ["", "BLAS and LAPACK under CHOLMOD (system libraries):"]
+    lines += ["", "engine: CHOLMOD orders each pattern and does the solves behind sampling on",
+              "  large grids; the refactorizations of a fit and the selected inversions are",
+              "  sparsegauss's own kernels, on SciPy's BLAS with one thread.",
+              "", "BLAS and LAPACK under CHOLMOD (system libraries):"]
     lines += [f"  {entry['implementation']:<26} {entry['path']}"
               for entry in info["cholmod_blas"]] or ["  none found (not Linux?)"]
     if any(e["implementation"].startswith("reference") for e in info["cholmod_blas"]):
