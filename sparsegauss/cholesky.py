@@ -234,7 +234,7 @@ class SparseCholesky:
         if self._cholmod_generation != factor._generation:
             try:
                 self._factor.cholesky_inplace(factor._matrix)
-            except CholmodNotPositiveDefiniteError as exc:   # not reached: ours passed
+            except CholmodNotPositiveDefiniteError as exc:   # rare: ours passed (rounding)
                 raise NotPositiveDefiniteError(str(exc)) from exc
             self._cholmod_generation = factor._generation
         return self._factor
