@@ -791,7 +791,7 @@ def symbolic_supernodal(indptr, indices, nrelax, zrelax):
             store = _grow(store, used + size)
             store[used:used + size] = np.sort(buffer[:size])
             used += size
-    # Fundamental supernodes and their parents.
+    # Fundamental supernodes, and which one owns each column.
     n_fund = 0
     fund_start = np.empty(n + 1, dtype=np.int64)
     for j in range(n):
