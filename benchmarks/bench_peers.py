@@ -218,9 +218,10 @@ class SelectedInversionPeers:
     Matrix: a random 4-neighbour grid precision, side² pixels. Every engine starts from
     the matrix and ends with Σ's entries; none is given anything another computed.
 
-    * ``sparsegauss``: CHOLMOD's analysis (ordering, symbolic factor) + numeric
-      factorization + Takahashi's recursion on the factor's whole pattern
-      (:class:`sparsegauss.cholesky.SparseCholesky`) — what SelInv does in one call.
+    * ``sparsegauss``: CHOLMOD's fill-reducing ordering, the library's symbolic and
+      numeric supernodal factorization, and Takahashi's recursion on the factor's whole
+      pattern (:class:`sparsegauss.cholesky.SparseCholesky`) — what SelInv does in one
+      call, except that SelInv is given the ordering.
     * ``sparsegauss-refactor``: the same without the analysis, kept from before — what
       every iteration of a fit pays.
     * ``selinv-diag`` / ``selinv-full``: SelInv (Lin et al. 2011, ``pip install selinv``,
@@ -234,8 +235,8 @@ class SelectedInversionPeers:
     (its ``_version.py`` fails outside a git checkout) and 0.0.2 built against Debian's
     ``libmumps-seq-dev`` fails to import under NumPy 2.
 
-    CHOLMOD and SelInv call the system BLAS (``sparsegauss info`` names it); the
-    Takahashi kernel runs on one BLAS thread. ``track_diagonal_error`` is the largest
+    SelInv calls the system BLAS (``sparsegauss info`` names it); the library's
+    factorization and Takahashi kernels call SciPy's, on one thread. ``track_diagonal_error`` is the largest
     relative difference of the engine's diag(Σ) from a dense-free check, the solve
     ``Λ x = e_p`` for 50 random pixels ``p``.
     """

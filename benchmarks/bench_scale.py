@@ -101,7 +101,8 @@ class LargeGridFit:
         self._fit(side, method)
 
     def track_factor_mib(self, side, method):
-        """Memory of the truth's Cholesky factor (values + row indices), MiB."""
+        """Memory of the truth's Cholesky factor, values and int32 row indices (12 bytes
+        an entry, as CHOLMOD stores it; the library's own copy uses int64 rows), MiB."""
         nnz = self.truth._normalizer.factorize(self.truth.theta_).lower().nnz
         return nnz * 12 / 2**20
 

@@ -24,12 +24,12 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import get_cython_function_address
 
-__all__ = ["ZIGGURAT", "apply_stencil", "cholesky_supernodal", "first_non_finite_row", "copy_rows_where", "gaussian_term_and_score",
-           "gibbs_sweeps", "lower_positions", "lower_transposed_solve", "mala_propose",
-           "mala_reverse", "pattern_cross_moments", "pattern_moments", "quadratic_forms",
+__all__ = ["ZIGGURAT", "apply_stencil", "cholesky_supernodal", "copy_rows_where",
+           "first_non_finite_row", "gaussian_term_and_score", "gibbs_sweeps",
+           "lower_positions", "lower_transposed_solve", "mala_propose", "mala_reverse",
+           "pattern_cross_moments", "pattern_moments", "quadratic_forms",
            "sandwich_on_pattern", "sandwich_terms", "scatter_transposed",
-           "standard_normal_rows", "supernode_starts", "symbolic_supernodal",
-           "symmetric_planes",
+           "standard_normal_rows", "symbolic_supernodal", "symmetric_planes",
            "takahashi_supernodal"]
 
 
@@ -310,35 +310,6 @@ def gibbs_sweeps(X, fields, shifts, colours, n_colours, normals):
                     x[p] = -total / precision + z[p] / np.sqrt(precision)
 
 
-@njit(cache=True)
-def supernode_starts(indptr, indices):
-    """First column of each supernode of a lower-triangular CSC factor, plus ``n``.
-
-    Column ``j`` continues the supernode of ``j − 1`` when its structure is that of
-    ``j − 1`` without the diagonal (the definition of a fundamental supernode; CHOLMOD's
-    relaxed supernodes, stored with their explicit zeros, satisfy it too).
-    """
-    n = indptr.size - 1
-    starts = np.empty(n + 1, dtype=np.int64)
-    count = 0
-    starts[0] = 0
-    for j in range(1, n):
-        prev = indptr[j] - indptr[j - 1]
-        cur = indptr[j + 1] - indptr[j]
-        same = cur == prev - 1 and cur > 0 and indices[indptr[j - 1] + 1] == j
-        if same:
-            for a in range(cur):
-                if indices[indptr[j - 1] + 1 + a] != indices[indptr[j] + a]:
-                    same = False
-                    break
-        if not same:
-            count += 1
-            starts[count] = j
-    count += 1
-    starts[count] = n
-    return starts[:count + 1]
-
-
 # Dense BLAS/LAPACK on the supernodes' blocks, called from compiled code. SciPy exports
 # the Fortran routines of the BLAS it ships (scipy.linalg.cython_blas / cython_lapack);
 # registering each address under a symbol name lets Numba link to it by name, so the
@@ -544,7 +515,7 @@ def takahashi_supernodal(indptr, indices, ldata, starts, z):
         sorted within each column, the diagonal first, its pattern closed under
         elimination (any factor CHOLMOD returns).
     starts : ndarray of int64
-        First column of each supernode, plus ``n`` (:func:`supernode_starts`).
+        First column of each supernode, plus ``n`` (:func:`symbolic_supernodal`).
     z : ndarray, like ``ldata``
         Output: ``Z`` in the same CSC layout as ``L`` (every entry is written). The
         caller keeps one buffer per factor pattern: on a 1024×1024 grid a fresh one
@@ -617,7 +588,7 @@ def cholesky_supernodal(indptr, indices, ldata, starts, positions, values):
     ldata : ndarray of float64
         Output: the factor's values in that structure (every entry is written).
     starts : ndarray of int64
-        First column of each supernode, plus ``n`` (:func:`supernode_starts`).
+        First column of each supernode, plus ``n`` (:func:`symbolic_supernodal`).
     positions : ndarray of int64
         Where each value of ``A`` (already permuted) goes in ``ldata``; ``-1`` skips it
         (the upper triangle).
@@ -694,6 +665,7 @@ def cholesky_supernodal(indptr, indices, ldata, starts, positions, values):
 
 @njit(cache=True)
 def _grow(array, needed):
+    """``array``, or a copy at least twice as long when it holds fewer than ``needed``."""
     if needed <= array.size:
         return array
     grown = np.empty(max(needed, 2 * array.size), dtype=array.dtype)

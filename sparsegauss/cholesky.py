@@ -54,9 +54,9 @@ _KERNEL_SOLVE_BLOCK = 256
 #: Relaxed amalgamation (:func:`sparsegauss._kernels.symbolic_supernodal`): CHOLMOD's
 #: defaults ``nrelax``, ``zrelax`` (modes "auto" and "supernodal"), and none (the exact
 #: structure, fundamental supernodes only: mode "simplicial"). Relaxed is faster even
-#: on 28×28, where CHOLMOD itself would choose its simplicial code: the MNIST MLE in
-#: 0.31–0.33 s against 0.34 s (4 neighbours) and 0.35–0.38 s against 0.43–0.50 s (8),
-#: medians of 7, alternated (scratch /tmp/exp5/ab2.py).
+#: on 28×28, where CHOLMOD itself would choose its simplicial code: the default MNIST
+#: MLE in 0.31–0.33 s against 0.34 s (4 neighbours) and 0.35–0.38 s against 0.43–0.50 s
+#: (8), medians of 7, the two settings alternated (2026-12-01).
 _RELAX = ((4, 16, 48), (0.8, 0.1, 0.05))
 _NO_RELAX = ((0, 0, 0), (0.0, 0.0, 0.0))
 
@@ -209,9 +209,7 @@ class SparseCholesky:
         cols = np.repeat(np.arange(self.n, dtype=np.int64), np.diff(matrix.indptr))
         lower = rows >= cols
         positions = np.full(rows.size, -1, dtype=np.int64)
-        positions[lower] = _kernels.lower_positions(
-            self.indptr, self.indices, self.inverse_permutation[rows[lower]],
-            self.inverse_permutation[cols[lower]])
+        positions[lower] = self._factor_positions(rows[lower], cols[lower])
         if np.any(positions[lower] < 0):
             raise ValueError("The matrix has entries outside the analyzed pattern; "
                              "analyze its own pattern (SparseCholesky(matrix)).")
@@ -245,6 +243,13 @@ class SparseCholesky:
                                "factorize() on the same SparseCholesky; use a factor "
                                "before refactoring (or analyze the pattern twice).")
 
+    def _factor_positions(self, rows, cols):
+        """Positions in the factor's arrays of the original (unpermuted) entries
+        ``(rows, cols)``; ``-1`` for an entry outside the factor's structure."""
+        return _kernels.lower_positions(self.indptr, self.indices,
+                                        self.inverse_permutation[rows],
+                                        self.inverse_permutation[cols])
+
     def _positions(self, rows, cols):
         """Positions of the original entries (rows, cols) in the permuted factor.
 
@@ -254,9 +259,7 @@ class SparseCholesky:
         cached = self._lookup
         if cached is not None and cached[0] is rows and cached[1] is cols:
             return cached[2]
-        positions = _kernels.lower_positions(
-            self.indptr, self.indices, self.inverse_permutation[rows],
-            self.inverse_permutation[cols])
+        positions = self._factor_positions(rows, cols)
         if np.any(positions < 0):
             raise ValueError("Requested entries lie outside the factor's pattern; "
                              "the selected inverse covers only the analyzed pattern.")
