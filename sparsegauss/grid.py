@@ -141,7 +141,11 @@ class GridParameterization:
         counts = np.bincount(cols, minlength=self.n_pixels)
         self._indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
         self._indices = rows[order].astype(np.int32)
-        self._data_source = source[order]
+        data_source = source[order]
+        # θ's index of each stored value (one gather from θ; every source is valid).
+        param_of_flat = np.zeros(self.n_terms * self.n_pixels, dtype=np.int64)
+        param_of_flat[self._valid_flat] = self._param_of_valid
+        self._data_param = param_of_flat[data_source]
         self.nnz = int(self._indices.size)
 
     @property
@@ -188,7 +192,7 @@ class GridParameterization:
     # -- θ → Λ ------------------------------------------------------------------------
     def precision_data(self, theta):
         """Values of Λ(θ) in the order of the CSC pattern (O(nnz), no Python loop)."""
-        return self.fields(theta).reshape(-1)[self._data_source]
+        return self.check_theta(theta)[self._data_param]
 
     def precision(self, theta):
         """Λ(θ) as a ``scipy.sparse`` CSC matrix with sorted indices (both triangles)."""
@@ -220,6 +224,14 @@ class GridParameterization:
         values = np.asarray(values, dtype=np.float64)
         owners, partners = self.pair_indices()
         return self.scatter_pairs(values[owners] * values[partners])
+
+    def adjoint_pairs(self, values):
+        """:meth:`adjoint` of values given in :meth:`pair_indices` order."""
+        return np.bincount(self._param_of_valid, weights=values, minlength=self.n_params)
+
+    def pair_terms(self):
+        """Stencil term ``k`` of each pair of :meth:`pair_indices`."""
+        return self._valid_flat // self.n_pixels
 
     def pair_indices(self):
         """Rows and columns ``(p, p + δ_k)`` of all valid stencil entries, term-major."""

@@ -23,7 +23,7 @@ from .exceptions import ConvergenceWarning, NotPositiveDefiniteError, SampleSize
 from .noise import NOISES
 from .optimize import METHODS as OPTIMIZERS
 from .optimize import SCHEDULES, STOCHASTIC
-from .sources import as_source, check_samples, is_out_of_core
+from .sources import as_source, check_samples_and_mean, is_out_of_core
 from .grid import STENCIL_OFFSETS, TYINGS, GridParameterization, check_grid_shape
 from .distribution import GridGaussianDistribution
 from .normalization import GridNormalizer
@@ -384,7 +384,8 @@ class GridGaussian(DensityMixin, BaseEstimator):
         return (1, int(n_features))
 
     def _validate_data(self, X, *, reset, min_samples=1):
-        """``(X, shape)``: X as a C-contiguous float ``(n, D)`` array and the grid shape.
+        """``(X, shape, mean)``: X as a C-contiguous float ``(n, D)`` array, the grid
+        shape, and X's mean in float64 (from the same read as the checks).
 
         ``(n, H, W)`` images are flattened row-major; integers and booleans become
         float64 (as scikit-learn estimators take them); NaN and inf are refused with the
@@ -408,7 +409,8 @@ class GridGaussian(DensityMixin, BaseEstimator):
                           ensure_all_finite=False, ensure_min_samples=min_samples)
         if reset:
             shape = self._grid_shape(X.shape[1], image_shape)
-        return check_samples(X, shape), shape
+        X, mean = check_samples_and_mean(X, shape)
+        return X, shape, mean
 
     def _check_fitted(self):
         if not hasattr(self, "theta_"):
@@ -448,10 +450,9 @@ class GridGaussian(DensityMixin, BaseEstimator):
         self._validate_params()
         if is_out_of_core(X):
             return self._fit_out_of_core(X)
-        X, shape = self._validate_data(X, reset=True, min_samples=2)
+        X, shape, mean = self._validate_data(X, reset=True, min_samples=2)
         grid = GridParameterization(shape, self.stencil, self.tying)
-        location = (np.zeros(grid.n_pixels) if self.assume_centered
-                    else X.mean(axis=0, dtype=np.float64))
+        location = np.zeros(grid.n_pixels) if self.assume_centered else mean
         moments = pattern_moments(X, grid, center=location) / X.shape[0]
         self._check_variances(moments[0], shape)
         n_effective = X.shape[0] - (0 if self.assume_centered else 1)
@@ -894,7 +895,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
         """
         self._check_fitted()
         self._require_pd("score_samples")
-        X, _ = self._validate_data(X, reset=False)
+        X, _, _ = self._validate_data(X, reset=False)
         return self.distribution_.score_samples(X)
 
     def score(self, X, y=None):

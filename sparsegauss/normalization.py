@@ -33,10 +33,16 @@ class GridNormalizer:
         self.grid = grid
         self.analysis = SparseCholesky(grid.pattern)
         self._rows, self._cols = grid.pair_indices()
+        # Every Λ(θ) has the pattern's structure: its values' places in the factor are
+        # looked up once.
+        self._positions = self.analysis.value_positions(grid.pattern)
+        self._pair_weights = grid.multiplicity[self.grid.pair_terms()]
 
     def factorize(self, theta):
         """Cholesky factor of Λ(θ); raises ``NotPositiveDefiniteError`` outside the cone."""
-        return self.analysis.factorize(self.grid._csc(self.grid.precision_data(theta)))
+        data = self.grid.precision_data(theta)
+        return self.analysis.factorize_values(data, self._positions,
+                                              lambda: self.grid._csc(data))
 
     def log_partition(self, theta):
         """``(D/2) log 2π − ½ log det Λ(θ)``."""
@@ -48,7 +54,11 @@ class GridNormalizer:
 
     def covariance_fields(self, factor):
         """Σ = Λ⁻¹ on Λ's pattern, in the stencil layout, by selected inversion."""
-        return self.grid.scatter_pairs(factor.selected_inverse(self._rows, self._cols))
+        return self.grid.scatter_pairs(self._covariance_pairs(factor))
+
+    def _covariance_pairs(self, factor):
+        """Σ on the pattern's pairs, in :meth:`GridParameterization.pair_indices` order."""
+        return factor.selected_inverse(self._rows, self._cols)
 
     def value_and_grad(self, theta):
         """``log Z(θ)``, its gradient, and Σ on the pattern (stencil layout).
@@ -65,6 +75,6 @@ class GridNormalizer:
 
     def value_and_grad_of(self, factor):
         """:meth:`value_and_grad` from an existing Cholesky factor of Λ(θ)."""
-        covariance = self.covariance_fields(factor)
-        grad = -0.5 * self.grid.adjoint(self.grid.multiplicity[:, None] * covariance)
-        return self.log_partition_of(factor), grad, covariance
+        pairs = self._covariance_pairs(factor)
+        grad = -0.5 * self.grid.adjoint_pairs(self._pair_weights * pairs)
+        return self.log_partition_of(factor), grad, self.grid.scatter_pairs(pairs)

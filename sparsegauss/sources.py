@@ -48,6 +48,11 @@ def check_samples(X, shape, where="X"):
     datasets.preprocess does that and adds the pixel noise). Refuses other dtypes, and
     NaN or inf (naming the first offending sample and pixel).
     """
+    return check_samples_and_mean(X, shape, where)[0]
+
+
+def check_samples_and_mean(X, shape, where="X"):
+    """:func:`check_samples`, and the samples' mean (float64) from the same read."""
     height, width = shape
     n_pixels = height * width
     X = np.asarray(X)
@@ -63,12 +68,12 @@ def check_samples(X, shape, where="X"):
     if X.dtype not in (np.float32, np.float64):
         X = X.astype(np.float64)
     X = np.ascontiguousarray(X)
-    row = _kernels.first_non_finite_row(X, _kernels.default_chunks(X.shape[0]))
+    row, sums = _kernels.scan_samples(X, _kernels.default_chunks(X.shape[0]))
     if row < X.shape[0]:
         pixel = int(np.flatnonzero(~np.isfinite(X[row]))[0])
         raise ValueError(f"{where} contains NaN or inf (first at sample {row}, pixel "
                          f"{pixel}). Remove or impute those values first.")
-    return X
+    return X, sums / max(X.shape[0], 1)
 
 
 class DataSource:

@@ -329,3 +329,20 @@ def test_symbolic_structure_is_cholmods(shape, stencil, mode, rng):
     if mode == "simplicial":
         np.testing.assert_array_equal(analysis.starts,
                                       fundamental_supernode_starts(lower.indptr, lower.indices))
+
+
+def test_the_normalizers_factor_builds_its_matrix_only_for_solves(rng):
+    """GridNormalizer refactors from θ's values without a SciPy matrix; a solve (CHOLMOD)
+    builds the matrix of that θ, also after the normalizer has moved on."""
+    grid = GridParameterization((6, 5), 8)
+    normalizer = GridNormalizer(grid)
+    theta = random_spd_theta(grid, rng)
+    factor = normalizer.factorize(theta)
+    assert callable(factor._matrix_source)
+    b = rng.normal(size=grid.n_pixels)
+    np.testing.assert_allclose(factor.solve(b),
+                               np.linalg.solve(dense_precision(grid, theta), b), rtol=1e-10)
+    bad = theta.copy()
+    bad[3] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        normalizer.factorize(bad)

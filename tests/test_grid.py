@@ -77,3 +77,14 @@ def test_bad_theta_shape():
     grid = GridParameterization((3, 3))
     with pytest.raises(ValueError, match="theta must have shape"):
         grid.precision(np.ones(grid.n_params + 1))
+
+
+@pytest.mark.parametrize("tying", ["untied", "tied"])
+def test_adjoint_of_pairs_is_adjoint_of_their_fields(tying, rng):
+    grid = GridParameterization((5, 6), 8, tying)
+    values = rng.normal(size=grid.pair_indices()[0].size)
+    np.testing.assert_allclose(grid.adjoint_pairs(values),
+                               grid.adjoint(grid.scatter_pairs(values)), rtol=1e-13)
+    terms = grid.pair_terms()
+    owners, partners = grid.pair_indices()
+    np.testing.assert_array_equal(partners - owners, grid.shifts[terms])
