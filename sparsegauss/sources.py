@@ -27,8 +27,11 @@ from . import _kernels
 __all__ = ["ArraySource", "DaskSource", "DataSource", "ShardSource", "as_source",
            "check_samples", "is_out_of_core"]
 
-#: Rows per chunk of an in-memory or memory-mapped pass: about 64 MiB of float64 at D = 1M.
-_CHUNK_VALUES = 1 << 23
+#: Values per chunk of an in-memory or memory-mapped pass: 32 rows of a 1024×1024 image,
+#: 128 MiB in float32. Each chunk's statistic is an array the size of the pattern (three
+#: or five values a pixel), allocated and added up once per chunk: with 2 rows of 2048²
+#: a chunk, that cost more than reading the rows.
+_CHUNK_VALUES = 1 << 25
 
 
 def _is_dask_array(X):
@@ -48,11 +51,15 @@ def check_samples(X, shape, where="X"):
     datasets.preprocess does that and adds the pixel noise). Refuses other dtypes, and
     NaN or inf (naming the first offending sample and pixel).
     """
-    return check_samples_and_mean(X, shape, where)[0]
+    return _checked(X, shape, where, with_mean=False)[0]
 
 
 def check_samples_and_mean(X, shape, where="X"):
     """:func:`check_samples`, and the samples' mean (float64) from the same read."""
+    return _checked(X, shape, where, with_mean=True)
+
+
+def _checked(X, shape, where, with_mean):
     height, width = shape
     n_pixels = height * width
     X = np.asarray(X)
@@ -68,12 +75,24 @@ def check_samples_and_mean(X, shape, where="X"):
     if X.dtype not in (np.float32, np.float64):
         X = X.astype(np.float64)
     X = np.ascontiguousarray(X)
-    row, sums = _kernels.scan_samples(X, _kernels.default_chunks(X.shape[0]))
+    row, sums = _kernels.scan_samples(X, _kernels.default_chunks(X.shape[0]), with_mean)
     if row < X.shape[0]:
         pixel = int(np.flatnonzero(~np.isfinite(X[row]))[0])
         raise ValueError(f"{where} contains NaN or inf (first at sample {row}, pixel "
                          f"{pixel}). Remove or impute those values first.")
-    return X, sums / max(X.shape[0], 1)
+    return X, (sums / max(X.shape[0], 1) if with_mean else None)
+
+
+def _added(parts):
+    """The sum of the arrays ``parts`` yields, added into the first (each part is a
+    fresh array: no new array per addition)."""
+    total = None
+    for part in parts:
+        if total is None:
+            total = np.array(part, dtype=np.float64)
+        else:
+            total += part
+    return 0 if total is None else total
 
 
 class DataSource:
@@ -105,7 +124,7 @@ class ArraySource(DataSource):
         self.X, self.shape, self.n_samples = X, tuple(shape), len(X)
 
     def sum_over_chunks(self, func):
-        return sum(func(chunk) for chunk in self._row_chunks(self.X, "X"))
+        return _added(func(chunk) for chunk in self._row_chunks(self.X, "X"))
 
 
 class ShardSource(DataSource):
@@ -135,14 +154,12 @@ class ShardSource(DataSource):
                              "files written by numpy.save.") from exc
 
     def sum_over_chunks(self, func):
-        total = 0
-        for path in self.paths:
-            shard = self._open(path)
-            chunks = (self._read_chunks(path, shard) if shard.flags.c_contiguous
-                      else self._row_chunks(shard, f"shard {path.name}"))
-            for chunk in chunks:
-                total = total + func(chunk)
-        return total
+        def parts():
+            for path in self.paths:
+                shard = self._open(path)
+                yield from (self._read_chunks(path, shard) if shard.flags.c_contiguous
+                            else self._row_chunks(shard, f"shard {path.name}"))
+        return _added(func(chunk) for chunk in parts())
 
     def _read_chunks(self, path, shard):
         """The rows of a C-ordered shard, read chunk by chunk into one buffer with plain

@@ -76,3 +76,32 @@ def test_moment_kernel_any_shifts_against_numpy(dtype, rng):
                 if 0 <= p + s < d:
                     expected[p] = np.sum(weights * Y[:, p] * Y[:, p + s])
             np.testing.assert_allclose(moments[k], expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_moment_sums_by_pixel_tiles_against_numpy(dtype, rng):
+    """Few wide rows (a shard's chunk) are summed by tiles of pixels: partners in the next
+    tile, the last (short) tile, shifts past the end, a partial block of samples, and
+    the split chosen by moment_sums."""
+    from sparsegauss import _kernels
+    from sparsegauss.stats import moment_sums
+
+    d = 2 * 4096 + 1000
+    X = rng.normal(size=(7, d)).astype(dtype)
+    center = rng.normal(size=d)
+    weights = rng.uniform(0, 2, size=7)
+    Y = X.astype(np.float64) - center
+    shifts = np.array([0, 1, 91, 92, 93, 4200], dtype=np.int64)
+    expected = np.zeros((shifts.size, d))
+    for k, s in enumerate(shifts):
+        expected[k, :d - s] = (weights[:, None] * Y[:, :d - s] * Y[:, s:]).sum(axis=0)
+    for tile in (4096, 1000, 97):
+        np.testing.assert_allclose(
+            _kernels.pattern_moments_tiled(X, center, weights, shifts, tile), expected,
+            rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(moment_sums(X, center, weights, shifts), expected,
+                               rtol=1e-10, atol=1e-10)
+    # Many rows of the same width take the split by samples, with the same sums.
+    many = np.repeat(X, 40, axis=0)
+    np.testing.assert_allclose(moment_sums(many, center, np.repeat(weights, 40), shifts),
+                               40 * expected, rtol=1e-9, atol=1e-9)

@@ -23,13 +23,12 @@ import itertools
 import numpy as np
 import scipy.sparse as sp
 
-from .. import _kernels
 from ..cholesky import SparseCholesky
 from ..exceptions import NotPositiveDefiniteError, SparseGaussError
 from ..grid import STENCIL_OFFSETS
 from ..normalization import GridNormalizer
 from ..optimize import minimize
-from ..stats import as_float_array
+from ..stats import as_float_array, moment_sums
 from ._driver import OptimizerOptions, run
 from .mle import hessian_diagonal
 
@@ -73,8 +72,7 @@ def extended_moment_sums(X, grid, center=None):
     X = as_float_array(X)
     center = (np.zeros(grid.n_pixels) if center is None
               else np.ascontiguousarray(center, dtype=np.float64))
-    return _kernels.pattern_moments(X, center, np.ones(len(X)), shifts,
-                                    _kernels.default_chunks(len(X)))
+    return moment_sums(X, center, np.ones(len(X)), shifts)
 
 
 def extended_moments(X, grid, sums=None):
