@@ -135,8 +135,8 @@ class GridGaussian(DensityMixin, BaseEstimator):
         Most iterations. Default: 100 Newton steps for ``"mle"``, 1000 steps for the
         full-batch optimizers and 5000 minibatch steps for the stochastic ones (4000 for
         ``"cd"``, see ``sampler``; 2000 for ``"nce"`` and ``"rnce"``: on MNIST NCE's
-        held-out likelihood moved by 0.002 nats/image between 2000 and 5000 steps; 4000
-        for them with ``noise="adaptive"``, half of them adapting the noise).
+        held-out likelihood moved by 0.002 nats/image between 2000 and 5000 steps with a
+        fixed noise; 4000 with the adaptive noise, the default, half of them adapting it).
     random_state : None, int or numpy.random.Generator, default=None
         Default source of randomness for :meth:`sample`.
     verbose : bool, default=False
@@ -156,29 +156,31 @@ class GridGaussian(DensityMixin, BaseEstimator):
         Minibatch size of the stochastic optimizers.
     nu : float, default=1.0
         NCE's noise ratio ν = M/N.
-    noise : {"auto", "isotropic", "diagonal", "empirical", "grid", "grid-untied"} or object, default="auto"
+    noise : {"auto", "adaptive", "isotropic", "diagonal", "empirical", "grid", "grid-untied"} or object, default="auto"
         Noise distribution of NCE and ranking NCE (see :mod:`sparsegauss.noise`). It must
         be close to the data, or the classifier wins too easily and the gradient
         vanishes: on MNIST isotropic, diagonal and tied-grid noise are separable from the
-        data (no finite estimate), and the empirical one saturates the loss. "auto" (the
-        default) is "grid-untied", the untied 4-neighbour grid Gaussian fitted by exact
-        MLE: it matches the data's second moments on the pattern and scales to any grid,
-        but for a 4-neighbour model it *is* the exact answer and NCE starts at it.
-        ``"adaptive"`` needs nothing but the data's variances: from the diagonal noise,
-        the noise is a frozen copy of the current estimate at every step of the first
-        half of ``max_iter`` (NCE against the estimate itself, which is CD with exact
-        samples), then fixed at the estimate reached for the second half, where NCE
-        learns log Z as usual (learning rate 0.02 and 4,000 steps by default; see
-        :mod:`sparsegauss.estimators.adaptive`). On MNIST (60,000 images; scratch runs
-        of 2026-12-01) it reaches KL 0.056 to the exact MLE with 4 neighbours (held-out
-        0.09 nats/image below the MLE, learned log Z 0.03 nats from the exact value)
-        in 10.2 s, and KL 0.48 with 8 (0.58 below, log Z 0.12 off) in 12.7 s; the
-        "auto" noise leaves 12.5 with 8 neighbours. It is not the default because it
-        fails on strongly correlated data: on 50,000 28×28 patches of the bundled
-        photographs its first phase (like CD's defaults) ends hundreds of nats from the
-        MLE (KL 401 with 4 neighbours at 2,000 steps; not positive definite with 8), where the
-        MLE's diagonal is 20–30 times the independent model's, its condition number
-        4·10⁴, and Adam's steps do not reach it.
+        data (no finite estimate), and the empirical one saturates the loss.
+        ``"auto"`` (the default) is ``"adaptive"``, which needs nothing but the data's
+        variances: from the diagonal noise, the noise is a frozen copy of the current
+        estimate at every step of the first half of ``max_iter`` (NCE against the
+        estimate itself, which is CD with exact samples), then fixed at the estimate
+        reached for the second half, where NCE learns log Z as usual (learning rate 0.02
+        and 4,000 steps by default; see :mod:`sparsegauss.estimators.adaptive`). On MNIST
+        (60,000 images; runs of 2026-12-01) it reaches KL 0.056 to the exact MLE with 4
+        neighbours (held-out 0.09 nats/image below the MLE, learned log Z 0.03 nats from
+        the exact value) in 10.2 s, and KL 0.48 with 8 (0.58 below, log Z 0.12 off) in
+        12.7 s. It fails on strongly correlated data, and says so: on 50,000 28×28
+        patches of the bundled photographs its first phase (like CD's defaults) ends
+        hundreds of nats from the MLE (KL 401 with 4 neighbours at 2,000 steps; not
+        positive definite with 8), where the MLE's diagonal is 20–30 times the
+        independent model's, its condition number 4·10⁴, and Adam's steps do not reach
+        it (nor do they in log-diagonal and partial-correlation coordinates: KL 342
+        after 2,000 steps, 412 with the exact gradient). ``"grid-untied"``, the untied
+        4-neighbour grid Gaussian fitted by exact MLE, was the default until 2026-12-01:
+        it matches the data's second moments on the pattern and scales to any grid, but
+        for a 4-neighbour model it *is* the exact answer and NCE starts at it (and with
+        8 neighbours on MNIST the classifier separates it from the data: KL 12.5).
         Either way the fit is checked: an NCE or ranking-NCE estimate provably far below
         the data's maximum likelihood is not marked converged, and says what to do. With
         a full-batch ``optimizer`` the noise adapts by 1,000 Adam steps first and
@@ -556,10 +558,14 @@ class GridGaussian(DensityMixin, BaseEstimator):
                    "Use method='mle' (exact), or more steps (max_iter) with tol=0.")
         else:
             name = "NCE" if self.method == "nce" else "Ranking NCE"
-            if self.noise == "adaptive":
+            if self._adaptive_noise():
                 why = (f"{name} with the adaptive noise had too few steps to bring its noise "
                        "and estimate to the data; it is not marked converged. Use more "
-                       "steps (max_iter), or method='mle' (exact).")
+                       "steps (max_iter); on strongly correlated pixels (photo patches) "
+                       "its Adam steps do not reach the data at any length tried: give it "
+                       "a fixed noise close to the data (noise='grid-untied', the "
+                       "4-neighbour MLE; say so when you report it), or use method='mle' "
+                       "(exact).")
             else:
                 why = (f"{name}'s own loss may have converged, but against a noise this far "
                        "from the data the classifier separates them by features the model "
@@ -794,10 +800,16 @@ class GridGaussian(DensityMixin, BaseEstimator):
         return (DEFAULT_TOL[kind] if self.tol is None else self.tol,
                 self._default_max_iter(kind) if self.max_iter is None else self.max_iter)
 
+    def _adaptive_noise(self):
+        """Whether NCE / ranking NCE run the adaptive noise schedule (``"auto"`` or
+        ``"adaptive"``)."""
+        return (self.method in ("nce", "rnce") and isinstance(self.noise, str)
+                and self.noise in ("auto", "adaptive"))
+
     def _default_max_iter(self, kind):
         default = DEFAULT_MAX_ITER[kind]
         if kind == "stochastic":
-            if self.noise == "adaptive" and self.method in ("nce", "rnce"):
+            if self._adaptive_noise():
                 return ADAPTIVE_MAX_ITER
             default = METHOD_DEFAULTS.get(self.method, {}).get("max_iter", default)
         return default
@@ -805,7 +817,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
     def _learning_rate(self):
         if self.learning_rate is not None:
             return self.learning_rate
-        if self.noise == "adaptive" and self.method in ("nce", "rnce"):
+        if self._adaptive_noise():
             return ADAPT_LEARNING_RATE
         return METHOD_DEFAULTS.get(self.method, {}).get("learning_rate", DEFAULT_LEARNING_RATE)
 

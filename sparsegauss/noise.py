@@ -11,13 +11,15 @@ are zero-mean Gaussians fitted to the (centred) data, from far to near:
 * ``"empirical"``  N(0, S), the data's full covariance (dense; D ≤ 4096);
 * ``"grid"``       a tied (stationary) grid Gaussian fitted by exact MLE: captures the
   neighbour correlations on average, scales to any grid (sparse Cholesky);
-* ``"grid-untied"`` the untied 4-neighbour grid Gaussian fitted by exact MLE: the default
-  (``"auto"``). It is the 4-neighbour model's exact MLE, so a 4-neighbour NCE started at
-  it starts at the answer;
-* ``"adaptive"`` (GridGaussian's NCE and ranking NCE) no fixed distribution but a
-  schedule fitted from nothing but the data's variances: from the diagonal noise, the
-  noise is a frozen copy of the current estimate at every step of the first half of the
-  steps, then fixed at the estimate reached (see :mod:`sparsegauss.estimators.adaptive`).
+* ``"grid-untied"`` the untied 4-neighbour grid Gaussian fitted by exact MLE. It is the
+  4-neighbour model's exact MLE, so a 4-neighbour NCE started at it starts at the answer;
+  what ``"auto"`` means where a fixed noise is needed (:class:`~sparsegauss.
+  DeepEnergyModel`, whose answer it is not);
+* ``"adaptive"`` (GridGaussian's NCE and ranking NCE; their ``"auto"``, the default) no
+  fixed distribution but a schedule fitted from nothing but the data's variances: from
+  the diagonal noise, the noise is a frozen copy of the current estimate at every step of
+  the first half of the steps, then fixed at the estimate reached (see
+  :mod:`sparsegauss.estimators.adaptive`).
 
 Measured on MNIST (noise std 0.1, 4-neighbour model, 60,000 images):
 
@@ -161,6 +163,8 @@ def make_noise(noise, X, shape, *, stencil=4):
                          "'grid-untied'.")
     n_pixels = X.shape[1]
     if noise == "auto":
+        # A fixed noise for a model that is not the grid Gaussian itself (GridGaussian's
+        # NCE maps "auto" to the adaptive schedule before it gets here).
         noise = "grid-untied"
     variances = np.einsum("ij,ij->j", X, X) / len(X)
     if noise == "isotropic":

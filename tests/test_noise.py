@@ -238,9 +238,9 @@ def test_adaptive_noise_adapts_for_all_its_steps_whatever_the_tolerance():
 
 @pytest.mark.parametrize("method", ["nce", "rnce"])
 def test_adaptive_noise_takes_its_own_default_steps(method):
-    """With the adaptive noise and no max_iter, NCE and ranking NCE take 4,000 steps, half
-    adapting (2,000 left MNIST's 8-neighbour NCE KL 3.3 from the MLE, not converged);
-    with another noise they keep their 2,000."""
+    """With the adaptive noise — the default — and no max_iter, NCE and ranking NCE take
+    4,000 steps, half adapting (2,000 left MNIST's 8-neighbour NCE KL 3.3 from the MLE,
+    not converged); with a fixed noise they keep their 2,000."""
     from sparsegauss import GridGaussian
     from sparsegauss.model import ADAPTIVE_MAX_ITER
     X = np.random.default_rng(0).normal(size=(300, 12))
@@ -248,5 +248,8 @@ def test_adaptive_noise_takes_its_own_default_steps(method):
     adapting = [row["adapting"] for row in model.history_]
     assert ADAPTIVE_MAX_ITER == 4000
     assert model.n_iter_ == ADAPTIVE_MAX_ITER and sum(adapting) == ADAPTIVE_MAX_ITER // 2 + 1
-    plain = GridGaussian((3, 4), method=method, random_state=0).fit(X)
-    assert plain.n_iter_ == 2000
+    default = GridGaussian((3, 4), method=method, random_state=0).fit(X)
+    assert default.n_iter_ == ADAPTIVE_MAX_ITER
+    assert [row["adapting"] for row in default.history_] == adapting
+    fixed = GridGaussian((3, 4), method=method, noise="grid-untied", random_state=0).fit(X)
+    assert fixed.n_iter_ == 2000

@@ -39,13 +39,20 @@ As shipped (every step, learning rate 0.02, 4,000 steps in all; MNIST, one fit e
 2026-12-01): KL 0.056 with 4 neighbours and 0.48 with 8, in 10.2 / 12.7 s on 2 cores
 (with 2,000 steps 0.086 and 3.3, the 8-neighbour fit not converged). The first phase
 costs what CD costs: an exact sample of 256 images per step (most of its time).
-It is not NCE's default noise: on strongly correlated data the first phase, like CD at
+It is NCE's and ranking NCE's default (``noise="auto"``) since 2026-12-01, because the
+fixed default before it was the 4-neighbour model's own MLE. It fails on strongly
+correlated data, where the fit is flagged as not converged: the first phase, like CD at
 its defaults, moves far too slowly from the independent model. On 50,000 28×28 patches of
 the bundled photographs (4 neighbours) the first phase ended at KL 406 from the MLE and
 NCE at 400 (CD's defaults: 276–298 in two runs, with no warning); started at the tied
 grid MLE with the Jacobi scale of that start, the first phase reached 80 and the second
-left the cone.
-Adam in parameters scaled at the start is the bottleneck there, not the noise.
+left the cone. Adam is the bottleneck there, not the noise or the sampling: scratch runs
+on the same patches (2026-12-01, 2,000 steps) ended at KL 342 in log-diagonal and
+partial-correlation coordinates (``Λ = D^½ (I + C) D^½``, Adam on ``log D`` and ``C``), at
+412 with the exact likelihood gradient in place of the sampled one, and at 87 from
+Besag's pseudo-likelihood estimate (symmetrized, shrunk into the cone; KL 91 at the
+start), which moved it hardly at all. The MLE's condition number there is 4·10⁴; what
+converges is a Newton step with exact Hessian products, i.e. the MLE solver itself.
 
 A learned ``ζ`` cannot follow a moving noise: Adam moves every rescaled coordinate by
 about its learning rate per step, ζ included, while one step of all 2,296 precision

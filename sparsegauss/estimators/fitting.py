@@ -130,7 +130,7 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
     common = dict(scale=scale, optimizer=run_options, rng=rng)
     if method in ("nce", "rnce"):
         adapted = None
-        if noise == "adaptive":
+        if noise in ("auto", "adaptive"):
             # The noise adapts from the independent model (the moment-only diagonal
             # noise) by minibatch steps: half of a stochastic optimizer's steps, the rest
             # running NCE against the noise reached. A full-batch optimizer keeps its
