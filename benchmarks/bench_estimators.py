@@ -33,9 +33,9 @@ CASES = {
     "nce fresh noise": dict(method="nce", noise_sampling="fresh"),
     "nce diagonal noise": dict(method="nce", noise="diagonal"),
     "nce grid (tied) noise": dict(method="nce", noise="grid"),
-    "nce adaptive noise": dict(method="nce", noise="adaptive"),
+    "nce 4-nbr MLE noise": dict(method="nce", noise="grid-untied"),
     "rnce (defaults)": dict(method="rnce"),
-    "rnce adaptive noise": dict(method="rnce", noise="adaptive"),
+    "rnce 4-nbr MLE noise": dict(method="rnce", noise="grid-untied"),
     "cnce, adam": dict(method="cnce", optimizer="adam", max_iter=STEPS),
     "cd (defaults)": dict(method="cd"),
     "cd-1 gibbs": dict(method="cd", sampler="gibbs"),
@@ -46,16 +46,17 @@ GIVEN = {
     PEER: "data pass + damped exact-Hessian Newton in dense NumPy (bench_core)",
     "sm closed form (defaults)": "closed form (one sparse solve)",
     "sm barrier": "starts at the independent model",
-    "nce (defaults)": "noise: untied 4-nbr grid MLE (= the 4-nbr answer); starts at the noise",
+    "nce (defaults)": ("noise (adaptive): N(0, diag S), then a frozen copy of the current "
+                       "estimate at each step of the first half, then fixed; starts at the "
+                       "independent model"),
     "nce fresh noise": ("as nce (defaults), with a fresh noise sample at every step "
                         "instead of one pool"),
     "nce diagonal noise": "noise: N(0, diag S); starts at the noise",
     "nce grid (tied) noise": "noise: tied 4-nbr grid MLE; starts at the noise",
-    "nce adaptive noise": ("noise: N(0, diag S), then a frozen copy of the current "
-                           "estimate at each step of the first half, then fixed; starts "
-                           "at the independent model"),
-    "rnce (defaults)": "noise: untied 4-nbr grid MLE; starts at the noise",
-    "rnce adaptive noise": "as nce adaptive noise",
+    "nce 4-nbr MLE noise": ("noise: untied 4-nbr grid MLE (= the 4-nbr answer; the default "
+                            "until 2026-12-01); starts at the noise"),
+    "rnce (defaults)": "as nce (defaults)",
+    "rnce 4-nbr MLE noise": "as nce 4-nbr MLE noise",
     "cnce, adam": "perturbations σ = √(2/Σ 1/S_pp); starts at the independent model",
     "cd (defaults)": "exact samples of the current estimate; starts at the independent model",
     "cd-1 gibbs": "1 Gibbs sweep from the data; starts at the independent model",
