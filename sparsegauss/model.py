@@ -570,10 +570,11 @@ class GridGaussian(DensityMixin, BaseEstimator):
                 why = (f"{name}'s own loss may have converged, but against a noise this far "
                        "from the data the classifier separates them by features the model "
                        "cannot match, and the estimate says more about the noise than about "
-                       "the data; it is not marked converged. Use noise='adaptive' (with "
-                       "more steps, max_iter, if this persists; on strongly correlated "
-                       "pixels such as photo patches it does not reach the data either, see "
-                       "GridGaussian's noise parameter), or method='mle' (exact).")
+                       "the data; it is not marked converged. Use the default adaptive "
+                       "noise (noise='adaptive' or 'auto'; with more steps, max_iter, if "
+                       "this persists; on strongly correlated pixels such as photo patches "
+                       "it does not reach the data either, see GridGaussian's noise "
+                       "parameter), or method='mle' (exact).")
         warnings.warn(
             f"The {self.method!r} estimate's log-likelihood is at least {lower:.3g} nats "
             "per sample below the maximum likelihood of these data (a lower bound from the "
