@@ -12,10 +12,10 @@ from . import _kernels
 __all__ = ["as_float_array", "moment_sums", "pattern_moments", "quadratic_forms"]
 
 #: Below this many rows per thread and term, :func:`moment_sums` splits the pixels among
-#: the threads instead of the samples. Measured (float32, medians of 5, 2 threads):
-#: 1024² in chunks of 8 / 32 rows 60 / 72 ms by samples against 8 / 25 ms by pixel
-#: tiles, 2048² in chunks of 8 rows 321 against 67 ms, 512² 32 rows 8.0 against 6.1 ms;
-#: but 512² with 500 rows 74 against 88 ms and 256² with 128 rows 3.6 against 4.1 ms
+#: the threads instead of the samples. Measured (float32, 4 neighbours, medians of 5,
+#: 2 threads, tiles of 4,096 pixels): 1024² in chunks of 8 / 32 rows 43 / 71 ms by
+#: samples against 9 / 29 ms by pixel tiles, 2048² in chunks of 8 rows 338 against 80
+#: ms; but 512² with 500 rows 74 against 88 ms and 256² with 128 rows 3.6 against 4.1 ms
 #: (the tiles read every row with a stride).
 _TILED_ROWS_PER_TERM = 16
 
