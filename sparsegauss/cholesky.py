@@ -26,7 +26,6 @@ scikit-sparse 0.4.x's simplicial LDLᵀ factorization "succeeds" on an indefinit
 (``logdet()`` is then nan), so every factorization's pivots are checked here.
 """
 
-import contextlib
 import warnings
 
 import numpy as np
@@ -34,6 +33,7 @@ import scipy.sparse as sp
 from sksparse.cholmod import CholmodNotPositiveDefiniteError, analyze
 
 from . import _kernels
+from ._blas import one_blas_thread
 from ._random import draw_seed, standard_normal
 from .exceptions import NotPositiveDefiniteError
 
@@ -59,51 +59,6 @@ _KERNEL_SOLVE_BLOCK = 256
 #: (8), medians of 7, the two settings alternated (2026-12-01).
 _RELAX = ((4, 16, 48), (0.8, 0.1, 0.05))
 _NO_RELAX = ((0, 0, 0), (0.0, 0.0, 0.0))
-
-_BLAS_LIBRARIES = None
-
-
-_BLAS_DEPTH = 0
-
-
-@contextlib.contextmanager
-def _one_blas_thread():
-    """A context that runs every loaded BLAS on one thread, around the supernodal
-    factorization and Takahashi kernels (nested contexts cost nothing: a gradient of
-    log Z sets the counts once for both kernels).
-
-    Its dense blocks (``dtrsm``, ``dpotri``, ``dsymm``, ``dgemm`` of SciPy's OpenBLAS,
-    called from Numba) are mostly small, and OpenBLAS's threads spin while they wait:
-    with another CPU-bound process on one of two cores, the earlier kernel took 2.9×
-    (256²) and 2.0× (512²) its idle time with the default two BLAS threads, and 1.01×
-    and 1.10× with one; the present one 1.08× and 1.00× (see the README's performance
-    notes). The libraries are found once (threadpoolctl) and their thread counts set and
-    restored directly: ``ThreadpoolController.limit`` re-reads every library's state on
-    each call, 70 µs, a quarter of the kernel's time on a 28×28 grid.
-    """
-    global _BLAS_LIBRARIES, _BLAS_DEPTH
-    if _BLAS_DEPTH:
-        yield
-        return
-    if _BLAS_LIBRARIES is None:
-        # The kernel calls SciPy's BLAS: load it first, so the controller, which lists
-        # the libraries loaded when it is made, knows it.
-        import scipy.linalg.cython_blas  # noqa: F401
-        from threadpoolctl import ThreadpoolController
-
-        _BLAS_LIBRARIES = [library for library in ThreadpoolController().lib_controllers
-                           if library.user_api == "blas"]
-    previous = [library.get_num_threads() for library in _BLAS_LIBRARIES]
-    for library in _BLAS_LIBRARIES:
-        library.set_num_threads(1)
-    _BLAS_DEPTH += 1
-    try:
-        yield
-    finally:
-        _BLAS_DEPTH -= 1
-        for library, count in zip(_BLAS_LIBRARIES, previous):
-            library.set_num_threads(count)
-
 
 class SparseCholesky:
     """Symbolic Cholesky analysis of one symmetric sparsity pattern.
@@ -209,7 +164,7 @@ class SparseCholesky:
         """
         if not np.all(np.isfinite(values)):
             raise ValueError("The matrix to factorize contains NaN or inf entries.")
-        with _one_blas_thread():
+        with one_blas_thread():
             failed = _kernels.cholesky_supernodal(self.indptr, self.indices, self._values,
                                                   self.starts, positions, values)
         self._generation += 1
@@ -301,7 +256,7 @@ class SparseCholesky:
         from it at once."""
         if self._inverse is None:
             self._inverse = np.empty(self.indices.size)
-        with _one_blas_thread():
+        with one_blas_thread():
             _kernels.takahashi_supernodal(self.indptr, self.indices, self._values,
                                           self.starts, self._inverse)
         return self._inverse

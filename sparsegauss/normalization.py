@@ -11,7 +11,8 @@ sparse Cholesky factor gives at the cost of a factorization.
 
 import numpy as np
 
-from .cholesky import SparseCholesky, _one_blas_thread
+from ._blas import one_blas_thread
+from .cholesky import SparseCholesky
 
 __all__ = ["GridNormalizer", "LOG_2PI"]
 
@@ -70,7 +71,7 @@ class GridNormalizer:
             ``−½ adjoint(m ⊙ Σ_pattern)``.
         covariance : ndarray, shape (n_terms, D)
         """
-        with _one_blas_thread():     # once for both kernels
+        with one_blas_thread():     # once for both kernels
             return self.value_and_grad_of(self.factorize(theta))
 
     def value_and_grad_of(self, factor):

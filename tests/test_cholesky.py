@@ -187,24 +187,24 @@ def test_takahashi_runs_on_one_blas_thread_and_restores_the_counts():
     user's thread counts are restored afterwards, also after an error."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from sparsegauss.cholesky import _one_blas_thread
+    from sparsegauss._blas import one_blas_thread
 
     def blas_threads():
         return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
 
     with threadpool_limits(limits=2, user_api="blas"):
         before = blas_threads()
-        with _one_blas_thread():
+        with one_blas_thread():
             assert set(blas_threads()) == {1}
         assert blas_threads() == before
         with pytest.raises(RuntimeError):
-            with _one_blas_thread():
+            with one_blas_thread():
                 raise RuntimeError
         assert blas_threads() == before
         # Nested (a gradient of log Z around both kernels): one thread throughout, and
         # the counts come back only when the outer context ends.
-        with _one_blas_thread():
-            with _one_blas_thread():
+        with one_blas_thread():
+            with one_blas_thread():
                 assert set(blas_threads()) == {1}
             assert set(blas_threads()) == {1}
         assert blas_threads() == before

@@ -194,3 +194,84 @@ def test_newton_cg_switches_to_the_exact_hessian_when_cg_stalls(rng):
     declined = minimize(fun, np.zeros(40), method="newton-cg", tol=1e-8, maxiter=20,
                         max_cg=3, hessian=lambda x: None)
     assert declined.n_direct_steps == 0
+
+
+def _outlying_spectrum(rng, n=30, n_outliers=5):
+    """SPD ``H`` and a preconditioner ``M`` (SPD) that leaves a few large outliers in
+    ``M H``, like the MLE's sandwich preconditioner on strongly correlated pixels."""
+    basis, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    eigenvalues = np.concatenate([np.linspace(1.0, 1.8, n - n_outliers),
+                                  np.logspace(1, 3, n_outliers)])
+    root, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    preconditioner = (root * rng.uniform(0.5, 2.0, n)) @ root.T
+    # H = M^{-1/2} B diag(λ) Bᵀ M^{-1/2}: the eigenvalues of M H are exactly λ.
+    values, vectors = np.linalg.eigh(preconditioner)
+    inverse_root = (vectors / np.sqrt(values)) @ vectors.T
+    hessian = inverse_root @ (basis * eigenvalues) @ basis.T @ inverse_root
+    return 0.5 * (hessian + hessian.T), preconditioner, eigenvalues
+
+
+def test_ritz_deflation_sends_the_largest_eigenvalues_to_one(rng):
+    """Rayleigh–Ritz from one CG solve's record: the Ritz values are the eigenvalues of
+    M H above 2 (dense oracle), and the corrected preconditioner maps them to 1 while
+    staying positive definite."""
+    from sparsegauss.optimize import _KrylovRecord, truncated_cg
+
+    hessian, preconditioner, eigenvalues = _outlying_spectrum(rng)
+    record = _KrylovRecord(200)
+    grad = rng.normal(size=len(hessian))
+    direction, stalled = truncated_cg(lambda v: hessian @ v, grad,
+                                      lambda v: preconditioner @ v, 200, 1e-13, record=record)
+    assert not stalled
+    np.testing.assert_allclose(hessian @ direction, -grad, atol=1e-9 * np.abs(grad).max())
+    ritz_vectors, coefficients = record.deflation()
+    outliers = np.sort(eigenvalues[eigenvalues > 2])[::-1]
+    np.testing.assert_allclose(1.0 / (1.0 + coefficients), outliers, rtol=1e-8)
+    corrected = preconditioner + ritz_vectors.T @ (coefficients[:, None] * ritz_vectors)
+    assert np.linalg.eigvalsh(0.5 * (corrected + corrected.T)).min() > 0
+    spectrum = np.sort(np.linalg.eigvals(corrected @ hessian).real)
+    expected = np.sort(np.where(eigenvalues > 2, 1.0, eigenvalues))
+    np.testing.assert_allclose(spectrum, expected, rtol=1e-6)
+
+
+def test_deflated_preconditioner_needs_fewer_cg_steps(rng):
+    """A second system with the same Hessian: the recycled preconditioner's CG needs the
+    iterations of the clustered spectrum only."""
+    from sparsegauss.optimize import _deflated, _KrylovRecord, truncated_cg
+
+    hessian, preconditioner, _ = _outlying_spectrum(rng)
+    record = _KrylovRecord(200)
+    truncated_cg(lambda v: hessian @ v, rng.normal(size=len(hessian)),
+                 lambda v: preconditioner @ v, 200, 1e-10, record=record)
+    counts = {}
+    grad = rng.normal(size=len(hessian))
+    for name, apply_m in [("bare", lambda v: preconditioner @ v),
+                          ("deflated", _deflated(lambda v: preconditioner @ v,
+                                                 [record.deflation()]))]:
+        products = []
+        direction, _ = truncated_cg(lambda v: products.append(1) or hessian @ v, grad,
+                                    apply_m, 200, 1e-8)
+        np.testing.assert_allclose(hessian @ direction, -grad, atol=1e-6)
+        counts[name] = len(products)
+    assert counts["deflated"] <= counts["bare"] - 4, counts
+
+
+def test_cg_goes_on_after_an_indefinite_preconditioner(rng):
+    """A preconditioner that is not positive definite is detected (rᵀ M r <= 0) and the
+    solve continues from CG's iterate with a good one, to the same solution."""
+    from sparsegauss.optimize import _IndefinitePreconditioner, truncated_cg
+
+    hessian, preconditioner, _ = _outlying_spectrum(rng)
+    grad = rng.normal(size=len(hessian))
+    values, vectors = np.linalg.eigh(preconditioner)
+    values[0] = -values[0]
+    indefinite = (vectors * values) @ vectors.T
+    with pytest.raises(_IndefinitePreconditioner) as failed:
+        truncated_cg(lambda v: hessian @ v, grad, lambda v: indefinite @ v, 200, 1e-10)
+    state = failed.value
+    np.testing.assert_allclose(state.residual, -grad - hessian @ state.direction, atol=1e-8)
+    direction, stalled = truncated_cg(lambda v: hessian @ v, grad,
+                                      lambda v: preconditioner @ v, 200 - state.steps, 1e-10,
+                                      start=(state.direction, state.residual))
+    assert not stalled
+    np.testing.assert_allclose(direction, np.linalg.solve(hessian, -grad), rtol=1e-6)

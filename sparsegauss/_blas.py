@@ -1,0 +1,53 @@
+"""BLAS thread counts around work whose dense blocks are small.
+
+OpenBLAS's worker threads spin for a while after each call; next to Numba's own threads
+on a 2-core machine they take cores from the next parallel kernel (a NumPy product of
+30 × 2,296 in Newton-CG's recycling made the MNIST moment pass that followed 76 ms
+instead of 26).
+"""
+
+import contextlib
+
+_BLAS_LIBRARIES = None
+
+
+_BLAS_DEPTH = 0
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """A context that runs every loaded BLAS on one thread, around the supernodal
+    factorization and Takahashi kernels (nested contexts cost nothing: a gradient of
+    log Z sets the counts once for both kernels).
+
+    Its dense blocks (``dtrsm``, ``dpotri``, ``dsymm``, ``dgemm`` of SciPy's OpenBLAS,
+    called from Numba) are mostly small, and OpenBLAS's threads spin while they wait:
+    with another CPU-bound process on one of two cores, the earlier kernel took 2.9×
+    (256²) and 2.0× (512²) its idle time with the default two BLAS threads, and 1.01×
+    and 1.10× with one; the present one 1.08× and 1.00× (see the README's performance
+    notes). The libraries are found once (threadpoolctl) and their thread counts set and
+    restored directly: ``ThreadpoolController.limit`` re-reads every library's state on
+    each call, 70 µs, a quarter of the kernel's time on a 28×28 grid.
+    """
+    global _BLAS_LIBRARIES, _BLAS_DEPTH
+    if _BLAS_DEPTH:
+        yield
+        return
+    if _BLAS_LIBRARIES is None:
+        # The kernel calls SciPy's BLAS: load it first, so the controller, which lists
+        # the libraries loaded when it is made, knows it.
+        import scipy.linalg.cython_blas  # noqa: F401
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS_LIBRARIES = [library for library in ThreadpoolController().lib_controllers
+                           if library.user_api == "blas"]
+    previous = [library.get_num_threads() for library in _BLAS_LIBRARIES]
+    for library in _BLAS_LIBRARIES:
+        library.set_num_threads(1)
+    _BLAS_DEPTH += 1
+    try:
+        yield
+    finally:
+        _BLAS_DEPTH -= 1
+        for library, count in zip(_BLAS_LIBRARIES, previous):
+            library.set_num_threads(count)
