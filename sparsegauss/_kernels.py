@@ -25,7 +25,7 @@ from numba import njit, prange
 from numba.extending import get_cython_function_address
 
 __all__ = ["ZIGGURAT", "apply_stencil", "cholesky_supernodal", "copy_rows_where",
-           "scan_samples", "gaussian_term_and_score", "gibbs_sweeps",
+           "first_non_finite_row", "gaussian_term_and_score", "gibbs_sweeps",
            "lower_positions", "lower_transposed_solve", "mala_propose", "mala_reverse",
            "pattern_cross_moments", "pattern_moments", "pattern_moments_tiled", "quadratic_forms",
            "sandwich_on_pattern", "sandwich_terms", "scatter_transposed",
@@ -46,6 +46,18 @@ _BLOCK = 4
 def _center_into(y, x, center, d):
     for p in range(d):
         y[p] = x[p] - center[p]
+
+
+@njit(fastmath=_REASSOC, inline="always")
+def _add_block(total, y, w, d):
+    """``total[p] += Σ_b w_b y[b, p]`` over a block of samples (one load and store of
+    ``total`` a block: added sample by sample, the first moments cost as much again as
+    a finiteness scan of the data)."""
+    for p in range(d):
+        t = 0.0
+        for b in range(_BLOCK):
+            t += w[b] * y[b, p]
+        total[p] += t
 
 
 @njit(fastmath=_REASSOC, inline="always")
@@ -105,12 +117,14 @@ def _accumulate_block(y, w, rows, shifts, unsigned, scratch, d):
 
 
 @njit(parallel=True, fastmath=_REASSOC, cache=True)
-def pattern_moments(X, center, weights, shifts, n_chunks):
+def pattern_moments(X, center, weights, shifts, n_chunks, sums):
     """Weighted second moments on the stencil pattern.
 
     ``out[k, p] = Σ_n w_n (x_np − c_p)(x_n,p+δ_k − c_{p+δ_k})`` for every ``p``, where a
     partner index ``p + δ_k ≥ D`` contributes zero (the caller zeroes the pairs that wrap
-    around a grid row).
+    around a grid row). With ``sums`` of shape ``(n_chunks, D)``, also the first moments
+    ``Σ_n w_n (x_np − c_p)``, chunk by chunk, from the same read (a mean without a second
+    pass over the data); give shape ``(n_chunks, 0)`` to skip them.
 
     Parameters
     ----------
@@ -123,12 +137,15 @@ def pattern_moments(X, center, weights, shifts, n_chunks):
     n_chunks : int
         Number of sample chunks processed in parallel, each with its own accumulator
         (so no two threads write the same memory, and no (n × n_params) temporary).
+    sums : ndarray, shape (n_chunks, D) or (n_chunks, 0), float64
+        Zeros in, each chunk's first moments out.
 
     Returns
     -------
     ndarray, shape (n_terms, D), float64
     """
     n, d = X.shape
+    with_sums = sums.shape[1] > 0
     n_terms = shifts.size
     pad = 0
     for k in range(n_terms):
@@ -149,6 +166,8 @@ def pattern_moments(X, center, weights, shifts, n_chunks):
                     _center_into(y[b], X[first + b], center, d)
                 else:
                     w[b] = 0.0
+            if with_sums:
+                _add_block(sums[chunk], y, w, d)
             _accumulate_block(y, w, acc[chunk], shifts, unsigned, scratch, d)
     out = np.zeros((n_terms, d))
     for chunk in range(n_chunks):
@@ -163,7 +182,7 @@ MOMENT_TILE = 4096
 
 
 @njit(parallel=True, fastmath=_REASSOC, cache=True)
-def pattern_moments_tiled(X, center, weights, shifts, tile):
+def pattern_moments_tiled(X, center, weights, shifts, tile, sums):
     """:func:`pattern_moments` for wide images, in parallel over tiles of pixels.
 
     Splitting the samples among threads gives each thread an accumulator of
@@ -172,9 +191,12 @@ def pattern_moments_tiled(X, center, weights, shifts, tile):
     chunk of a few rows that a shard reader passes (8 rows of 1024² float32 a chunk: 59 ms
     a call, 0.5 GB/s). Here each thread owns a tile of pixels: its accumulators stay in
     cache for all the samples, and the data are read once (plus the tile's overlap with
-    its neighbour, ``max(shifts)`` values a row). Shifts must be non-negative.
+    its neighbour, ``max(shifts)`` values a row). Shifts must be non-negative. ``sums``,
+    of shape ``(D,)`` (zeros in) or ``(0,)``, receives the first moments as in
+    :func:`pattern_moments`.
     """
     n, d = X.shape
+    with_sums = sums.shape[0] > 0
     n_terms = shifts.size
     pad = 0
     for k in range(n_terms):
@@ -197,6 +219,8 @@ def pattern_moments_tiled(X, center, weights, shifts, tile):
                     _center_into(y[b], X[first + b, p0:], center[p0:], reach)
                 else:
                     w[b] = 0.0
+            if with_sums:
+                _add_block(sums[p0:], y, w, length)
             _accumulate_block(y, w, acc, shifts, unsigned, scratch, length)
         for k in range(n_terms):
             for j in range(length):
@@ -1036,40 +1060,28 @@ def lower_positions(indptr, indices, rows, cols):
 
 
 @njit(parallel=True, fastmath=_REASSOC, cache=True)
-def scan_samples(X, n_chunks, with_sums):
-    """One read of the data for its checks and, with ``with_sums``, its mean: the index
-    of the first row of ``X`` holding a NaN or an infinity (``X.shape[0]`` if none), and
-    the column sums in float64 (an empty array without ``with_sums``).
+def first_non_finite_row(X, n_chunks):
+    """The index of the first row of ``X`` holding a NaN or an infinity (``X.shape[0]``
+    if none), in parallel over chunks of rows.
 
     No temporary: ``np.isfinite(X)`` allocates a mask the size of the data (47 MB for
-    MNIST in float64; 22–38 ms of a 0.3 s MLE fit), and ``X.mean(axis=0)``, a second
-    read on one core, cost 23 ms more. A row is finite when ``Σ 0·x`` is 0, since
-    ``0·inf`` and ``0·NaN`` are NaN (the sums themselves may overflow for finite data
-    near the dtype's largest value, so they cannot serve as the test). Reassociation
-    alone does not let LLVM fold ``0·x`` to 0 (that needs "nnan" and "nsz"). Without
-    ``with_sums`` no per-thread sums are allocated (a shard reader checks chunks of a
-    few wide rows, where those would be most of the work).
+    MNIST in float64; 22–38 ms of a 0.3 s MLE fit). A row is finite when ``Σ 0·x`` is
+    0, since ``0·inf`` and ``0·NaN`` are NaN (a plain sum may overflow for finite data
+    near the dtype's largest value, so it cannot serve as the test). Reassociation
+    alone does not let LLVM fold ``0·x`` to 0 (that needs "nnan" and "nsz").
     """
     n, d = X.shape
     found = np.full(n_chunks, n, dtype=np.int64)
-    sums = np.zeros((n_chunks, d if with_sums else 0))
     for chunk in prange(n_chunks):
-        acc = sums[chunk]
         for i in range(chunk * n // n_chunks, (chunk + 1) * n // n_chunks):
             total = 0.0
             row = X[i]
-            if with_sums:
-                for p in range(d):
-                    value = np.float64(row[p])
-                    total += value * 0.0
-                    acc[p] += value
-            else:
-                for p in range(d):
-                    total += np.float64(row[p]) * 0.0
+            for p in range(d):
+                total += np.float64(row[p]) * 0.0
             if total != total:
                 found[chunk] = i
                 break
-    return found.min(), sums.sum(axis=0)
+    return found.min()
 
 
 def default_chunks(n_samples):

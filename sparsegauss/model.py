@@ -23,11 +23,11 @@ from .exceptions import ConvergenceWarning, NotPositiveDefiniteError, SampleSize
 from .noise import NOISES
 from .optimize import METHODS as OPTIMIZERS
 from .optimize import SCHEDULES, STOCHASTIC
-from .sources import as_source, check_samples_and_mean, is_out_of_core
+from .sources import as_source, check_finite, check_samples, is_out_of_core
 from .grid import STENCIL_OFFSETS, TYINGS, GridParameterization, check_grid_shape
 from .distribution import GridGaussianDistribution
 from .normalization import GridNormalizer
-from .stats import pattern_moments
+from .stats import pattern_moments, pattern_moments_about_mean
 
 __all__ = ["GridGaussian", "NotFittedError"]
 
@@ -385,14 +385,14 @@ class GridGaussian(DensityMixin, BaseEstimator):
             return check_grid_shape(image_shape)
         return (1, int(n_features))
 
-    def _validate_data(self, X, *, reset, min_samples=1):
-        """``(X, shape, mean)``: X as a C-contiguous float ``(n, D)`` array, the grid
-        shape, and X's mean in float64 (from the same read as the checks).
+    def _validate_data(self, X, *, reset, min_samples=1, finite=True):
+        """``(X, shape)``: X as a C-contiguous float ``(n, D)`` array and the grid shape.
 
         ``(n, H, W)`` images are flattened row-major; integers and booleans become
         float64 (as scikit-learn estimators take them); NaN and inf are refused with the
-        first offending sample and pixel named. ``reset=True`` (in ``fit``) records
-        ``n_features_in_``; otherwise X must match the fitted grid.
+        first offending sample and pixel named (unless ``finite=False``: ``fit`` tells
+        them from its moments instead, saving a read of the data). ``reset=True`` (in
+        ``fit``) records ``n_features_in_``; otherwise X must match the fitted grid.
         """
         image_shape = None
         if not sp.issparse(X) and not hasattr(X, "columns"):
@@ -411,8 +411,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
                           ensure_all_finite=False, ensure_min_samples=min_samples)
         if reset:
             shape = self._grid_shape(X.shape[1], image_shape)
-        X, mean = check_samples_and_mean(X, shape)
-        return X, shape, mean
+        return check_samples(X, shape, finite=finite), shape
 
     def _check_fitted(self):
         if not hasattr(self, "theta_"):
@@ -452,10 +451,14 @@ class GridGaussian(DensityMixin, BaseEstimator):
         self._validate_params()
         if is_out_of_core(X):
             return self._fit_out_of_core(X)
-        X, shape, mean = self._validate_data(X, reset=True, min_samples=2)
+        X, shape = self._validate_data(X, reset=True, min_samples=2, finite=False)
         grid = GridParameterization(shape, self.stencil, self.tying)
-        location = np.zeros(grid.n_pixels) if self.assume_centered else mean
-        moments = pattern_moments(X, grid, center=location) / X.shape[0]
+        if self.assume_centered:
+            location, moments = np.zeros(grid.n_pixels), pattern_moments(X, grid)
+        else:
+            moments, location = pattern_moments_about_mean(X, grid)
+        moments /= X.shape[0]
+        self._check_finite_moments(X, moments)
         self._check_variances(moments[0], shape)
         n_effective = X.shape[0] - (0 if self.assume_centered else 1)
 
@@ -831,6 +834,16 @@ class GridGaussian(DensityMixin, BaseEstimator):
                        normalizer=normalizer)
 
     @staticmethod
+    def _check_finite_moments(X, moments):
+        """NaN or inf in X shows in the moments (each value's square is one of them); only
+        then is X read again, to name the first bad sample."""
+        if np.all(np.isfinite(moments)):
+            return
+        check_finite(X)
+        raise ValueError("X's second moments overflow float64 (values of magnitude "
+                         f"{np.max(np.abs(X)):.3g}). Rescale the data first.")
+
+    @staticmethod
     def _check_variances(variances, shape):
         scale = np.max(variances)
         # Below this relative level a pixel is numerically constant: Λ_pp → ∞.
@@ -908,7 +921,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
         """
         self._check_fitted()
         self._require_pd("score_samples")
-        X, _, _ = self._validate_data(X, reset=False)
+        X, _ = self._validate_data(X, reset=False)
         return self.distribution_.score_samples(X)
 
     def score(self, X, y=None):

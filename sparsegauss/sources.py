@@ -43,23 +43,16 @@ def is_out_of_core(X):
     return _is_dask_array(X) or (isinstance(X, (str, os.PathLike)) and Path(X).is_dir())
 
 
-def check_samples(X, shape, where="X"):
+def check_samples(X, shape, where="X", *, finite=True):
     """``X`` as a C-contiguous float32/float64 array of shape ``(n, H·W)``, or a clear error.
 
     Accepts ``(n, H·W)`` and ``(n, H, W)``. Integers and booleans become float64, used as
     the numbers they are (scale 8-bit images yourself if you want [0, 1]; sparsegauss.
     datasets.preprocess does that and adds the pixel noise). Refuses other dtypes, and
-    NaN or inf (naming the first offending sample and pixel).
+    NaN or inf (naming the first offending sample and pixel) unless ``finite=False``: a
+    caller that reads X anyway and can tell from its result (a fit's moments) skips this
+    read and calls :func:`check_finite` when the result is not finite.
     """
-    return _checked(X, shape, where, with_mean=False)[0]
-
-
-def check_samples_and_mean(X, shape, where="X"):
-    """:func:`check_samples`, and the samples' mean (float64) from the same read."""
-    return _checked(X, shape, where, with_mean=True)
-
-
-def _checked(X, shape, where, with_mean):
     height, width = shape
     n_pixels = height * width
     X = np.asarray(X)
@@ -75,12 +68,19 @@ def _checked(X, shape, where, with_mean):
     if X.dtype not in (np.float32, np.float64):
         X = X.astype(np.float64)
     X = np.ascontiguousarray(X)
-    row, sums = _kernels.scan_samples(X, _kernels.default_chunks(X.shape[0]), with_mean)
+    if finite:
+        check_finite(X, where)
+    return X
+
+
+def check_finite(X, where="X"):
+    """Raise ValueError naming the first sample and pixel of ``X`` (C-contiguous, float,
+    2-D) that holds NaN or inf; one parallel read with no temporary."""
+    row = _kernels.first_non_finite_row(X, _kernels.default_chunks(X.shape[0]))
     if row < X.shape[0]:
         pixel = int(np.flatnonzero(~np.isfinite(X[row]))[0])
         raise ValueError(f"{where} contains NaN or inf (first at sample {row}, pixel "
                          f"{pixel}). Remove or impute those values first.")
-    return X, (sums / max(X.shape[0], 1) if with_mean else None)
 
 
 def _added(parts):

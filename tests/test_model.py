@@ -310,3 +310,21 @@ def test_an_indefinite_estimate_is_not_converged():
     with pytest.warns(UserWarning, match="not positive definite"):
         model = GridGaussian((28, 28), method="sm").fit(X)
     assert not model.is_positive_definite_ and not model.converged_
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("assume_centered", [False, True])
+def test_fit_finds_non_finite_values_from_its_moments(bad, assume_centered, rng):
+    """fit reads X once (the moments); NaN or inf shows there, and only then is X read
+    again to name the first bad sample, which need not be among the rows the provisional
+    centre was taken from."""
+    X = rng.normal(size=(200, 12))
+    X[137, 5] = X[150, 2] = bad
+    with pytest.raises(ValueError, match=r"NaN or inf \(first at sample 137, pixel 5\)"):
+        GridGaussian((3, 4), assume_centered=assume_centered).fit(X)
+
+
+def test_fit_refuses_data_whose_moments_overflow(rng):
+    X = rng.normal(size=(50, 12)) * 1e200
+    with pytest.raises(ValueError, match="overflow float64.*Rescale"):
+        GridGaussian((3, 4)).fit(X)

@@ -144,12 +144,3 @@ def test_check_samples_accepts_the_largest_finite_values():
         np.testing.assert_array_equal(check_samples(X, (2, 3)), X)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n_samples", [1, 2, 1001])
-def test_the_mean_comes_from_the_checking_read(dtype, n_samples):
-    from sparsegauss.sources import check_samples_and_mean
-
-    X = (np.random.default_rng(n_samples).normal(size=(n_samples, 12)) * 5 + 3).astype(dtype)
-    checked, mean = check_samples_and_mean(X, (3, 4))
-    assert checked is X and mean.dtype == np.float64
-    np.testing.assert_allclose(mean, X.mean(axis=0, dtype=np.float64), rtol=1e-12)

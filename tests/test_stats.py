@@ -69,7 +69,11 @@ def test_moment_kernel_any_shifts_against_numpy(dtype, rng):
     Y = X.astype(np.float64) - center
     for shifts in ([0], [0, 1], [0, 1, 3], [0, 1, 3, 4], [0, 2, -1, 1, 12, 5, -3]):
         shifts = np.array(shifts, dtype=np.int64)
-        moments = _kernels.pattern_moments(X, center, weights, shifts, 2)
+        sums = np.zeros((2, d))
+        moments = _kernels.pattern_moments(X, center, weights, shifts, 2, sums)
+        np.testing.assert_allclose(sums.sum(axis=0), weights @ Y, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(_kernels.pattern_moments(X, center, weights, shifts, 2,
+                                                            np.zeros((2, 0))), moments)
         for k, s in enumerate(shifts):
             expected = np.zeros(d)
             for p in range(d):
@@ -96,12 +100,41 @@ def test_moment_sums_by_pixel_tiles_against_numpy(dtype, rng):
     for k, s in enumerate(shifts):
         expected[k, :d - s] = (weights[:, None] * Y[:, :d - s] * Y[:, s:]).sum(axis=0)
     for tile in (4096, 1000, 97):
+        sums = np.zeros(d)
         np.testing.assert_allclose(
-            _kernels.pattern_moments_tiled(X, center, weights, shifts, tile), expected,
+            _kernels.pattern_moments_tiled(X, center, weights, shifts, tile, sums), expected,
             rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(moment_sums(X, center, weights, shifts), expected,
-                               rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(sums, weights @ Y, rtol=1e-10, atol=1e-10)
+    moments, sums = moment_sums(X, center, weights, shifts, with_sums=True)
+    np.testing.assert_allclose(moments, expected, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(sums, weights @ Y, rtol=1e-10, atol=1e-10)
     # Many rows of the same width take the split by samples, with the same sums.
     many = np.repeat(X, 40, axis=0)
     np.testing.assert_allclose(moment_sums(many, center, np.repeat(weights, 40), shifts),
                                40 * expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_samples, width, offset", [(2, 4, 0.0), (1001, 4, 0.0),
+                                                      (1001, 5, 1e6), (9, 2 * 4096 + 3, 3.0)])
+def test_moments_about_the_mean_from_one_read(dtype, n_samples, width, offset, rng):
+    """Summed about a provisional centre and corrected: against NumPy's covariance about
+    the mean, for data with a large offset (summing about zero would lose 12 digits),
+    rows sorted by their mean (the provisional centre far from the mean), and wide rows
+    (the split by pixel tiles)."""
+    from sparsegauss.stats import pattern_moments_about_mean
+
+    grid = GridParameterization((3, width), 8)
+    X = rng.normal(size=(n_samples, grid.n_pixels)) + offset
+    X = X[np.argsort(X.mean(axis=1))].astype(dtype)
+    moments, mean = pattern_moments_about_mean(X, grid)
+    X64 = X.astype(np.float64)
+    np.testing.assert_allclose(mean, X64.mean(axis=0), rtol=1e-13)
+    expected = pattern_moments(X64, grid, center=X64.mean(axis=0))
+    if grid.n_pixels <= 100:
+        covariance = np.cov(X64, rowvar=False, bias=True) * n_samples
+        rows, cols = grid.pair_indices()
+        np.testing.assert_allclose(expected[grid.valid], covariance[rows, cols], rtol=1e-9,
+                                   atol=1e-9 * np.abs(covariance).max())
+    np.testing.assert_allclose(moments, expected, rtol=1e-9,
+                               atol=1e-11 * np.abs(expected).max())
