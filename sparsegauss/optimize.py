@@ -63,9 +63,9 @@ _HZ_DELTA = 0.1
 _LOSS_RESOLUTION = 1e-10
 
 # Krylov recycling in Newton-CG. Gradient evaluations of the MLE without → with it
-# (2026-12-01; 4 / 8 neighbours): MNIST 283 → 190 / 223 → 177; 500 blurred 20 × 24
-# images (σ = 1.25 px) 616 → 490 / 674 → 645, (σ = 2 px) 524 → 610 / 571 → 465; 30
-# blurred 40 × 40 images 804 → 428 / 964 → 652. Counts on the blurred images move by
+# (2026-12-01, fit_mle on the centred moments; 4 / 8 neighbours): MNIST 283 → 190 /
+# 223 → 177; 500 blurred 20 × 24 images (σ = 1.25 px) 616 → 490 / 674 → 645, (σ = 2 px)
+# 524 → 610 / 571 → 465; 30 blurred 40 × 40 images 804 → 428 / 964 → 652. Counts on the blurred images move by
 # ±15 % with rounding (the forward-difference Hessian amplifies it); in time only the
 # σ = 2 px 4-neighbour case was slower (0.64 → 0.68–0.86 s).
 #: Memory for the vectors one CG solve records (two of length n per CG iteration): above
