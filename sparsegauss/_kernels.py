@@ -28,7 +28,7 @@ __all__ = ["ZIGGURAT", "apply_stencil", "cholesky_supernodal", "copy_rows_where"
            "first_non_finite_row", "gaussian_term_and_score", "gibbs_sweeps",
            "lower_positions", "lower_transposed_solve", "mala_propose", "mala_reverse",
            "pattern_cross_moments", "pattern_moments", "pattern_moments_tiled", "quadratic_forms",
-           "sandwich_on_pattern", "sandwich_terms", "scatter_transposed",
+           "sandwich_on_pattern", "sandwich_terms", "scatter_transposed", "subtree_schedule",
            "standard_normal_rows", "symbolic_supernodal", "symmetric_planes",
            "takahashi_supernodal"]
 
@@ -481,12 +481,16 @@ def _ancestor_run(indptr, indices, starts, owner, rows, b0, offset):
 
 
 @njit(cache=True, inline="always")
-def _exchange_below(indptr, indices, starts, owner, rows, offset, dense, values, gather):
+def _exchange_below(indptr, indices, starts, owner, rows, offset, dense, values, gather,
+                    shared_start, private):
     """Between the dense ``r × r`` lower triangle ``dense`` (column-major) and the
     factor-shaped ``values``, for the rows ``R`` below a supernode: gather
     ``dense[b, a] = values[R_a, R_b]`` (the selected inversion's ``Z_RR``) or, with
     ``gather`` false, scatter ``values[R_a, R_b] −= dense[b, a]`` (the factorization's
-    Schur update), by relative indices (:func:`_ancestor_run`)."""
+    Schur update), by relative indices (:func:`_ancestor_run`). A scattered entry at a
+    position ``q >= shared_start`` goes to ``private[q − shared_start]`` instead (a
+    thread's own copy of the columns another thread also updates; see
+    :func:`subtree_schedule`)."""
     r = rows.size
     b0 = 0
     while b0 < r:
@@ -500,11 +504,18 @@ def _exchange_below(indptr, indices, starts, owner, rows, offset, dense, values,
                     dense[b * r + a] = values[q0 + rows[a] - c2]
                 for a in range(b1, r):
                     dense[b * r + a] = values[shift + offset[a]]
-            else:
+            elif q0 < shared_start:
                 for a in range(b, b1):
                     values[q0 + rows[a] - c2] -= dense[b * r + a]
                 for a in range(b1, r):
                     values[shift + offset[a]] -= dense[b * r + a]
+            else:                  # a shared column (all its entries lie past q0)
+                q0 -= shared_start
+                shift -= shared_start
+                for a in range(b, b1):
+                    private[q0 + rows[a] - c2] -= dense[b * r + a]
+                for a in range(b1, r):
+                    private[shift + offset[a]] -= dense[b * r + a]
         b0 = b1
 
 
@@ -561,8 +572,8 @@ def _supernode_in_loops(block, ld, s, r, z_rr, z_rj):
                 block[j * ld + i] -= v
 
 
-@njit(cache=True)
-def takahashi_supernodal(indptr, indices, ldata, starts, z):
+@njit(parallel=True, cache=True)
+def takahashi_supernodal(indptr, indices, ldata, starts, z, order, bounds, chain_first):
     """Selected inverse: entries of ``Z = (L Lᵀ)⁻¹`` on the pattern of ``L``, by
     Takahashi's recursion over supernodes.
 
@@ -599,9 +610,25 @@ def takahashi_supernodal(indptr, indices, ldata, starts, z):
         Output: ``Z`` in the same CSC layout as ``L`` (every entry is written). The
         caller keeps one buffer per factor pattern: on a 1024×1024 grid a fresh one
         costs 0.2–0.4 s of page faults per call.
+    order, bounds, chain_first
+        The split of the supernodes among two threads (:func:`subtree_schedule`): the
+        top chain ``chain_first, …`` first, then the two groups at once; a supernode
+        reads ``Z`` only on its ancestors, which are in its own group or the chain.
     """
     n_super = starts.size - 1
     owner, max_block, max_below = _supernode_sizes(indptr, starts)
+    _invert_supernodes(indptr, indices, ldata, starts, z, owner, max_block, max_below,
+                       np.arange(chain_first, n_super))
+    for g in prange(2):
+        _invert_supernodes(indptr, indices, ldata, starts, z, owner, max_block, max_below,
+                           order[bounds[g]:bounds[g + 1]])
+
+
+@njit(cache=True)
+def _invert_supernodes(indptr, indices, ldata, starts, z, owner, max_block, max_below,
+                       supernodes):
+    """:func:`takahashi_supernodal`'s recursion over ``supernodes`` (ascending), taken
+    from the last to the first, with this thread's own work arrays."""
     # Column-major work arrays: the supernode's columns (leading dimension ld = s + r,
     # rows J then R), Z_RR (r × r, lower triangle) and Z_RJ (r × s).
     block = np.empty(max_block)
@@ -611,10 +638,12 @@ def takahashi_supernodal(indptr, indices, ldata, starts, z):
     lower, right, no_trans, trans, dims, info = _blas_arguments()   # dims: r, s, ld
     scalars = np.array([1.0, -1.0, 0.0])
     one, minus_one, zero = scalars[0:1], scalars[1:2], scalars[2:3]
-    for sn in range(n_super - 1, -1, -1):
+    nothing = np.empty(0)
+    for k in range(supernodes.size - 1, -1, -1):
+        sn = supernodes[k]
         f, s, p0, ld, r = _load_supernode(indptr, ldata, starts, sn, block)
         _exchange_below(indptr, indices, starts, owner, indices[p0 + s:p0 + ld], offset,
-                        z_rr, z, True)
+                        z_rr, z, True, z.size, nothing)
         if s * ld <= _SMALL_BLOCK:
             _supernode_in_loops(block, ld, s, r, z_rr, z_rj)
         else:
@@ -642,8 +671,9 @@ def takahashi_supernodal(indptr, indices, ldata, starts, z):
                 z[q + a] = z_rj[c * r + a]
 
 
-@njit(cache=True)
-def cholesky_supernodal(indptr, indices, ldata, starts, positions, values):
+@njit(parallel=True, cache=True)
+def cholesky_supernodal(indptr, indices, ldata, starts, positions, values, order, bounds,
+                        chain_first):
     """Numeric Cholesky factorization ``A = L Lᵀ`` into a fixed supernodal structure.
 
     Right-looking over supernodes, as a multifrontal code without frontal matrices: for
@@ -673,6 +703,10 @@ def cholesky_supernodal(indptr, indices, ldata, starts, positions, values):
         (the upper triangle).
     values : ndarray of float64
         ``A``'s values, like ``positions``.
+    order, bounds, chain_first
+        The split of the supernodes among two threads (:func:`subtree_schedule`): the
+        two groups at once, then the top chain. Both groups' updates reach the chain's
+        columns; the second group's go to a private copy, added in before the chain.
 
     Returns
     -------
@@ -687,13 +721,38 @@ def cholesky_supernodal(indptr, indices, ldata, starts, positions, values):
         if positions[t] >= 0:
             ldata[positions[t]] = values[t]
     owner, max_block, max_below = _supernode_sizes(indptr, starts)
+    shared_start = indptr[starts[chain_first]] if chain_first < n_super else ldata.size
+    private = np.zeros(ldata.size - shared_start if bounds[2] > bounds[1] else 0)
+    failed = np.full(2, -1, dtype=np.int64)
+    for g in prange(2):
+        failed[g] = _factor_supernodes(indptr, indices, ldata, starts, owner, max_block,
+                                       max_below, order[bounds[g]:bounds[g + 1]],
+                                       shared_start if g == 1 else ldata.size, private)
+    first = -1
+    for g in range(2):
+        if failed[g] >= 0 and (first < 0 or failed[g] < first):
+            first = failed[g]
+    if first >= 0:
+        return first
+    for q in range(private.size):
+        ldata[shared_start + q] += private[q]
+    return _factor_supernodes(indptr, indices, ldata, starts, owner, max_block, max_below,
+                              np.arange(chain_first, n_super), ldata.size, private)
+
+
+@njit(cache=True)
+def _factor_supernodes(indptr, indices, ldata, starts, owner, max_block, max_below,
+                       supernodes, shared_start, private):
+    """:func:`cholesky_supernodal` over ``supernodes`` (ascending) with this thread's own
+    work arrays; Schur updates of entries at ``shared_start`` or later go to
+    ``private``. Returns ``-1`` or the first failing column."""
     block = np.empty(max_block)
     update = np.empty(max_below * max_below)
     offset = np.empty(max_below, dtype=np.int64)
     lower, right, no_trans, trans, dims, info = _blas_arguments()   # dims: r, s, ld
     scalars = np.array([1.0, 0.0])
     one, zero = scalars[0:1], scalars[1:2]
-    for sn in range(n_super):
+    for sn in supernodes:
         f, s, p0, ld, r = _load_supernode(indptr, ldata, starts, sn, block)
         if s * ld <= _SMALL_BLOCK:
             for c in range(s):
@@ -738,8 +797,106 @@ def cholesky_supernodal(indptr, indices, ldata, starts, positions, values):
             for i in range(ld - c):
                 ldata[q + i] = block[c * ld + c + i]
         _exchange_below(indptr, indices, starts, owner, indices[p0 + s:p0 + ld], offset,
-                        update, ldata, False)
+                        update, ldata, False, shared_start, private)
     return -1
+
+
+@njit(cache=True)
+def subtree_schedule(indptr, indices, starts):
+    """Split the supernodes of a factor between two threads by subtrees of the
+    elimination tree.
+
+    The supernodal elimination tree (the parent of a supernode owns the first row below
+    it) is cut below its top *chain*: the root and its only-child descendants, down to
+    the first supernode with two or more children (a nested-dissection ordering's top
+    separator). The subtrees hanging from it are independent: the factorization and the
+    selected inversion touch, from a supernode, only its ancestors. They are dealt to
+    two groups, largest first to the lighter group (work ``s·ld²`` per supernode, the
+    factorization's leading term). A forest (no common root) splits its trees the same
+    way.
+
+    Needs a postordered tree (CHOLMOD's ordering is), where each subtree is a range of
+    supernodes ending at its root and the chain is the last supernodes; otherwise (and
+    for a path, which has no two subtrees) everything is the chain: one thread.
+
+    Returns
+    -------
+    order : ndarray of int64
+        The first group's supernodes, ascending, then the second's.
+    bounds : ndarray of int64, shape (3,)
+        ``order[bounds[g]:bounds[g + 1]]`` is group ``g``.
+    chain_first : int
+        The chain is ``chain_first, …, n_super − 1``.
+    """
+    n_super = starts.size - 1
+    owner, _, _ = _supernode_sizes(indptr, starts)
+    parent = np.full(n_super, -1, dtype=np.int64)
+    work = np.zeros(n_super)
+    size = np.ones(n_super, dtype=np.int64)
+    n_children = np.zeros(n_super, dtype=np.int64)
+    serial = (np.empty(0, dtype=np.int64), np.zeros(3, dtype=np.int64), 0)
+    for sn in range(n_super):
+        f = starts[sn]
+        s = starts[sn + 1] - f
+        ld = indptr[f + 1] - indptr[f]
+        work[sn] += s * ld * ld
+        if ld > s:
+            parent[sn] = owner[indices[indptr[f] + s]]
+            if parent[sn] <= sn:
+                return serial
+    for sn in range(n_super):               # children before parents
+        p = parent[sn]
+        if p >= 0:
+            work[p] += work[sn]
+            size[p] += size[sn]
+            n_children[p] += 1
+    for sn in range(n_super):               # postorder: each subtree a range below its root
+        p = parent[sn]
+        if p >= 0 and sn - size[sn] + 1 < p - size[p] + 1:
+            return serial
+    n_roots = 0
+    for sn in range(n_super):
+        if parent[sn] < 0:
+            n_roots += 1
+    chain_first = n_super
+    top = -1
+    if n_roots == 1:
+        if parent[n_super - 1] >= 0:
+            return serial
+        node = n_super - 1
+        while True:
+            chain_first = node
+            if n_children[node] != 1:
+                break
+            node -= 1                       # an only child comes just before its parent
+        top = chain_first
+        if n_children[top] == 0:
+            return serial
+    heads = np.empty(n_super, dtype=np.int64)
+    n_heads = 0
+    for sn in range(n_super):
+        if parent[sn] == top:
+            heads[n_heads] = sn
+            n_heads += 1
+    heads = heads[:n_heads]
+    ranked = heads[np.argsort(-work[heads])]
+    load = np.zeros(2)
+    group = np.zeros(n_super, dtype=np.int64)
+    for head in ranked:
+        g = 0 if load[0] <= load[1] else 1
+        load[g] += work[head]
+        group[head] = g
+    order = np.empty(chain_first, dtype=np.int64)
+    bounds = np.zeros(3, dtype=np.int64)
+    k = 0
+    for g in range(2):
+        for head in heads:                  # ascending: each group in postorder
+            if group[head] == g:
+                for sn in range(head - size[head] + 1, head + 1):
+                    order[k] = sn
+                    k += 1
+        bounds[g + 1] = k
+    return order, bounds, chain_first
 
 
 @njit(cache=True)

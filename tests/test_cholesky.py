@@ -160,12 +160,17 @@ def test_takahashi_kernel_matches_the_dense_inverse_on_the_whole_factor(shape, s
         # Both paths of the kernel run: blocks in loops and blocks by BLAS.
         assert sizes.min() <= _kernels._SMALL_BLOCK < sizes.max()
     # Into a buffer of NaNs: every entry must be written.
-    inverse = np.full(lower.nnz, np.nan)
-    _kernels.takahashi_supernodal(lower.indptr, lower.indices, lower.data, starts, inverse)
     perm = factor._analysis.permutation
     dense_inv = np.linalg.inv(grid.precision(theta).toarray())[np.ix_(perm, perm)]
     coo = lower.tocoo()
-    np.testing.assert_allclose(inverse, dense_inv[coo.row, coo.col], rtol=1e-9, atol=1e-13)
+    serial = (np.empty(0, dtype=np.int64), np.zeros(3, dtype=np.int64), 0)
+    split = _kernels.subtree_schedule(lower.indptr, lower.indices, starts)
+    for schedule in (serial, split):            # one thread, and two subtrees at once
+        inverse = np.full(lower.nnz, np.nan)
+        _kernels.takahashi_supernodal(lower.indptr, lower.indices, lower.data, starts,
+                                      inverse, *schedule)
+        np.testing.assert_allclose(inverse, dense_inv[coo.row, coo.col], rtol=1e-9,
+                                   atol=1e-13)
 
 
 def test_takahashi_kernel_refuses_a_pattern_that_is_not_closed_under_elimination():
@@ -179,7 +184,8 @@ def test_takahashi_kernel_refuses_a_pattern_that_is_not_closed_under_elimination
     with pytest.raises(ValueError, match="not closed under elimination"):
         _kernels.takahashi_supernodal(lower.indptr.astype(np.int64),
                                       lower.indices.astype(np.int64), lower.data, starts,
-                                      np.empty(lower.nnz))
+                                      np.empty(lower.nnz), np.empty(0, dtype=np.int64),
+                                      np.zeros(3, dtype=np.int64), 0)
 
 
 def test_takahashi_runs_on_one_blas_thread_and_restores_the_counts():
@@ -346,3 +352,70 @@ def test_the_normalizers_factor_builds_its_matrix_only_for_solves(rng):
     bad[3] = np.nan
     with pytest.raises(ValueError, match="NaN or inf"):
         normalizer.factorize(bad)
+
+
+def _supernodal_parents(analysis):
+    """Parent of each supernode in the supernodal elimination tree (-1 for a root)."""
+    starts, indptr, indices = analysis.starts, analysis.indptr, analysis.indices
+    owner = np.repeat(np.arange(starts.size - 1), np.diff(starts))
+    parents = []
+    for sn in range(starts.size - 1):
+        f, width = starts[sn], starts[sn + 1] - starts[sn]
+        below = indices[indptr[f] + width:indptr[f + 1]]
+        parents.append(owner[below[0]] if below.size else -1)
+    return np.array(parents)
+
+
+@pytest.mark.parametrize("shape, stencil", [((7, 9), 4), ((30, 30), 4), ((24, 26), 8),
+                                            ((40, 3), 8), ((1, 40), 4)])
+def test_two_subtrees_at_once_give_the_one_thread_results(shape, stencil, monkeypatch, rng):
+    """With the supernodes split between two threads by subtrees (the second group's
+    updates of the shared top chain kept in a private copy and added in after), the
+    factor, the selected inverse and the first failing pivot are those of the dense
+    oracle. The split itself: every supernode once, a group's supernodes have their
+    ancestors in their own group or the chain, and both groups have work."""
+    import sparsegauss.cholesky as cholesky
+    from sparsegauss import _kernels
+
+    monkeypatch.setattr(cholesky, "PARALLEL_MIN_ENTRIES", 0)
+    grid = GridParameterization(shape, stencil)
+    theta = random_spd_theta(grid, rng)
+    analysis = SparseCholesky(grid.pattern, mode="supernodal")
+    order, bounds, chain_first = analysis._schedule
+    n_super = analysis.starts.size - 1
+    assert sorted([*order, *range(chain_first, n_super)]) == list(range(n_super))
+    parents = _supernodal_parents(analysis)
+    for g in range(2):
+        members = set(order[bounds[g]:bounds[g + 1]])
+        for sn in members:
+            assert parents[sn] in members or parents[sn] >= chain_first
+    if shape != (1, 40):            # a path of supernodes has no two subtrees
+        assert 0 < bounds[1] < bounds[2]
+
+    perm = analysis.permutation
+    precision = dense_precision(grid, theta)[np.ix_(perm, perm)]
+    factor = analysis.factorize(grid.precision(theta))
+    dense = np.linalg.cholesky(precision)
+    np.testing.assert_allclose(factor.lower().toarray(), dense, rtol=1e-10,
+                               atol=1e-12 * np.abs(dense).max())
+    inverse = analysis._selected_inverse_on_factor()
+    coo = factor.lower().tocoo()
+    np.testing.assert_allclose(inverse, np.linalg.inv(precision)[coo.row, coo.col],
+                               rtol=1e-9, atol=1e-13)
+
+    # Too strong couplings from the middle on: the first failing pivot in elimination
+    # order, wherever it falls among the groups.
+    fields = np.zeros((grid.n_terms, grid.n_pixels))
+    fields[0] = 1.0
+    fields[1:] = -0.2
+    fields[1:, grid.n_pixels // 2:] = -0.9
+    bad = grid.project(fields * grid.valid)
+    dense_bad = dense_precision(grid, bad)[np.ix_(perm, perm)]
+    first_bad = next((k - 1 for k in range(1, grid.n_pixels + 1)
+                      if np.linalg.eigvalsh(dense_bad[:k, :k])[0] <= 0), None)
+    if first_bad is not None:
+        with pytest.raises(NotPositiveDefiniteError) as info:
+            analysis.factorize(grid.precision(bad))
+        assert info.value.column == perm[first_bad]
+    assert _kernels.subtree_schedule(analysis.indptr, analysis.indices,
+                                     analysis.starts)[2] == chain_first
