@@ -11,8 +11,9 @@ KL(truth ‖ estimate) so that speed is never bought with accuracy (for the MLE 
 NCE needs its minibatches in memory and, with untied parameters, far more samples than
 parameters (with 2,000 samples of a 64×64 grid, 12,160 parameters, the classifier
 separates data from noise: no finite estimate). Its case is therefore the stationary
-model: a *tied* truth, a tied model (3 parameters and log Z), 500 samples in memory, and
-as noise the tied grid MLE: in D dimensions the log-ratio between data and any noise
+model: a *tied* truth, a tied model (3 parameters and log Z), 500 samples in memory (125
+at 2048×2048, the same number of pixel values as 1024×1024: 500 would hold 16 GiB of data
+and noise), and as noise the tied grid MLE: in D dimensions the log-ratio between data and any noise
 grows like D times their per-pixel divergence, so only noise fitted to the data stays
 within the few nats where the classifier learns (isotropic noise works on 64×64, KL 0.018,
 and is separated completely on 256×256). It reports NCE's learned log Z against the exact
@@ -41,6 +42,14 @@ N_SAMPLES = 2000
 SHARD = 100
 #: Samples of the NCE case (in memory, with a pool of as many noise samples).
 N_NCE = 500
+#: Most pixel values the NCE case holds: 500 samples of 1024×1024 (2 GiB in float32),
+#: fewer samples beyond (125 at 2048×2048).
+NCE_VALUES = N_NCE * 1024 * 1024
+
+
+def nce_samples(side):
+    """Samples of the NCE case on a ``side × side`` grid."""
+    return min(N_NCE, NCE_VALUES // (side * side))
 
 
 def _write_shards(truth, n_samples, directory, rng):
@@ -71,7 +80,7 @@ class LargeGridFit:
         self.truth, _ = make_grid_gaussian((side, side), stencil=4, tying=tying,
                                            random_state=rng)
         if method == "nce":
-            self.X = self.truth.sample(N_NCE, random_state=rng).astype(np.float32)
+            self.X = self.truth.sample(nce_samples(side), random_state=rng).astype(np.float32)
         else:
             self.directory = tempfile.mkdtemp(prefix=f"sparsegauss-bench-{side}-")
             _write_shards(self.truth, N_SAMPLES, self.directory, rng)
@@ -153,7 +162,7 @@ def summarize(results):
             f"| {v.get('time_fit', math.nan):.2f} | {v.get('peakmem_fit', math.nan) / 2**20:.0f} "
             f"| {(v.get('peakmem_fit', math.nan) - v.get('resident_before', math.nan)) / 2**20:.0f} "
             f"| {v.get('track_factor_mib', math.nan):.1f} | {kl:.4g} "
-            f"| {kl * 2 * (N_NCE if method == 'nce' else N_SAMPLES) / p:.3f} "
+            f"| {kl * 2 * (nce_samples(side) if method == 'nce' else N_SAMPLES) / p:.3f} "
             f"| {_format(v.get('track_log_partition_gap', math.nan), '.3g')} |")
     return "\n".join(lines)
 
@@ -198,7 +207,8 @@ def plot(results, info, out):
         ax.set_ylabel(unit)
         ax.legend()
     figure.suptitle(f"4-neighbour grids. MLE, SM: untied, {N_SAMPLES:,} samples streamed "
-                    f"from shards; NCE: tied, {N_NCE} samples in memory. "
+                    f"from shards; NCE: tied, {N_NCE} samples in memory "
+                    f"({nce_samples(SIDES[-1])} at {SIDES[-1]}²). "
                     f"{info['cpu']}, {info['cores']} cores", fontsize=10)
     path = Path(out) / "scaling.png"
     figure.savefig(path, dpi=110)
