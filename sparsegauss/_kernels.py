@@ -24,13 +24,14 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import get_cython_function_address
 
-__all__ = ["ZIGGURAT", "apply_stencil", "cholesky_supernodal", "copy_rows_where",
+__all__ = ["ZIGGURAT", "apply_stencil", "cholesky_supernodal",
+           "cholesky_supernodal_split", "copy_rows_where",
            "first_non_finite_row", "gaussian_term_and_score", "gibbs_sweeps",
            "lower_positions", "lower_transposed_solve", "mala_propose", "mala_reverse",
            "pattern_cross_moments", "pattern_moments", "pattern_moments_tiled", "quadratic_forms",
            "sandwich_on_pattern", "sandwich_terms", "scatter_transposed", "subtree_schedule",
            "standard_normal_rows", "symbolic_supernodal", "symmetric_planes",
-           "takahashi_supernodal"]
+           "takahashi_supernodal", "takahashi_supernodal_split"]
 
 
 # Reassociation (and FMA contraction) lets LLVM vectorize the floating-point sums below;
@@ -572,8 +573,8 @@ def _supernode_in_loops(block, ld, s, r, z_rr, z_rj):
                 block[j * ld + i] -= v
 
 
-@njit(parallel=True, cache=True)
-def takahashi_supernodal(indptr, indices, ldata, starts, z, order, bounds, chain_first):
+@njit(cache=True)
+def takahashi_supernodal(indptr, indices, ldata, starts, z):
     """Selected inverse: entries of ``Z = (L Lᵀ)⁻¹`` on the pattern of ``L``, by
     Takahashi's recursion over supernodes.
 
@@ -610,10 +611,38 @@ def takahashi_supernodal(indptr, indices, ldata, starts, z, order, bounds, chain
         Output: ``Z`` in the same CSC layout as ``L`` (every entry is written). The
         caller keeps one buffer per factor pattern: on a 1024×1024 grid a fresh one
         costs 0.2–0.4 s of page faults per call.
+
+    See Also
+    --------
+    takahashi_supernodal_split : the same on two threads, for large factors.
+    """
+    owner, max_block, max_below = _supernode_sizes(indptr, starts)
+    _invert_supernodes(indptr, indices, ldata, starts, z, owner, max_block, max_below,
+                       np.arange(starts.size - 1))
+
+
+@njit(parallel=True, cache=True)
+def takahashi_supernodal_split(indptr, indices, ldata, starts, z, order, bounds,
+                               chain_first):
+    """:func:`takahashi_supernodal` on two threads, by subtrees of the elimination tree.
+
+    Parameters
+    ----------
+    indptr, indices, ldata, starts, z
+        As for :func:`takahashi_supernodal`.
     order, bounds, chain_first
         The split of the supernodes among two threads (:func:`subtree_schedule`): the
         top chain ``chain_first, …`` first, then the two groups at once; a supernode
         reads ``Z`` only on its ancestors, which are in its own group or the chain.
+
+    Notes
+    -----
+    A parallel region costs 0.15–0.5 ms a call on the 2-core virtual machine, mostly
+    waking the sleeping second thread (back to back, with the thread still spinning, it
+    costs 2 µs): measured 2026-12-01 on a 28×28 grid, 0.23 → 0.50–0.82 ms for the
+    factorization and 0.27 → 0.69–0.78 ms for the selected inversion. So
+    :class:`~sparsegauss.cholesky.SparseCholesky` uses the split only for large factors
+    (:data:`~sparsegauss.cholesky.PARALLEL_MIN_ENTRIES`).
     """
     n_super = starts.size - 1
     owner, max_block, max_below = _supernode_sizes(indptr, starts)
@@ -671,9 +700,8 @@ def _invert_supernodes(indptr, indices, ldata, starts, z, owner, max_block, max_
                 z[q + a] = z_rj[c * r + a]
 
 
-@njit(parallel=True, cache=True)
-def cholesky_supernodal(indptr, indices, ldata, starts, positions, values, order, bounds,
-                        chain_first):
+@njit(cache=True)
+def cholesky_supernodal(indptr, indices, ldata, starts, positions, values):
     """Numeric Cholesky factorization ``A = L Lᵀ`` into a fixed supernodal structure.
 
     Right-looking over supernodes, as a multifrontal code without frontal matrices: for
@@ -703,6 +731,42 @@ def cholesky_supernodal(indptr, indices, ldata, starts, positions, values, order
         (the upper triangle).
     values : ndarray of float64
         ``A``'s values, like ``positions``.
+
+    Returns
+    -------
+    int
+        ``-1`` on success; otherwise the first (permuted) column whose pivot is not
+        positive (or not finite): ``A`` is not positive definite, and ``ldata`` is
+        incomplete.
+
+    See Also
+    --------
+    cholesky_supernodal_split : the same on two threads, for large factors.
+    """
+    _scatter_values(ldata, positions, values)
+    owner, max_block, max_below = _supernode_sizes(indptr, starts)
+    return _factor_supernodes(indptr, indices, ldata, starts, owner, max_block, max_below,
+                              np.arange(starts.size - 1), ldata.size, np.empty(0))
+
+
+@njit(cache=True)
+def _scatter_values(ldata, positions, values):
+    """``ldata`` := the values of ``A`` at their places in the factor, zero elsewhere."""
+    ldata[:] = 0.0
+    for t in range(positions.size):
+        if positions[t] >= 0:
+            ldata[positions[t]] = values[t]
+
+
+@njit(parallel=True, cache=True)
+def cholesky_supernodal_split(indptr, indices, ldata, starts, positions, values, order,
+                              bounds, chain_first):
+    """:func:`cholesky_supernodal` on two threads, by subtrees of the elimination tree.
+
+    Parameters
+    ----------
+    indptr, indices, ldata, starts, positions, values
+        As for :func:`cholesky_supernodal`.
     order, bounds, chain_first
         The split of the supernodes among two threads (:func:`subtree_schedule`): the
         two groups at once, then the top chain. Both groups' updates reach the chain's
@@ -711,15 +775,15 @@ def cholesky_supernodal(indptr, indices, ldata, starts, positions, values, order
     Returns
     -------
     int
-        ``-1`` on success; otherwise the first (permuted) column whose pivot is not
-        positive (or not finite): ``A`` is not positive definite, and ``ldata`` is
-        incomplete.
+        As :func:`cholesky_supernodal`.
+
+    Notes
+    -----
+    The parallel region's cost keeps this to large factors (see
+    :func:`takahashi_supernodal_split`).
     """
     n_super = starts.size - 1
-    ldata[:] = 0.0
-    for t in range(positions.size):
-        if positions[t] >= 0:
-            ldata[positions[t]] = values[t]
+    _scatter_values(ldata, positions, values)
     owner, max_block, max_below = _supernode_sizes(indptr, starts)
     shared_start = indptr[starts[chain_first]] if chain_first < n_super else ldata.size
     private = np.zeros(ldata.size - shared_start if bounds[2] > bounds[1] else 0)

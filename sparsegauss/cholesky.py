@@ -24,8 +24,9 @@ above 4,096 pixels). From a factorization ``P A Pᵀ = L Lᵀ`` it gives
 
 Factors of :data:`PARALLEL_MIN_ENTRIES` entries or more run both kernels on two threads,
 one per group of independent subtrees of the elimination tree
-(:func:`sparsegauss._kernels.subtree_schedule`): 1.25–1.64× faster from 128² to 1024²
-on an idle 2-core machine.
+(:func:`sparsegauss._kernels.subtree_schedule`); smaller ones run both on one thread,
+outside any parallel region. On this 2-core virtual machine the split gains 0–1.2× at
+256²–512² and 1.18× on the 1024² MLE (see :data:`PARALLEL_MIN_ENTRIES`).
 
 scikit-sparse 0.4.x's simplicial LDLᵀ factorization "succeeds" on an indefinite matrix
 (``logdet()`` is then nan), so every factorization's pivots are checked here.
@@ -66,8 +67,15 @@ _RELAX = ((4, 16, 48), (0.8, 0.1, 0.05))
 _NO_RELAX = ((0, 0, 0), (0.0, 0.0, 0.0))
 #: Factors with at least this many entries split their supernodes between two threads
 #: by subtrees of the elimination tree (:func:`sparsegauss._kernels.subtree_schedule`);
-#: smaller ones run on one (a parallel region costs more than it saves there).
-PARALLEL_MIN_ENTRIES = 50_000
+#: smaller ones run on one, without opening a parallel region (waking the second thread
+#: costs 0.15–0.5 ms a call on this 2-core virtual machine). Refactorization plus
+#: selected inversion, one thread / split, medians of 5, the two alternated in one process
+#: (``python -m benchmarks.one_off.parallel_threshold``, 2026-12-01, three runs):
+#: 28² (15,851 entries) 0.96 / 1.26 ms; 100² (331 k) 12.7 / 18.0 ms; 128² (590 k)
+#: 22.6–24.0 / 24.3–28.5 ms; 256² (2.8 M) 115–158 / 102–174 ms; 512² (13.4 M) 730 /
+#: 685–791 ms. The split pays, when it does, from about a million entries (160²); on
+#: 1024² the MLE took 83.7 → 71.0 s with it.
+PARALLEL_MIN_ENTRIES = 1_000_000
 
 class SparseCholesky:
     """Symbolic Cholesky analysis of one symmetric sparsity pattern.
@@ -116,10 +124,12 @@ class SparseCholesky:
         self.indptr, self.indices, self.starts = _kernels.symbolic_supernodal(
             permuted.indptr.astype(np.int64), permuted.indices.astype(np.int64),
             np.asarray(nrelax, dtype=np.int64), np.asarray(zrelax, dtype=np.float64))
+        # Two threads by subtrees (None: one thread, no parallel region to open).
+        self._schedule = None
         if self.indices.size >= PARALLEL_MIN_ENTRIES:
-            self._schedule = _kernels.subtree_schedule(self.indptr, self.indices, self.starts)
-        else:                                            # one thread: all in the chain
-            self._schedule = (np.empty(0, dtype=np.int64), np.zeros(3, dtype=np.int64), 0)
+            schedule = _kernels.subtree_schedule(self.indptr, self.indices, self.starts)
+            if schedule[1][2] > 0:                       # a split exists
+                self._schedule = schedule
         self._values = np.empty(self.indices.size)       # the numeric factor, reused
         self._inverse = None                             # the selected inverse, reused
         self._matrix_lookup = None
@@ -178,9 +188,12 @@ class SparseCholesky:
         if not np.all(np.isfinite(values)):
             raise ValueError("The matrix to factorize contains NaN or inf entries.")
         with one_blas_thread():
-            failed = _kernels.cholesky_supernodal(self.indptr, self.indices, self._values,
-                                                  self.starts, positions, values,
-                                                  *self._schedule)
+            arguments = (self.indptr, self.indices, self._values, self.starts, positions,
+                         values)
+            if self._schedule is None:
+                failed = _kernels.cholesky_supernodal(*arguments)
+            else:
+                failed = _kernels.cholesky_supernodal_split(*arguments, *self._schedule)
         self._generation += 1
         diagonal = self._values[self.indptr[:-1]]
         if failed >= 0 or not np.all(np.isfinite(diagonal)):
@@ -271,8 +284,12 @@ class SparseCholesky:
         if self._inverse is None:
             self._inverse = np.empty(self.indices.size)
         with one_blas_thread():
-            _kernels.takahashi_supernodal(self.indptr, self.indices, self._values,
-                                          self.starts, self._inverse, *self._schedule)
+            arguments = (self.indptr, self.indices, self._values, self.starts,
+                         self._inverse)
+            if self._schedule is None:
+                _kernels.takahashi_supernodal(*arguments)
+            else:
+                _kernels.takahashi_supernodal_split(*arguments, *self._schedule)
         return self._inverse
 
 

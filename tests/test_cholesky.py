@@ -163,12 +163,12 @@ def test_takahashi_kernel_matches_the_dense_inverse_on_the_whole_factor(shape, s
     perm = factor._analysis.permutation
     dense_inv = np.linalg.inv(grid.precision(theta).toarray())[np.ix_(perm, perm)]
     coo = lower.tocoo()
-    serial = (np.empty(0, dtype=np.int64), np.zeros(3, dtype=np.int64), 0)
     split = _kernels.subtree_schedule(lower.indptr, lower.indices, starts)
-    for schedule in (serial, split):            # one thread, and two subtrees at once
+    arguments = (lower.indptr, lower.indices, lower.data, starts)
+    for run in (lambda z: _kernels.takahashi_supernodal(*arguments, z),  # one thread
+                lambda z: _kernels.takahashi_supernodal_split(*arguments, z, *split)):
         inverse = np.full(lower.nnz, np.nan)
-        _kernels.takahashi_supernodal(lower.indptr, lower.indices, lower.data, starts,
-                                      inverse, *schedule)
+        run(inverse)
         np.testing.assert_allclose(inverse, dense_inv[coo.row, coo.col], rtol=1e-9,
                                    atol=1e-13)
 
@@ -184,8 +184,7 @@ def test_takahashi_kernel_refuses_a_pattern_that_is_not_closed_under_elimination
     with pytest.raises(ValueError, match="not closed under elimination"):
         _kernels.takahashi_supernodal(lower.indptr.astype(np.int64),
                                       lower.indices.astype(np.int64), lower.data, starts,
-                                      np.empty(lower.nnz), np.empty(0, dtype=np.int64),
-                                      np.zeros(3, dtype=np.int64), 0)
+                                      np.empty(lower.nnz))
 
 
 def test_takahashi_runs_on_one_blas_thread_and_restores_the_counts():
@@ -381,16 +380,27 @@ def test_two_subtrees_at_once_give_the_one_thread_results(shape, stencil, monkey
     grid = GridParameterization(shape, stencil)
     theta = random_spd_theta(grid, rng)
     analysis = SparseCholesky(grid.pattern, mode="supernodal")
-    order, bounds, chain_first = analysis._schedule
     n_super = analysis.starts.size - 1
+    order, bounds, chain_first = _kernels.subtree_schedule(
+        analysis.indptr, analysis.indices, analysis.starts)
     assert sorted([*order, *range(chain_first, n_super)]) == list(range(n_super))
     parents = _supernodal_parents(analysis)
     for g in range(2):
         members = set(order[bounds[g]:bounds[g + 1]])
         for sn in members:
             assert parents[sn] in members or parents[sn] >= chain_first
-    if shape != (1, 40):            # a path of supernodes has no two subtrees
+    # The chain is the root and its only-child descendants, down to the first
+    # supernode with two or more children.
+    children = np.bincount(parents[parents >= 0], minlength=n_super)
+    assert parents[n_super - 1] == -1
+    assert all(parents[sn] == sn + 1 for sn in range(chain_first, n_super - 1))
+    assert all(children[sn] == 1 for sn in range(chain_first + 1, n_super))
+    if shape == (1, 40):            # a path of supernodes has no two subtrees: one thread
+        assert chain_first == 0 and analysis._schedule is None
+    else:
+        assert children[chain_first] >= 2
         assert 0 < bounds[1] < bounds[2]
+        assert analysis._schedule is not None
 
     perm = analysis.permutation
     precision = dense_precision(grid, theta)[np.ix_(perm, perm)]
@@ -417,5 +427,3 @@ def test_two_subtrees_at_once_give_the_one_thread_results(shape, stencil, monkey
         with pytest.raises(NotPositiveDefiniteError) as info:
             analysis.factorize(grid.precision(bad))
         assert info.value.column == perm[first_bad]
-    assert _kernels.subtree_schedule(analysis.indptr, analysis.indices,
-                                     analysis.starts)[2] == chain_first
