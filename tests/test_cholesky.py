@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from sparsegauss.cholesky import SparseCholesky
+from sparsegauss.cholesky import SparseCholesky, solve_once
 from sparsegauss.exceptions import NotPositiveDefiniteError
 from sparsegauss.grid import GridParameterization
 from sparsegauss.normalization import LOG_2PI, GridNormalizer
@@ -427,3 +427,25 @@ def test_two_subtrees_at_once_give_the_one_thread_results(shape, stencil, monkey
         with pytest.raises(NotPositiveDefiniteError) as info:
             analysis.factorize(grid.precision(bad))
         assert info.value.column == perm[first_bad]
+
+
+def test_solve_once_reads_the_lower_triangle_and_refuses_indefinite_matrices(rng):
+    """The one-shot CHOLMOD solve (score matching's closed form): the dense solution
+    from the lower triangle alone (an upper triangle of garbage is not read), several
+    right-hand sides, and a clear error for an indefinite or non-finite matrix."""
+    grid = GridParameterization((9, 7), 8)
+    precision = grid.precision(random_spd_theta(grid, rng)).toarray()
+    b = rng.normal(size=(grid.n_pixels, 3))
+    expected = np.linalg.solve(precision, b)
+    lower = np.tril(precision)
+    np.testing.assert_allclose(solve_once(sp.csc_matrix(lower), b), expected, rtol=1e-10)
+    garbage = lower + np.triu(rng.normal(size=lower.shape), 1)
+    np.testing.assert_allclose(solve_once(sp.csr_matrix(garbage), b[:, 0]), expected[:, 0],
+                               rtol=1e-10)
+    indefinite = lower.copy()
+    indefinite[30, 30] = -1.0
+    with pytest.raises(NotPositiveDefiniteError, match="not positive definite"):
+        solve_once(sp.csc_matrix(indefinite), b)
+    lower[5, 2] = np.nan
+    with pytest.raises(NotPositiveDefiniteError, match="NaN or inf"):
+        solve_once(sp.csc_matrix(lower), b)

@@ -9,6 +9,7 @@ from sparsegauss.estimators.nce import nce_loss_grad
 from sparsegauss.estimators.rnce import rnce_loss_grad
 from sparsegauss.estimators.score_matching import (fit_score_matching, score_matching_system,
                                                    sm_loss_grad)
+from sparsegauss.exceptions import SparseGaussError
 from sparsegauss.grid import GridParameterization
 from sparsegauss.models import GridGaussianEnergy
 from sparsegauss.models.grid_gaussian import colouring, gibbs_sample
@@ -90,6 +91,9 @@ def test_score_matching_gradient_form_and_system(problem):
     S = data.T @ data / len(data)
     dense_loss = -np.trace(dense) + 0.5 * np.trace(dense @ S @ dense)
     np.testing.assert_allclose(0.5 * theta @ (A @ theta) - b @ theta, dense_loss, rtol=1e-12)
+    lower, b_again = score_matching_system(data, grid, triangle="lower")
+    np.testing.assert_array_equal(b_again, b)
+    np.testing.assert_allclose(lower.toarray(), np.tril(A.toarray()), rtol=1e-14, atol=0)
     np.testing.assert_allclose(sm_loss_grad(GridGaussianEnergy(grid), theta, data)[0], dense_loss,
                                rtol=1e-12)
 
@@ -137,3 +141,13 @@ def test_gibbs_sampler_has_the_model_covariance(stencil, rng):
     empirical = samples.T @ samples / n
     se = np.sqrt((np.outer(np.diag(inverse), np.diag(inverse)) + inverse ** 2) / n)
     assert np.all(np.abs(empirical - inverse) < 5 * se)
+
+
+def test_score_matching_closed_form_says_when_its_system_is_singular(rng):
+    """Too few samples, or a constant pixel, make A singular: a clear error from the
+    Cholesky solve, not a solution full of rounding."""
+    grid = GridParameterization((6, 5), 4)
+    for data in (rng.normal(size=(2, 30)), np.where(np.arange(30) == 7, 0.0,
+                                                     rng.normal(size=(50, 30)))):
+        with pytest.raises(SparseGaussError, match="score-matching system is singular"):
+            fit_score_matching(data, grid)
