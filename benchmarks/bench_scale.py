@@ -207,7 +207,7 @@ def plot(results, info, out):
         ax.set_ylabel(unit)
         ax.legend()
     figure.suptitle(f"4-neighbour grids. MLE, SM: untied, {N_SAMPLES:,} samples streamed "
-                    f"from shards; NCE: tied, {N_NCE} samples in memory "
+                    f"from shards;\nNCE: tied, {N_NCE} samples in memory "
                     f"({nce_samples(SIDES[-1])} at {SIDES[-1]}²). "
                     f"{info['cpu']}, {info['cores']} cores", fontsize=10)
     path = Path(out) / "scaling.png"
