@@ -1491,6 +1491,24 @@ def lower_transposed_solve(indptr, indices, data, rhs):
             rhs[j, c] *= inverse
 
 
+@njit(parallel=True, cache=True)
+def sample_transposed_solve(seed, first_row, indptr, indices, data, permutation, out,
+                            n_chunks, zx, zratio, zf):
+    """Exact samples ``out[r] = Pᵀ L⁻ᵀ ε_r`` for the rows of ``out``, ``ε_r`` from stream
+    ``first_row + r`` of ``seed``: :func:`standard_normal_rows` (transposed),
+    :func:`lower_transposed_solve` and :func:`scatter_transposed` on ``n_chunks`` groups
+    of rows at once, each on a thread of its own. The numbers depend on the seed and the
+    row alone, not on ``n_chunks``."""
+    k, d = out.shape
+    for chunk in prange(n_chunks):
+        lo = chunk * k // n_chunks
+        hi = (chunk + 1) * k // n_chunks
+        columns = np.empty((d, hi - lo))
+        standard_normal_rows(seed, columns, zx, zratio, zf, first_row + lo, True)
+        lower_transposed_solve(indptr, indices, data, columns)
+        scatter_transposed(columns, permutation, out[lo:hi])
+
+
 @njit(cache=True)
 def scatter_transposed(columns, permutation, out):
     """``out[c, permutation[j]] = columns[j, c]``: solutions in the factor's order, one

@@ -105,6 +105,14 @@ def test_samples_do_not_depend_on_the_solve_block(rng, monkeypatch):
     whole = factor.sample(10, 7)
     monkeypatch.setattr(cholesky, "_KERNEL_SOLVE_BLOCK", 3)
     np.testing.assert_allclose(factor.sample(10, 7), whole, rtol=1e-12, atol=1e-14)
+    # Nor on the number of threads the blocks are spread over.
+    import numba
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        np.testing.assert_array_equal(factor.sample(10, 7), whole)
+    finally:
+        numba.set_num_threads(threads)
     # CHOLMOD's solve (the path of larger grids), in blocks of 3 too.
     monkeypatch.setattr(cholesky, "_KERNEL_SOLVE_MAX_PIXELS", 0)
     monkeypatch.setattr(cholesky, "_SAMPLE_BLOCK_VALUES", 3 * grid.n_pixels)
