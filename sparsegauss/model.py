@@ -41,11 +41,15 @@ DEFAULT_TOL = {"mle": 1e-8, "full-batch": 1e-6, "stochastic": 0.0}
 DEFAULT_MAX_ITER = {"mle": 100, "full-batch": 1000, "stochastic": 5000}
 #: Per-method defaults chosen by measurement (see the ``sampler`` parameter for CD's).
 METHOD_DEFAULTS = {"cd": dict(max_iter=4000, learning_rate=2e-2),
-                   "nce": dict(max_iter=2000), "rnce": dict(max_iter=2000)}
+                   "nce": dict(max_iter=2000), "rnce": dict(max_iter=2000, n_noise=5)}
+#: Noise samples per data sample (ranking NCE) or perturbations per sample (CNCE), unless
+#: ``METHOD_DEFAULTS`` says otherwise.
+DEFAULT_N_NOISE = 10
 #: Steps of NCE and ranking NCE with ``noise="adaptive"`` (half adapting the noise), by
 #: measurement on MNIST (60,000 images, one fit each, 2026-12-01): at 2,000 the
-#: 8-neighbour NCE ended KL 3.3 from the MLE and not converged; at 4,000 NCE reached KL
-#: 0.056 / 0.48 (4 / 8 neighbours) in 10.2 / 12.7 s, ranking NCE 0.19 in 18.5 s (8).
+#: 8-neighbour NCE ended KL 3.3 from the MLE and not converged (sampled negatives) and
+#: 0.77 (the model expectation, learning rate 0.05); at 4,000 NCE reached KL 0.035 /
+#: 0.18 (4 / 8 neighbours) in 7.4 / 9.1 s, ranking NCE 0.028 / 0.11 in 14.1 / 14.7 s.
 ADAPTIVE_MAX_ITER = 4000
 DEFAULT_LEARNING_RATE = 1e-2
 #: Largest D for dense symmetric-square-root sampling (a 4096² eigendecomposition, ~20 s).
@@ -147,7 +151,8 @@ class GridGaussian(DensityMixin, BaseEstimator):
         held-out likelihood), ``"lbfgs"`` otherwise.
     learning_rate : float, optional
         Step size of the stochastic optimizers (in rescaled parameters). Default 0.02 for
-        ``"cd"`` and 0.01 otherwise (see ``sampler``).
+        ``"cd"`` (see ``sampler``), 0.03 for NCE and ranking NCE with the adaptive noise
+        (see ``noise``) and 0.01 otherwise.
     schedule : {"constant", "cosine", "inverse-sqrt"}, default="cosine"
         Learning-rate schedule of the stochastic optimizers. A decaying step is what lets
         a minibatch fit settle: on an 8×8 synthetic grid, CD with a constant step stalls
@@ -164,13 +169,15 @@ class GridGaussian(DensityMixin, BaseEstimator):
         ``"auto"`` (the default) is ``"adaptive"``, which needs nothing but the data's
         variances: from the diagonal noise, the noise is a frozen copy of the current
         estimate at every step of the first half of ``max_iter`` (NCE against the
-        estimate itself, which is CD with exact samples), then fixed at the estimate
-        reached for the second half, where NCE learns log Z as usual (learning rate 0.02
-        and 4,000 steps by default; see :mod:`sparsegauss.estimators.adaptive`). On MNIST
-        (60,000 images; runs of 2026-12-01) it reaches KL 0.056 to the exact MLE with 4
-        neighbours (held-out 0.09 nats/image below the MLE, learned log Z 0.03 nats from
-        the exact value) in 10.2 s, and KL 0.48 with 8 (0.58 below, log Z 0.12 off) in
-        12.7 s. It fails on strongly correlated data, and says so: on 50,000 28×28
+        estimate itself with infinitely many noise samples, i.e. stochastic-gradient
+        maximum likelihood with the model's exact expectation ``∇ log Z``), then fixed at
+        the estimate reached for the second half, where NCE learns log Z as usual
+        (learning rate 0.03 and 4,000 steps by default; see
+        :mod:`sparsegauss.estimators.adaptive`). On MNIST (60,000 images; runs of
+        2026-12-01 on 2 cores) it reaches KL 0.035 to the exact MLE with 4 neighbours
+        (held-out 0.034 nats/image below the MLE, learned log Z 0.035 nats from the exact
+        value) in 7.4 s, and KL 0.18 with 8 (0.25 below, log Z 0.017 off) in 9.1 s. It
+        fails on strongly correlated data, and says so: on 50,000 28×28
         patches of the bundled photographs its first phase (like CD's defaults) ends
         hundreds of nats from the MLE (KL 401 with 4 neighbours at 2,000 steps; not
         positive definite with 8), where the MLE's diagonal is 20–30 times the
@@ -196,8 +203,13 @@ class GridGaussian(DensityMixin, BaseEstimator):
     normalization : {"learned", "exact"}, default="learned"
         NCE's log Z: a free parameter (reported as ``log_partition_estimate_``) or the
         exact value from the Cholesky factor.
-    n_noise : int, default=10
+    n_noise : int, optional
         Noise samples per data sample (ranking NCE) or perturbations per sample (CNCE).
+        Default 5 for ranking NCE and 10 for CNCE. Ranking NCE's by measurement (MNIST,
+        60,000 images, adaptive noise, 2026-12-01): K = 5 reached held-out
+        log-likelihoods 0.025 / 0.142 nats/image below the MLE's (4 / 8 neighbours) in
+        14.1 / 14.7 s, K = 10 0.025 / 0.121 in 18.0 / 21.1 s (most of a step is scoring
+        and differentiating the K·256 noise points).
     perturbation_std : float, optional
         CNCE's σ; default ``√(2 / Σ_p 1/S_pp)`` (expected log-ratio 1 at the start).
     cd_steps : int, default=1
@@ -275,7 +287,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
                  random_state=None,
                  verbose=False, optimizer=None, learning_rate=None, schedule="cosine",
                  batch_size=256, nu=1.0, noise="auto", noise_sampling="pool",
-                 normalization="learned", n_noise=10, perturbation_std=None, cd_steps=1,
+                 normalization="learned", n_noise=None, perturbation_std=None, cd_steps=1,
                  sampler="exact", persistent=False,
                  sm_solver="closed-form"):
         self.shape = shape
@@ -360,7 +372,8 @@ class GridGaussian(DensityMixin, BaseEstimator):
             _check_choice(self.noise, "noise", NOISES)
         _check_choice(self.noise_sampling, "noise_sampling", NOISE_SAMPLINGS)
         _check_choice(self.normalization, "normalization", NORMALIZATIONS)
-        _check_int(self.n_noise, "n_noise", 1)
+        if self.n_noise is not None:
+            _check_int(self.n_noise, "n_noise", 1)
         if self.perturbation_std is not None:
             _check_positive(self.perturbation_std, "perturbation_std")
         _check_int(self.cd_steps, "cd_steps", 1)
@@ -487,7 +500,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
                 callback=callback, learning_rate=self._learning_rate(),
                 schedule=self.schedule, batch_size=self.batch_size, nu=self.nu,
                 noise=self.noise, noise_sampling=self.noise_sampling,
-                normalization=self.normalization, n_noise=self.n_noise,
+                normalization=self.normalization, n_noise=self._n_noise(),
                 perturbation_std=self.perturbation_std, cd_steps=self.cd_steps,
                 sampler=self.sampler, persistent=self.persistent, sm_solver=self.sm_solver,
                 moments=moments)
@@ -817,6 +830,11 @@ class GridGaussian(DensityMixin, BaseEstimator):
                 return ADAPTIVE_MAX_ITER
             default = METHOD_DEFAULTS.get(self.method, {}).get("max_iter", default)
         return default
+
+    def _n_noise(self):
+        if self.n_noise is not None:
+            return self.n_noise
+        return METHOD_DEFAULTS.get(self.method, {}).get("n_noise", DEFAULT_N_NOISE)
 
     def _learning_rate(self):
         if self.learning_rate is not None:

@@ -166,6 +166,40 @@ def test_every_estimator_is_consistent_on_every_model(case, estimator):
     assert 0 < mle_kl and kl < FACTOR * mle_kl, (kl, mle_kl)
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_cd_with_the_model_expectation_is_maximum_likelihood(case):
+    """``sampler="expectation"`` replaces the negative samples by ``∇ log Z``: with the
+    whole sample as its batch, Adam then descends the exact negative log-likelihood and
+    lands on the MLE found by L-BFGS (a wrong sign or factor in the expectation would
+    land elsewhere). Its reported loss is that negative log-likelihood."""
+    rng = np.random.default_rng(0)
+    model, truth = CASES[case](rng)
+    X = model.sample(truth, 2000, rng)
+    theta0 = _independent_start(model, case, X)
+    mle = _mle(model, X, theta0)
+    result = fit_cd(model, X, theta0=theta0, scale=np.ones(model.n_params),
+                    options=CDOptions(sampler="expectation"),
+                    optimizer=OptimizerOptions(optimizer="adam", tol=0.0, max_iter=3000,
+                                               learning_rate=2e-2, batch_size=len(X)),
+                    rng=np.random.default_rng(1))
+    np.testing.assert_allclose(result.x, mle, atol=2e-3 * np.max(np.abs(mle)))
+    nll = model.log_partition(result.x)[0] - np.mean(model.log_density(result.x, X))
+    assert result.history[-1]["loss"] == pytest.approx(nll, abs=1e-3)
+
+
+def test_cd_with_the_model_expectation_needs_an_exact_log_z():
+    rng = np.random.default_rng(0)
+    deep, theta = _deep_case(rng)
+    with pytest.raises(TypeError, match="exact log Z and its gradient"):
+        fit_cd(deep, rng.normal(size=(20, deep.n_features)), theta0=theta,
+               scale=np.ones(deep.n_params), options=CDOptions(sampler="expectation"),
+               optimizer=OptimizerOptions(optimizer="adam"), rng=rng)
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        fit_cd(deep, rng.normal(size=(20, deep.n_features)), theta0=theta,
+               scale=np.ones(deep.n_params), options=CDOptions(sampler="metropolis"),
+               optimizer=OptimizerOptions(optimizer="adam"), rng=rng)
+
+
 def _independent_start(model, case, X):
     """A start that knows only the pixel variances (no couplings, no mixture)."""
     if case == "grid":

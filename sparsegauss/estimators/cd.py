@@ -11,6 +11,20 @@ the data batch (CD-k), from persistent chains carried across steps (PCD, Tielema
 or exactly from the model's own sampler (the grid Gaussian's Cholesky factor). For the
 grid Gaussian the kernel is a chromatic Gibbs sweep
 (:func:`sparsegauss.models.grid_gaussian.gibbs_sample`).
+
+``sampler="expectation"`` takes the limit of infinitely many exact negative samples: the
+model expectation itself, ``E_θ[∇_θ f] = ∇_θ log Z(θ)``, from a model with an exact log Z
+and its gradient (for the grid Gaussian ``−½ adjoint(m ⊙ Σ)`` by selected inversion).
+The gradient's only noise is then the data minibatch's: stochastic-gradient maximum
+likelihood. On a 28×28 grid it also costs less than a sample: log Z and its gradient took
+0.7 ms where factorizing and drawing 256 exact samples took 2.4–3.9 ms (2026-12-01).
+
+``sampler="expectation"`` takes the limit of infinitely many exact negative samples: the
+model expectation itself, ``E_θ[∇_θ f] = ∇_θ log Z(θ)``, from a model with an exact log Z
+and its gradient (for the grid Gaussian ``−½ adjoint(m ⊙ Σ)`` by selected inversion).
+The gradient's only noise is then the data minibatch's: stochastic-gradient maximum
+likelihood. On a 28×28 grid it also costs less than a sample: log Z and its gradient took
+0.7 ms where factorizing and drawing 256 exact samples took 2.4–3.9 ms (2026-12-01).
 """
 
 from dataclasses import dataclass
@@ -21,8 +35,9 @@ from ._driver import OptimizerOptions, run
 
 __all__ = ["CDOptions", "cd_gradient", "fit_cd"]
 
-#: CD's negative samples: the model's MCMC kernel, or its exact sampler.
-SAMPLERS = ("gibbs", "exact")
+#: CD's negative samples: the model's MCMC kernel, its exact sampler, or none (the exact
+#: model expectation, see the module docstring).
+SAMPLERS = ("gibbs", "exact", "expectation")
 
 
 @dataclass(frozen=True)
@@ -33,8 +48,9 @@ class CDOptions:
     ----------
     cd_steps : int
         MCMC steps per gradient step (k of CD-k).
-    sampler : {"gibbs", "exact"}
-        The model's MCMC kernel, or its exact sampler.
+    sampler : {"gibbs", "exact", "expectation"}
+        The model's MCMC kernel, its exact sampler, or the exact model expectation
+        ``∇ log Z`` in place of negative samples.
     persistent : bool
         Carry the chains across steps (PCD) instead of restarting them at the data.
     """
@@ -85,6 +101,11 @@ def fit_cd(model, X, *, theta0, scale, options=CDOptions(), optimizer=OptimizerO
         raise ValueError("Contrastive divergence has a stochastic gradient and no loss to "
                          f"line-search; use optimizer 'adam', 'sgd' or 'rmsprop', not "
                          f"{optimizer.optimizer!r}.")
+    if options.sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {options.sampler!r}.")
+    if options.sampler == "expectation" and not model.has_log_partition:
+        raise TypeError(f"sampler='expectation' needs the exact log Z and its gradient; "
+                        f"{type(model).__name__} has not. Use sampler='gibbs'.")
     rng = np.random.default_rng(rng)
     chains = {}
 
@@ -92,6 +113,11 @@ def fit_cd(model, X, *, theta0, scale, options=CDOptions(), optimizer=OptimizerO
         return X[rows], ()
 
     def objective(theta, batch, _drawn):
+        if options.sampler == "expectation":
+            log_z, grad_log_z = model.log_partition(theta)
+            f_data, vjp_data = model.log_density_vjp(theta, batch)
+            return (log_z - float(np.mean(f_data)),
+                    vjp_data(np.full(len(batch), -1.0 / len(batch))) + grad_log_z)
         if model.has_log_partition:
             # Outside the cone the Gibbs conditionals are undefined: fail before sampling.
             model.log_partition_value(theta)
