@@ -47,7 +47,8 @@ GIVEN = {
     "sm closed form (defaults)": "closed form (one sparse solve)",
     "sm barrier": "starts at the independent model",
     "nce (defaults)": ("noise (adaptive): N(0, diag S), then a frozen copy of the current "
-                       "estimate at each step of the first half, then fixed; starts at the "
+                       "estimate at each step of the first half (its exact expectation "
+                       "∇ log Z in place of noise samples), then fixed; starts at the "
                        "independent model"),
     "nce fresh noise": ("as nce (defaults), with a fresh noise sample at every step "
                         "instead of one pool"),
