@@ -18,13 +18,6 @@ and its gradient (for the grid Gaussian ``−½ adjoint(m ⊙ Σ)`` by selected 
 The gradient's only noise is then the data minibatch's: stochastic-gradient maximum
 likelihood. On a 28×28 grid it also costs less than a sample: log Z and its gradient took
 0.7 ms where factorizing and drawing 256 exact samples took 2.4–3.9 ms (2026-12-01).
-
-``sampler="expectation"`` takes the limit of infinitely many exact negative samples: the
-model expectation itself, ``E_θ[∇_θ f] = ∇_θ log Z(θ)``, from a model with an exact log Z
-and its gradient (for the grid Gaussian ``−½ adjoint(m ⊙ Σ)`` by selected inversion).
-The gradient's only noise is then the data minibatch's: stochastic-gradient maximum
-likelihood. On a 28×28 grid it also costs less than a sample: log Z and its gradient took
-0.7 ms where factorizing and drawing 256 exact samples took 2.4–3.9 ms (2026-12-01).
 """
 
 from dataclasses import dataclass
