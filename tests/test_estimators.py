@@ -118,6 +118,12 @@ def test_cd_gradient_is_the_moment_difference(problem, rng):
     diff = data.T @ data / len(data) - noise.T @ noise / len(noise)
     expected = [0.5 * np.sum(diff * dense_precision(grid, e)) for e in np.eye(grid.n_params)]
     np.testing.assert_allclose(grad, expected, rtol=1e-10, atol=1e-12)
+    # Without negatives: the model expectation, S_neg = Σ = Λ⁻¹ (dense inverse).
+    loss_exact, grad_exact = cd_gradient(GridGaussianEnergy(grid), theta, data, None)
+    np.testing.assert_allclose(loss_exact, loss)
+    diff = data.T @ data / len(data) - np.linalg.inv(dense)
+    expected = [0.5 * np.sum(diff * dense_precision(grid, e)) for e in np.eye(grid.n_params)]
+    np.testing.assert_allclose(grad_exact, expected, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("stencil", [4, 8])

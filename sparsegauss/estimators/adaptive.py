@@ -24,11 +24,11 @@ limit of infinitely many of them (ν → ∞ for the noise of each step): the no
 :func:`~sparsegauss.estimators.cd.fit_cd` with ``sampler="expectation"``: stochastic-
 gradient maximum likelihood, whose only noise is the data minibatch's. Adam's steps do
 not depend on the factor ½. For the grid Gaussian ``∇ log Z`` is a selected inversion of
-the factor each step already makes; on MNIST it took 0.7 ms a step where factorizing and
-drawing 256 exact samples took 2.4–3.9 ms, and it halved the default NCE fit's time
-(13.3 → 6.9 s with 4 neighbours, 17.0 → 7.8 s with 8, same learning rate; 2026-12-01). Each step of either phase is a valid NCE problem, and the final
-one is an ordinary one: a fixed noise, NCE's learned ``ζ`` compared with the exact log Z
-of its own estimate.
+the factor each step already makes, cheaper than the 256 samples (see the CD module),
+and it halved the default NCE fit's time (13.3 → 6.9 s with 4 neighbours, 17.0 → 7.8 s
+with 8, same learning rate; 2026-12-01). Each step of either phase is a valid NCE
+problem, and the final one is an ordinary one: a fixed noise, NCE's learned ``ζ``
+compared with the exact log Z of its own estimate.
 
 Why refresh at every step rather than in stages (scratch runs on MNIST, 60,000 images,
 4 neighbours, from the diagonal noise, with ζ re-solved on every minibatch; KL to the
