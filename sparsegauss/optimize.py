@@ -88,7 +88,7 @@ def minimize(fun, x0, *, method="lbfgs", tol=1e-8, maxiter=500, callback=None,
              convergence=None, memory=10, precondition=None, hessp=None, hessian=None,
              max_cg=200,
              learning_rate=1e-2, schedule="constant", momentum=0.9, betas=(0.9, 0.999),
-             window=50):
+             window=50, average=0.0):
     """Minimize ``fun`` from ``x0``.
 
     Parameters
@@ -135,6 +135,12 @@ def minimize(fun, x0, *, method="lbfgs", tol=1e-8, maxiter=500, callback=None,
         Adam's decay rates of the first and second moments (RMSProp uses the second).
     window : int, default=50
         Steps per window of the stochastic methods' plateau test.
+    average : float, default=0.0
+        Stochastic methods: the share of the last ``maxiter`` steps whose iterates are
+        averaged into the returned ``x`` (Polyak–Ruppert tail averaging; 0 returns the
+        last iterate). The average of a run's iterates has the noise of the gradients
+        averaged over those steps, not that of the last few. ``fun`` (the loss) stays
+        the last iterate's; a run stopped early averages what it has of the tail.
 
     Returns
     -------
@@ -160,8 +166,11 @@ def minimize(fun, x0, *, method="lbfgs", tol=1e-8, maxiter=500, callback=None,
         if not learning_rate > 0:
             raise ValueError("The 'learning_rate' parameter of minimize must be > 0. "
                              f"Got {learning_rate!r} instead.")
+        if not 0.0 <= average <= 1.0:
+            raise ValueError("The 'average' parameter of minimize must be in [0, 1]. "
+                             f"Got {average!r} instead.")
         return _stochastic(fun, x0, method, tol, int(maxiter), callback, learning_rate,
-                           schedule, momentum, betas, int(window))
+                           schedule, momentum, betas, int(window), float(average))
     if method == "scipy-lbfgs":
         return _scipy_lbfgs(fun, x0, tol, int(maxiter), callback, convergence, int(memory))
     if method == "newton-cg":
@@ -613,7 +622,7 @@ def _learning_rate_factor(schedule, step, maxiter):
 
 
 def _stochastic(fun, x, method, tol, maxiter, callback, learning_rate, schedule, momentum,
-                betas, window):
+                betas, window, average=0.0):
     start = time.perf_counter()
     try:
         loss, grad = _checked(fun, x, 0)
@@ -627,6 +636,9 @@ def _stochastic(fun, x, method, tol, maxiter, callback, learning_rate, schedule,
     history = [dict(iteration=0, loss=loss, time=0.0, residual=np.inf, nfev=1)]
     nfev, success, message, residual = 1, False, "", np.inf
     iteration = 0
+    # Iterates after step ``first_averaged`` are summed into ``tail`` (when averaging).
+    first_averaged = maxiter - int(round(average * maxiter))
+    tail, n_tail = np.zeros_like(x), 0
     while iteration < maxiter:
         iteration += 1
         rate = learning_rate * _learning_rate_factor(schedule, iteration, maxiter)
@@ -653,6 +665,9 @@ def _stochastic(fun, x, method, tol, maxiter, callback, learning_rate, schedule,
             message = f"no step stayed in the objective's domain at iteration {iteration}"
             break
         x, loss, grad = x + step, new_loss, new_grad
+        if iteration > first_averaged:
+            tail += x
+            n_tail += 1
         losses.append(loss)
         if iteration % window == 0 and iteration >= 2 * window:
             current, previous = losses[-window:], losses[-2 * window:-window]
@@ -680,6 +695,9 @@ def _stochastic(fun, x, method, tol, maxiter, callback, learning_rate, schedule,
             message = f"reached maxiter={maxiter} before the loss reached a plateau"
         else:   # no plateau test was asked for: the run is the requested budget
             success, message = True, f"completed the requested {maxiter} steps"
+    if n_tail:
+        x = tail / n_tail
+        message += f"; returned the average of the last {n_tail} iterates"
     return OptimizeResult(x=x, fun=loss, jac=grad, nit=iteration, nfev=nfev,
                           success=success, message=message, residual=residual,
                           history=history)

@@ -110,6 +110,31 @@ def test_stochastic_methods_on_a_noisy_quadratic(method, schedule):
     assert result.nit == 1500 and len(result.history) == 1501
 
 
+@pytest.mark.parametrize("average", [0.25, 1.0])
+def test_tail_average_is_the_mean_of_the_last_iterates(average):
+    """``average`` returns the mean of the last ``average × maxiter`` iterates (seen by the
+    callback); on a noisy quadratic at a constant rate that mean is closer to the minimum
+    than the last iterate, by about the square root of the steps averaged."""
+    target = np.array([1.0, -2.0, 0.5])
+
+    def fun_from(seed):
+        rng = np.random.default_rng(seed)
+        return lambda x: (float(0.5 * np.sum((x - target) ** 2)),
+                          x - target + 0.3 * rng.standard_normal(3))
+
+    iterates = []
+    averaged = minimize(fun_from(0), np.zeros(3), method="sgd", learning_rate=0.05,
+                        maxiter=2000, tol=-np.inf, average=average,
+                        callback=lambda r: iterates.append(r.x))
+    n_tail = int(round(average * 2000))
+    np.testing.assert_allclose(averaged.x, np.mean(iterates[-n_tail:], axis=0), rtol=1e-12)
+    assert f"average of the last {n_tail} iterates" in averaged.message
+    last = minimize(fun_from(0), np.zeros(3), method="sgd", learning_rate=0.05,
+                    maxiter=2000, tol=-np.inf)
+    np.testing.assert_array_equal(last.x, iterates[-1])       # same run, same noise
+    assert np.linalg.norm(averaged.x - target) < 0.3 * np.linalg.norm(last.x - target)
+
+
 def test_stochastic_plateau_stops_early():
     result = minimize(lambda x: (float(x @ x) + 1.0, 2 * x), np.ones(2), method="adam",
                       learning_rate=0.1, maxiter=5000, tol=1e-6, window=20)
@@ -138,6 +163,8 @@ def test_bad_schedule_and_rate():
         minimize(rosenbrock, [0.0, 0.0], method="adam", schedule="linear")
     with pytest.raises(ValueError, match="learning_rate"):
         minimize(rosenbrock, [0.0, 0.0], method="sgd", learning_rate=0)
+    with pytest.raises(ValueError, match="'average'.*\\[0, 1\\]"):
+        minimize(rosenbrock, [0.0, 0.0], method="adam", average=1.5)
 
 
 def test_newton_cg_hessian_products_stay_inside_the_domain():
