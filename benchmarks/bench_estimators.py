@@ -36,7 +36,7 @@ CASES = {
     "nce 4-nbr MLE noise": dict(method="nce", noise="grid-untied"),
     "rnce (defaults)": dict(method="rnce"),
     "rnce 4-nbr MLE noise": dict(method="rnce", noise="grid-untied"),
-    "cnce, adam": dict(method="cnce", optimizer="adam", max_iter=STEPS),
+    "cnce (defaults)": dict(method="cnce"),
     "cd (defaults)": dict(method="cd"),
     "cd-1 gibbs": dict(method="cd", sampler="gibbs"),
 }
@@ -58,7 +58,9 @@ GIVEN = {
                             "until 2026-12-01); starts at the noise"),
     "rnce (defaults)": "as nce (defaults)",
     "rnce 4-nbr MLE noise": "as nce 4-nbr MLE noise",
-    "cnce, adam": "perturbations σ = √(2/Σ 1/S_pp); starts at the independent model",
+    "cnce (defaults)": ("perturbations ε = √(2/D)·z, z from the pilot (the adaptive "
+                        "noise's first phase, given only the data); starts at the pilot, "
+                        "K = 16, returns the average of its second-phase iterates"),
     "cd (defaults)": "exact samples of the current estimate; starts at the independent model",
     "cd-1 gibbs": "1 Gibbs sweep from the data; starts at the independent model",
 }

@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import get_cython_function_address
 
-__all__ = ["ZIGGURAT", "apply_stencil", "cholesky_supernodal",
+__all__ = ["ZIGGURAT", "antithetic_pairs", "apply_stencil", "cholesky_supernodal",
            "cholesky_supernodal_split", "copy_rows_where",
            "first_non_finite_row", "gaussian_term_and_score", "gibbs_sweeps",
            "lower_positions", "lower_transposed_solve", "mala_propose", "mala_reverse",
@@ -284,6 +284,32 @@ def quadratic_forms(X, center, fields, shifts, multiplicity, n_chunks):
                     a2 += f2[q] * yp * y[q + s2]
             out[i] = m0 * a0 + m1 * a1 + m2 * a2 + m3 * a3 + m4 * a4
     return out
+
+
+@njit(parallel=True, cache=True)
+def antithetic_pairs(X, pool, start, out):
+    """``out[i*K + k] = X[i] + s_k ε_j``: K perturbed copies of every row, in ± pairs.
+
+    ``h = ⌈K/2⌉`` perturbations per row are read from ``pool`` in turn from row ``start``,
+    wrapping around (row ``j = (start + i*h + k mod h) mod len(pool)``); copy ``k`` adds
+    ``ε_j`` for ``k < h`` and subtracts it for ``k ≥ h``. One parallel pass: the same
+    pairs built with NumPy (a concatenate, a repeat and an add, or two broadcast adds into
+    a reused buffer) took 4.4–6.2 ms for 256 MNIST rows and K = 10, this 0.46 ms.
+    """
+    n, d = X.shape
+    k_copies = out.shape[0] // n
+    half = (k_copies + 1) // 2
+    n_pool = pool.shape[0]
+    for i in prange(n):
+        for k in range(k_copies):
+            j = (start + i * half + k % half) % n_pool
+            row = out[i * k_copies + k]
+            if k < half:
+                for p in range(d):
+                    row[p] = X[i, p] + pool[j, p]
+            else:
+                for p in range(d):
+                    row[p] = X[i, p] - pool[j, p]
 
 
 @njit(parallel=True, cache=True)

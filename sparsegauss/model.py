@@ -42,8 +42,8 @@ DEFAULT_MAX_ITER = {"mle": 100, "full-batch": 1000, "stochastic": 5000}
 #: Per-method defaults chosen by measurement (see the ``sampler`` parameter for CD's).
 METHOD_DEFAULTS = {"cd": dict(max_iter=4000, learning_rate=2e-2),
                    "nce": dict(max_iter=2000), "rnce": dict(max_iter=2000, n_noise=5)}
-#: Noise samples per data sample (ranking NCE) or perturbations per sample (CNCE), unless
-#: ``METHOD_DEFAULTS`` says otherwise.
+#: Noise samples per data sample (ranking NCE), unless ``METHOD_DEFAULTS`` says
+#: otherwise; CNCE sizes its own from the data (see ``n_noise``).
 DEFAULT_N_NOISE = 10
 #: Steps of NCE and ranking NCE with ``noise="adaptive"`` (half adapting the noise), by
 #: measurement on MNIST (60,000 images, one fit each, 2026-12-01): at 2,000 the
@@ -205,13 +205,30 @@ class GridGaussian(DensityMixin, BaseEstimator):
         exact value from the Cholesky factor.
     n_noise : int, optional
         Noise samples per data sample (ranking NCE) or perturbations per sample (CNCE).
-        Default 5 for ranking NCE and 10 for CNCE. Ranking NCE's by measurement (MNIST,
-        60,000 images, adaptive noise, 2026-12-01): K = 5 reached held-out
-        log-likelihoods 0.025 / 0.142 nats/image below the MLE's (4 / 8 neighbours) in
-        14.1 / 14.7 s, K = 10 0.025 / 0.121 in 18.0 / 21.1 s (most of a step is scoring
-        and differentiating the K·256 noise points).
+        Ranking NCE's default is 5, by measurement (MNIST, 60,000 images, adaptive
+        noise, 2026-12-01): K = 5 reached held-out log-likelihoods 0.025 / 0.142
+        nats/image below the MLE's (4 / 8 neighbours) in 14.1 / 14.7 s, K = 10 0.025 /
+        0.121 in 18.0 / 21.1 s (most of a step is scoring and differentiating the K·256
+        noise points). CNCE's default grows as the image shrinks: the K for which a
+        step's ``batch_size · K`` perturbed images hold about 3·2²⁰ values, between 2
+        and D (K = 16 for MNIST, 48 for 16×16 images;
+        :func:`sparsegauss.estimators.cnce.default_n_perturbations`), because CNCE's
+        perturbation noise is about D/K times the data's.
     perturbation_std : float, optional
-        CNCE's σ; default ``√(2 / Σ_p 1/S_pp)`` (expected log-ratio 1 at the start).
+        CNCE's perturbations. ``None`` (the default): ``ε = c z`` with ``z`` drawn from a
+        pilot estimate (the adaptive noise's first phase, stochastic maximum likelihood
+        from the independent model, given only the data) and ``c = √(2/D)`` (expected
+        log-ratio 1); CNCE starts at the pilot, runs the second half of ``max_iter``
+        (4,000 by default, learning rate 0.03) and returns the average of that half's
+        iterates. For small ε this is score matching in the pilot's covariance, whose
+        answer for a Gaussian is the MLE's when the pilot is the MLE, while isotropic
+        ε is ordinary score matching (indefinite on MNIST). Measured with the defaults
+        (2026-12-01, 2 cores): MNIST (60,000 images) positive definite, held-out
+        log-likelihood 0.12 / 0.42 nats/image below the MLE's with 4 / 8 neighbours in
+        21 / 26 s; 16×16 grid Gaussian with 10⁵ samples, KL to the truth 2.3× the MLE's
+        (``python -m benchmarks.one_off.synthetic_defaults``). A float: isotropic
+        ``ε ~ N(0, σ²I)`` from the independent model, without a pilot (the former
+        default was ``σ = √(2 / Σ_p 1/S_pp)``, which ended indefinite on MNIST).
     cd_steps : int, default=1
         Gibbs sweeps per CD step.
     sampler : {"exact", "gibbs"}, default="exact"
@@ -261,6 +278,11 @@ class GridGaussian(DensityMixin, BaseEstimator):
         by 1.86× and its size by ~20× (the bias), so it was dropped.
     noise_ : object
         NCE and ranking NCE: the fitted noise distribution.
+    perturbation_ : object
+        CNCE: the perturbation distribution (``sample(n, random_state)``), e.g. the
+        scaled pilot of the default.
+    perturbation_std_ : float
+        CNCE with a given ``perturbation_std``: that σ.
 
     Notes
     -----
@@ -727,7 +749,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
         if self.converged_ and self.method in ("cd", "nce", "rnce") and moments is not None:
             self.converged_ = not self._is_short_of_likelihood(grid, moments, n_samples)
         for name in ("kkt_residual_", "log_partition_estimate_", "noise_",
-                     "perturbation_std_"):
+                     "perturbation_", "perturbation_std_"):
             self.__dict__.pop(name, None)
         if self.method == "mle":
             self.kkt_residual_ = float(result.residual)
@@ -746,8 +768,10 @@ class GridGaussian(DensityMixin, BaseEstimator):
                         ConvergenceWarning, stacklevel=3)
         if "noise" in result:
             self.noise_ = result.noise
-        if "perturbation_std" in result:
-            self.perturbation_std_ = result.perturbation_std
+        if "perturbation" in result:
+            self.perturbation_ = result.perturbation
+            if self.perturbation_std is not None:
+                self.perturbation_std_ = float(self.perturbation_std)
         if not self.is_positive_definite_:
             warnings.warn(
                 f"The {self.method!r} estimate of the precision matrix is not positive "
@@ -818,8 +842,10 @@ class GridGaussian(DensityMixin, BaseEstimator):
                 self._default_max_iter(kind) if self.max_iter is None else self.max_iter)
 
     def _adaptive_noise(self):
-        """Whether NCE / ranking NCE run the adaptive noise schedule (``"auto"`` or
-        ``"adaptive"``)."""
+        """Whether the fit starts with the adaptive schedule's pilot phase: NCE / ranking
+        NCE with ``noise="auto"`` or ``"adaptive"``, CNCE without a ``perturbation_std``."""
+        if self.method == "cnce":
+            return self.perturbation_std is None
         return (self.method in ("nce", "rnce") and isinstance(self.noise, str)
                 and self.noise in ("auto", "adaptive"))
 
@@ -832,7 +858,9 @@ class GridGaussian(DensityMixin, BaseEstimator):
         return default
 
     def _n_noise(self):
-        if self.n_noise is not None:
+        """K of ranking NCE, or None for CNCE's default (sized by the minibatch and D, see
+        :func:`sparsegauss.estimators.cnce.default_n_perturbations`)."""
+        if self.n_noise is not None or self.method == "cnce":
             return self.n_noise
         return METHOD_DEFAULTS.get(self.method, {}).get("n_noise", DEFAULT_N_NOISE)
 

@@ -142,7 +142,7 @@ def _fit(estimator, model, X, theta0, rng):
                         options=RNCEOptions(n_noise=4), optimizer=FULL, rng=rng).x
     if estimator == "cnce":
         return fit_cnce(model, X, theta0=theta0, scale=scale,
-                        perturbation_std=0.5 * np.sqrt(variances),
+                        perturbation=0.5 * np.sqrt(variances),
                         options=CNCEOptions(n_noise=20), optimizer=FULL, rng=rng).x
     if estimator == "sm":
         return fit_sm_gradient(model, X, theta0=theta0, scale=scale, optimizer=FULL, rng=rng).x

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from sparsegauss.estimators.cd import cd_gradient
-from sparsegauss.estimators.cnce import cnce_loss_grad
+from sparsegauss._kernels import antithetic_pairs
+from sparsegauss.estimators.cnce import PerturbationPool, cnce_loss_grad
 from sparsegauss.estimators.nce import nce_loss_grad
 from sparsegauss.estimators.rnce import rnce_loss_grad
 from sparsegauss.estimators.score_matching import (fit_score_matching, score_matching_system,
@@ -80,6 +81,36 @@ def test_cnce_gradient(problem, rng):
     grid, theta, data, _ = problem
     perturbed = np.repeat(data, 4, axis=0) + 0.3 * rng.normal(size=(160, grid.n_pixels))
     check_gradient(lambda t: cnce_loss_grad(GridGaussianEnergy(grid), t, data, perturbed), theta)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 10])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_antithetic_pairs_match_a_loop(k, dtype, rng):
+    """Row i*k + j is x_i + ε for the first ⌈k/2⌉ copies and x_i − ε for the rest, the ε
+    read from the pool in turn from ``start``, wrapping around."""
+    X, pool = rng.normal(size=(7, 5)).astype(dtype), rng.normal(size=(9, 5)).astype(dtype)
+    out = np.full((7 * k, 5), np.nan, dtype=dtype)
+    antithetic_pairs(X, pool, 4, out)
+    half = (k + 1) // 2
+    for i in range(7):
+        for j in range(k):
+            e = pool[(4 + i * half + j % half) % 9]
+            np.testing.assert_array_equal(out[i * k + j], X[i] + e if j < half else X[i] - e)
+
+
+def test_perturbation_pool_keeps_the_data_dtype_and_moves_on(rng):
+    class Draws:                                      # ε ~ N(0, diag(1, 4, 9))
+        def sample(self, n, random_state=None):
+            return np.random.default_rng(random_state).normal(size=(n, 3)) * [1, 2, 3]
+
+    pool = PerturbationPool(Draws(), 40_000, 3, rng, np.float32)
+    X = np.zeros((2, 3), dtype=np.float32)
+    first = pool.pairs(X, 4).copy()
+    second = pool.pairs(X, 4)
+    assert first.dtype == np.float32 and first.shape == (8, 3)
+    assert not np.array_equal(first, second)            # the next pool rows
+    np.testing.assert_array_equal(first[:2], -first[2:4])   # ± pairs
+    np.testing.assert_allclose(pool.samples.std(axis=0), [1, 2, 3], rtol=0.02)
 
 
 @pytest.mark.parametrize("problem", GRIDS, indirect=True)

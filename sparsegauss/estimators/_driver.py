@@ -20,7 +20,8 @@ import numpy as np
 from ..exceptions import SparseGaussError
 from ..optimize import STOCHASTIC, minimize
 
-__all__ = ["Batches", "NoisePool", "OptimizerOptions", "draw_noise", "run"]
+__all__ = ["Batches", "NoisePool", "OptimizerOptions", "draw_noise", "draw_samples",
+           "run"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class OptimizerOptions:
 
     ``tol`` is relative for full-batch methods (the largest rescaled gradient entry
     against its value at the reference point) and the plateau test of the stochastic
-    ones.
+    ones. ``average`` is the stochastic methods' share of tail-averaged steps (see
+    :func:`sparsegauss.optimize.minimize`).
     """
 
     optimizer: str = "lbfgs"
@@ -39,6 +41,7 @@ class OptimizerOptions:
     schedule: str = "cosine"
     batch_size: int = 256
     callback: Optional[Callable] = None
+    average: float = 0.0
 
     @property
     def stochastic(self):
@@ -64,31 +67,38 @@ class Batches:
 _NOISE_BLOCK_VALUES = 1 << 22
 
 
-def draw_noise(noise_model, n_samples, n_pixels, rng, dtype=np.float64):
-    """``n_samples`` noise samples in ``dtype``, and their noise log-densities.
+def draw_samples(distribution, n_samples, n_pixels, rng, dtype=np.float64):
+    """``n_samples`` draws of ``distribution.sample`` in ``dtype``, shape (n, n_pixels).
 
     Drawn block by block into one array of the data's dtype, so that float32 data get
     float32 noise without a float64 copy of the whole sample (at 512×512, 500 samples
-    are 1 GiB in float64). The log-densities are those of the stored (rounded) samples,
-    so that data and noise enter the classifier on the same footing.
+    are 1 GiB in float64).
     """
     block = int(max(1, _NOISE_BLOCK_VALUES // n_pixels))
     out = None
     for start in range(0, n_samples, block):
         stop = min(start + block, n_samples)
-        drawn = np.asarray(noise_model.sample(stop - start, rng))
+        drawn = np.asarray(distribution.sample(stop - start, rng))
         if drawn.size != (stop - start) * n_pixels:
-            raise ValueError(f"The noise's sample({stop - start}, random_state) returned "
-                             f"shape {drawn.shape}; expected ({stop - start}, {n_pixels}), "
-                             "one row of H*W pixels per sample.")
+            raise ValueError(f"{type(distribution).__name__}.sample({stop - start}, "
+                             f"random_state) returned shape {drawn.shape}; expected "
+                             f"({stop - start}, {n_pixels}), one row of H*W pixels per "
+                             "sample.")
         if stop - start == n_samples and drawn.dtype == dtype:
             # One block already in the data's dtype (every minibatch draw): use it as it
             # is rather than copy it (1.6 MB per fresh-noise NCE step on MNIST).
-            out = drawn.reshape(n_samples, n_pixels)
-            break
+            return drawn.reshape(n_samples, n_pixels)
         if out is None:
             out = np.empty((n_samples, n_pixels), dtype=dtype)
         out[start:stop] = drawn.reshape(stop - start, n_pixels)
+    return out
+
+
+def draw_noise(noise_model, n_samples, n_pixels, rng, dtype=np.float64):
+    """``n_samples`` noise samples in ``dtype`` (see :func:`draw_samples`), and their
+    noise log-densities: those of the stored (rounded) samples, so that data and noise
+    enter the classifier on the same footing."""
+    out = draw_samples(noise_model, n_samples, n_pixels, rng, dtype)
     return out, np.asarray(noise_model.score_samples(out), dtype=np.float64)
 
 
@@ -176,7 +186,8 @@ def run(objective, draw, n_samples, x0, scale, options, rng, *, reference=None, 
     result = minimize(fun, x0 / scale, method=options.optimizer, tol=options.tol,
                       maxiter=options.max_iter, callback=options.callback,
                       learning_rate=options.learning_rate, schedule=options.schedule,
-                      convergence=relative_gradient)
+                      convergence=relative_gradient,
+                      average=options.average if options.stochastic else 0.0)
     params = scale * result.x
     if not np.all(np.isfinite(params)):
         raise SparseGaussError(f"The {name} fit produced non-finite parameters.")

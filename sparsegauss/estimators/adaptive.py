@@ -51,6 +51,8 @@ the MLE's, learned log Z 0.035 / 0.017 nats from the exact value of its own esti
 converged; with 4 neighbours 0.03 → 0.035, 0.05 → 0.043. With 3,000 steps at 0.05 the
 8-neighbour fit ended at KL 0.77. (With sampled negatives and learning rate 0.02: KL
 0.056 / 0.48 in 10.2–13.3 / 12.7–17.0 s; with 2,000 steps 0.086 and 3.3.)
+Conditional NCE uses the same first phase as a pilot: its default perturbations are
+drawn from the frozen pilot (scaled), see :mod:`.cnce`.
 It is NCE's and ranking NCE's default (``noise="auto"``) since 2026-12-01, because the
 fixed default before it was the 4-neighbour model's own MLE. It fails on strongly
 correlated data, where the fit is flagged as not converged: the first phase, like CD at

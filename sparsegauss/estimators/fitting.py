@@ -26,7 +26,8 @@ from ..stats import pattern_moments
 from .adaptive import (ADAPT_FRACTION, ADAPT_LEARNING_RATE, ADAPT_STEPS_FULL_BATCH,
                        adapt_noise, join_phases)
 from .cd import CDOptions, fit_cd
-from .cnce import CNCEOptions, default_perturbation_std, fit_cnce
+from .cnce import (CNCEOptions, GaussianPerturbation, ScaledPerturbation,
+                   default_n_perturbations, fit_cnce, whitened_perturbation_scale)
 from .mle import hessian_diagonal, independent_start
 from .nce import NCEOptions, fit_nce
 from .rnce import RNCEOptions, fit_rnce
@@ -40,17 +41,25 @@ METHODS = ("nce", "rnce", "cnce", "sm", "cd")
 #: (60,000 images, 2 cores): NCE with full-batch L-BFGS took 139 s, with Adam (2,000
 #: steps) 3.9 s to the same held-out likelihood (KL to the MLE 0.020, 4 neighbours);
 #: ranking NCE 12 s with Adam.
-DEFAULT_OPTIMIZER = {"nce": "adam", "rnce": "adam", "cnce": "lbfgs", "sm": "lbfgs",
+DEFAULT_OPTIMIZER = {"nce": "adam", "rnce": "adam", "cnce": "adam", "sm": "lbfgs",
                      "cd": "adam"}
+
+#: Share of CNCE's second-phase (stochastic) steps, after the pilot, averaged into its
+#: estimate, by measurement (16×16 grid Gaussian, 10⁵ samples, KL to the truth over the
+#: MLE's, 4 neighbours): K = 10, last iterate 25x, average of the last half 14x; K = 30, 10x →
+#: 5.5x; K = 64, average of the last half 3.0x, of 75% 2.4x, of all 2.1x. MNIST, 4 / 8
+#: neighbours, K = 21: held-out log-likelihood 0.21 / 0.45 nats/image below the MLE's
+#: averaging half, 0.09 / 0.34 averaging all. CNCE's gradient noise is ≈ D/K times the
+#: data's; the average spreads it over the phase instead of its last few hundred steps.
+CNCE_TAIL_AVERAGE = 1.0
 
 
 def gaussian_start(moments, grid):
-    """Start θ₀ (the independent model), the variance per pixel, and the Jacobi scale of
-    θ at θ₀."""
+    """Start θ₀ (the independent model) and the Jacobi scale of θ at θ₀."""
     theta0 = independent_start(moments, grid)
     covariance = np.zeros_like(moments)
     covariance[0] = 1.0 / grid.fields(theta0)[0]
-    return theta0, moments[0], 1.0 / np.sqrt(hessian_diagonal(covariance, grid))
+    return theta0, 1.0 / np.sqrt(hessian_diagonal(covariance, grid))
 
 
 def noise_start(noise_model, grid):
@@ -110,15 +119,15 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
     Returns
     -------
     scipy.optimize.OptimizeResult
-        ``x`` is θ̂; also ``log_partition_estimate`` (NCE with learned normalization), ``noise`` (NCE, ranking NCE), ``perturbation_std``
-        (CNCE), ``history``.
+        ``x`` is θ̂; also ``log_partition_estimate`` (NCE with learned normalization),
+        ``noise`` (NCE, ranking NCE), ``perturbation`` (CNCE), ``history``.
     """
     rng = np.random.default_rng(random_state)
     if method == "sm" and sm_solver == "closed-form":
         return score_matching_closed_form(X, grid)
     if moments is None:
         moments = pattern_moments(X, grid) / len(X)
-    theta0, variances, scale = gaussian_start(moments, grid)
+    theta0, scale = gaussian_start(moments, grid)
     if method == "sm" and sm_solver == "barrier":
         return fit_score_matching_barrier(X, grid, theta0=theta0, tol=tol,
                                           max_iter=max_iter, callback=callback)
@@ -128,27 +137,11 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
         learning_rate=learning_rate, schedule=schedule,
         batch_size=min(batch_size, len(X)), callback=callback)
     common = dict(scale=scale, optimizer=run_options, rng=rng)
+    adapted = None
     if method in ("nce", "rnce"):
-        adapted = None
         if noise in ("auto", "adaptive"):
-            # The noise adapts from the independent model (the moment-only diagonal
-            # noise) by minibatch steps: half of a stochastic optimizer's steps, the rest
-            # running NCE against the noise reached. A full-batch optimizer keeps its
-            # max_iter for the second phase, after the stochastic default's first half.
-            # The first phase takes all its steps: a plateau of its minibatch loss (tol > 0)
-            # came early, at KL 5 from the MLE instead of 2.8 (4,000 MNIST images, tol
-            # 1e-4), and NCE against that noise left the cone.
-            if run_options.stochastic:
-                steps = max(1, int(round(ADAPT_FRACTION * max_iter)))
-                adapting = dataclasses.replace(run_options, tol=0.0)
-                common["optimizer"] = dataclasses.replace(
-                    run_options, max_iter=max(1, max_iter - steps))
-            else:
-                steps = ADAPT_STEPS_FULL_BATCH
-                adapting = dataclasses.replace(run_options, optimizer="adam",
-                                               learning_rate=ADAPT_LEARNING_RATE, tol=0.0)
-            frozen, adapted = adapt_noise(model, X, theta0=theta0, steps=steps, scale=scale,
-                                          optimizer=adapting, rng=rng)
+            frozen, adapted, common["optimizer"] = pilot_phase(
+                model, X, theta0=theta0, scale=scale, options=run_options, rng=rng)
             noise_model = GridNoise(frozen)
             start = adapted.x
         else:
@@ -170,19 +163,71 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
             result = fit_rnce(model, X, noise_model, theta0=start, reference=theta0,
                               options=RNCEOptions(n_noise=n_noise,
                                                   noise_sampling=noise_sampling), **common)
-        if adapted is not None:
-            result = join_phases(adapted, result)
         result.noise = noise_model
     elif method == "cnce":
-        sigma = (default_perturbation_std(variances) if perturbation_std is None
-                 else float(perturbation_std))
-        result = fit_cnce(model, X, theta0=theta0, perturbation_std=sigma,
+        if perturbation_std is None:
+            # Perturb along the pilot's covariance (score matching in that metric for
+            # small ε, whose answer for a Gaussian is the MLE when the metric is the
+            # MLE's covariance; see the cnce module). On MNIST isotropic ε (the former
+            # default) ended indefinite, and so did per-pixel ε of 0.1 and 0.3 × each
+            # pixel's std (at 1 × the std: PD, but KL 202 from the MLE after 1,000 steps).
+            frozen, adapted, second = pilot_phase(
+                model, X, theta0=theta0, scale=scale, options=run_options, rng=rng)
+            perturbation = ScaledPerturbation(frozen,
+                                              whitened_perturbation_scale(grid.n_pixels))
+            start = adapted.x
+            # Started at the pilot, every iterate of the second phase is worth averaging
+            # (from the independent model the first ones would be a transient).
+            common["optimizer"] = dataclasses.replace(second, average=CNCE_TAIL_AVERAGE)
+        else:
+            perturbation = GaussianPerturbation(float(perturbation_std))
+            start = theta0
+        if n_noise is None:
+            rows = run_options.batch_size if run_options.stochastic else len(X)
+            n_noise = default_n_perturbations(rows, grid.n_pixels)
+        result = fit_cnce(model, X, theta0=start, perturbation=perturbation,
                           options=CNCEOptions(n_noise=n_noise), **common)
-        result.perturbation_std = sigma
+        result.perturbation = perturbation
     elif method == "sm":
         result = fit_sm_gradient(model, X, theta0=theta0, **common)
     else:
         result = fit_cd(model, X, theta0=theta0,
                         options=CDOptions(cd_steps=cd_steps, sampler=sampler,
                                           persistent=persistent), **common)
+    if adapted is not None:
+        result = join_phases(adapted, result)
     return result
+
+
+def pilot_phase(model, X, *, theta0, scale, options, rng):
+    """The adaptive schedule's first phase (:func:`.adaptive.adapt_noise`): stochastic
+    maximum likelihood from ``theta0`` with the model's exact expectation.
+
+    A stochastic optimizer spends ``ADAPT_FRACTION`` of its ``max_iter`` steps here and
+    keeps the rest; a full-batch one keeps its ``max_iter`` for the second phase, after
+    ``ADAPT_STEPS_FULL_BATCH`` Adam steps at ``ADAPT_LEARNING_RATE``. The first phase
+    takes all its steps: a plateau of its minibatch loss (tol > 0) came early, at KL 5
+    from the MLE instead of 2.8 (4,000 MNIST images, tol 1e-4), and NCE against that
+    noise left the cone.
+
+    Returns
+    -------
+    frozen : object
+        ``model.frozen(θ_A)``, the pilot estimate as a distribution.
+    adapted : scipy.optimize.OptimizeResult
+        The first phase.
+    second : OptimizerOptions
+        The options of the second phase.
+    """
+    if options.stochastic:
+        steps = max(1, int(round(ADAPT_FRACTION * options.max_iter)))
+        adapting = dataclasses.replace(options, tol=0.0)
+        second = dataclasses.replace(options, max_iter=max(1, options.max_iter - steps))
+    else:
+        steps = ADAPT_STEPS_FULL_BATCH
+        adapting = dataclasses.replace(options, optimizer="adam",
+                                       learning_rate=ADAPT_LEARNING_RATE, tol=0.0)
+        second = options
+    frozen, adapted = adapt_noise(model, X, theta0=theta0, steps=steps, scale=scale,
+                                  optimizer=adapting, rng=rng)
+    return frozen, adapted, second
