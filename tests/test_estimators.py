@@ -5,6 +5,7 @@ import pytest
 
 from sparsegauss.estimators.cd import cd_gradient
 from sparsegauss._kernels import antithetic_pairs
+from sparsegauss.estimators._driver import Batches, OptimizerOptions, run
 from sparsegauss.estimators.cnce import PerturbationPool, cnce_loss_grad
 from sparsegauss.estimators.nce import nce_loss_grad
 from sparsegauss.estimators.rnce import rnce_loss_grad
@@ -81,6 +82,26 @@ def test_cnce_gradient(problem, rng):
     grid, theta, data, _ = problem
     perturbed = np.repeat(data, 4, axis=0) + 0.3 * rng.normal(size=(160, grid.n_pixels))
     check_gradient(lambda t: cnce_loss_grad(GridGaussianEnergy(grid), t, data, perturbed), theta)
+
+
+def test_minibatches_cover_every_row_each_epoch_and_all_rows_is_the_data_itself(rng):
+    batches = Batches(10, 4, rng)
+    epoch = np.concatenate([batches.next() for _ in range(2)])
+    assert len(set(epoch)) == 8 and all(np.all(np.diff(batches.next()) > 0) for _ in range(5))
+    assert Batches(10, 10, rng).next() is None and Batches(10, 256, rng).next() is None
+    X = rng.normal(size=(10, 3))
+    seen = []
+
+    def draw(rows):
+        return (X if rows is None else X[rows]), ()
+
+    def objective(theta, batch, _drawn):
+        seen.append(batch)
+        return float(theta @ theta), 2 * theta
+
+    run(objective, draw, len(X), np.ones(2), np.ones(2),
+        OptimizerOptions(optimizer="adam", tol=0.0, max_iter=3), rng)
+    assert all(batch is X for batch in seen)      # no copy of the data per step
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 10])

@@ -110,7 +110,7 @@ def fit_cd(model, X, *, theta0, scale, options=CDOptions(), optimizer=OptimizerO
     chains = {}
 
     def draw(rows):
-        return X[rows], ()
+        return (X if rows is None else X[rows]), ()
 
     def objective(theta, batch, _drawn):
         if options.sampler == "expectation":
