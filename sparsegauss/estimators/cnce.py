@@ -25,10 +25,10 @@ Scale: the classification should be neither trivial nor hopeless. For whitened
 perturbations ``ε = c z``, ``z ~ N(0, Λ_q⁻¹)``, at the model ``Λ = Λ_q`` the expected
 log-ratio is ``½ c² tr(Λ_q Λ_q⁻¹) = ½ c² D``; :func:`whitened_perturbation_scale` picks
 ``c = √(2/D)``, so that it is 1 (for isotropic ε at the independent model the same rule
-is ``σ = √(2 / Σ_p 1/S_pp)``, the former default). Measured on a 16×16 grid (10⁵ samples, K = 10,
-pilot perturbations): c = 0.3 and 1 gave the same KL to the truth; c = 3 twice as much;
-at c = 10 the classifier separates every pair, the gradient vanishes and the fit stays
-where it starts.
+is ``σ = √(2 / Σ_p 1/S_pp)``, the former default). Measured on a 16×16 grid (10⁵
+samples, K = 10, pilot perturbations, Adam's last iterate): c = 0.3 and 1 gave the same
+KL to the truth; c = 3 twice as much; at c = 10 the classifier separates every pair, the
+gradient vanishes and the fit stays where it starts.
 
 Efficiency. The ``¼ (εᵀ∇f)²`` term's θ-gradient sums ``D`` products of random
 coordinates for every parameter, so a pair carries relative noise ≈ D; K pairs per
@@ -40,12 +40,13 @@ Gaussian's defaults pay it with K sized by D (:func:`default_n_perturbations`) a
 averaging the second phase's iterates (``OptimizerOptions.average``), which spreads the
 noise over the phase: 2.1–2.3x at K = 48–64 on the same grid.
 
-Perturbation pool. Drawing fresh perturbations at every step was the whole cost of a
-stochastic fit (600,000 × 784 normals per epoch of MNIST: 63 s for 2,000 Adam steps).
+Perturbation pool. Drawing fresh perturbations at every step was most of the cost of a
+stochastic fit (2,560 × 784 normals a step on MNIST; 2,000 Adam steps took 63 s, and
+21 s with a pool).
 One pool of perturbations is drawn once and served in turn, paired ± with the data rows;
 the symmetrized pool is itself a symmetric perturbation distribution, so the estimator
-stays valid; it holds ``min(N⌈K/2⌉, max(B⌈K/2⌉, 2²⁴/D))`` rows (21,399 for MNIST: 84 MiB
-in float32), ``N⌈K/2⌉`` (one distinct perturbation per pair, as before) for a full
+stays valid; it holds ``min(N⌈K/2⌉, max(B⌈K/2⌉, 2²⁴/D))`` rows (21,399 for MNIST: 128
+MiB in float64), ``N⌈K/2⌉`` (one distinct perturbation per pair, as before) for a full
 batch. The ± copies are built by one parallel Numba pass
 (:func:`sparsegauss._kernels.antithetic_pairs`) into a buffer reused across steps.
 """
