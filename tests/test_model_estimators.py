@@ -231,6 +231,18 @@ def test_cnce_defaults_on_mnist_are_positive_definite_and_near_the_mle(mnist_ima
     assert model.perturbation_.sample(3, 0).shape == (3, 784)
 
 
+def test_cnce_with_a_given_perturbation_std_perturbs_every_pixel_by_it(rng):
+    """``perturbation_std=σ``: isotropic ε ~ N(0, σ²I) over all D pixels, no pilot."""
+    X = rng.normal(size=(500, 4, 5))
+    model = GridGaussian((4, 5), method="cnce", perturbation_std=0.3, random_state=0).fit(X)
+    assert model.perturbation_std_ == 0.3 and not any(r["adapting"] for r in model.history_
+                                                      if "adapting" in r)
+    draws = model.perturbation_.sample(20_000, 1)
+    assert draws.shape == (20_000, 20)
+    np.testing.assert_allclose(draws.std(axis=0), 0.3, rtol=0.03)
+    assert model.is_positive_definite_
+
+
 def test_cnce_whose_pilot_misses_the_data_is_not_converged():
     """On strongly correlated pixels the pilot (stochastic maximum likelihood) does not
     reach the data, and CNCE, perturbing along it, stays as far: on 20,000 patches of the

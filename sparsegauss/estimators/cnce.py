@@ -86,10 +86,10 @@ class CNCEOptions:
 
 
 class GaussianPerturbation:
-    """``ε ~ N(0, diag(std²))``: one σ for every pixel, or one per pixel."""
+    """``ε ~ N(0, diag(std²))``, one σ per pixel (shape (D,))."""
 
     def __init__(self, std):
-        self.std = np.asarray(std, dtype=np.float64)
+        self.std = np.asarray(std, dtype=np.float64).reshape(-1)
 
     def sample(self, n_samples, random_state=None):
         rng = np.random.default_rng(random_state)

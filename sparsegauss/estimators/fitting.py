@@ -180,7 +180,8 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
             # (from the independent model the first ones would be a transient).
             common["optimizer"] = dataclasses.replace(second, average=CNCE_TAIL_AVERAGE)
         else:
-            perturbation = GaussianPerturbation(float(perturbation_std))
+            perturbation = GaussianPerturbation(
+                np.full(grid.n_pixels, float(perturbation_std)))
             start = theta0
         if n_noise is None:
             rows = run_options.batch_size if run_options.stochastic else len(X)
