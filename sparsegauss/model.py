@@ -607,7 +607,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
                    "perturbations, score matching's answer for small σ).")
         else:
             name = "NCE" if self.method == "nce" else "Ranking NCE"
-            if self._adaptive_noise():
+            if self._runs_pilot():
                 why = (f"{name} with the adaptive noise had too few steps to bring its noise "
                        "and estimate to the data; it is not marked converged. Use more "
                        "steps (max_iter); on strongly correlated pixels (photo patches) "
@@ -761,7 +761,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
         # score matching in the pilot's metric, whose answer is the MLE's when the pilot
         # reached it, and a pilot that did not (photo patches: KL 189 from the MLE,
         # reported converged before this check) leaves CNCE as far.
-        checked = ("cd", "nce", "rnce") + (("cnce",) if self._adaptive_noise() else ())
+        checked = ("cd", "nce", "rnce") + (("cnce",) if self._runs_pilot() else ())
         if self.converged_ and self.method in checked and moments is not None:
             self.converged_ = not self._is_short_of_likelihood(grid, moments, n_samples)
         for name in ("kkt_residual_", "log_partition_estimate_", "noise_",
@@ -857,7 +857,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
         return (DEFAULT_TOL[kind] if self.tol is None else self.tol,
                 self._default_max_iter(kind) if self.max_iter is None else self.max_iter)
 
-    def _adaptive_noise(self):
+    def _runs_pilot(self):
         """Whether the fit starts with the adaptive schedule's pilot phase: NCE / ranking
         NCE with ``noise="auto"`` or ``"adaptive"``, CNCE without a ``perturbation_std``."""
         if self.method == "cnce":
@@ -868,7 +868,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
     def _default_max_iter(self, kind):
         default = DEFAULT_MAX_ITER[kind]
         if kind == "stochastic":
-            if self._adaptive_noise():
+            if self._runs_pilot():
                 return ADAPTIVE_MAX_ITER
             default = METHOD_DEFAULTS.get(self.method, {}).get("max_iter", default)
         return default
@@ -883,7 +883,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
     def _learning_rate(self):
         if self.learning_rate is not None:
             return self.learning_rate
-        if self._adaptive_noise():
+        if self._runs_pilot():
             return ADAPT_LEARNING_RATE
         return METHOD_DEFAULTS.get(self.method, {}).get("learning_rate", DEFAULT_LEARNING_RATE)
 

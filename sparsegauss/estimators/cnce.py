@@ -52,14 +52,16 @@ batch. The ± copies are built by one parallel Numba pass
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from scipy.special import expit
 
 from .._kernels import antithetic_pairs
+from ..noise import DiagonalNoise
 from ._driver import OptimizerOptions, draw_samples, run
 
-__all__ = ["CNCEOptions", "GaussianPerturbation", "PerturbationPool", "ScaledPerturbation",
+__all__ = ["CNCEOptions", "PerturbationPool", "ScaledPerturbation",
            "cnce_loss_grad", "default_n_perturbations", "fit_cnce",
            "whitened_perturbation_scale"]
 
@@ -75,28 +77,15 @@ class CNCEOptions:
 
     Attributes
     ----------
-    n_noise : int
-        K, perturbations per data sample (drawn in ± pairs).
+    n_noise : int, optional
+        K, perturbations per data sample (drawn in ± pairs); None sizes it by the batch
+        and D (:func:`default_n_perturbations`).
     pool_values : int
         Size budget (in values) of a stochastic fit's perturbation pool.
     """
 
-    n_noise: int = 10
+    n_noise: Optional[int] = None
     pool_values: int = POOL_VALUES
-
-
-class GaussianPerturbation:
-    """``ε ~ N(0, diag(std²))``, one σ per pixel (shape (D,))."""
-
-    def __init__(self, std):
-        self.std = np.asarray(std, dtype=np.float64).reshape(-1)
-
-    def sample(self, n_samples, random_state=None):
-        rng = np.random.default_rng(random_state)
-        return rng.standard_normal((n_samples, self.std.size)) * self.std
-
-    def __repr__(self):
-        return f"GaussianPerturbation(std={self.std!r})"
 
 
 class ScaledPerturbation:
@@ -225,11 +214,12 @@ def fit_cnce(model, X, *, theta0, scale, perturbation, options=CNCEOptions(),
     rng = np.random.default_rng(rng)
     n_samples, n_features = X.shape
     if not hasattr(perturbation, "sample"):
-        perturbation = GaussianPerturbation(
-            np.broadcast_to(np.asarray(perturbation, dtype=np.float64), (n_features,)))
-    k = options.n_noise
-    half = (k + 1) // 2
+        std = np.broadcast_to(np.asarray(perturbation, dtype=np.float64), (n_features,))
+        perturbation = DiagonalNoise(std ** 2)
     batch_rows = optimizer.batch_size if optimizer.stochastic else n_samples
+    k = (default_n_perturbations(batch_rows, n_features) if options.n_noise is None
+         else options.n_noise)
+    half = (k + 1) // 2
     size = min(n_samples * half, max(batch_rows * half, options.pool_values // n_features))
     dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float64
     pool = PerturbationPool(perturbation, size, n_features, rng, dtype)

@@ -21,13 +21,12 @@ import scipy.sparse as sp
 from scipy.optimize import OptimizeResult
 
 from ..models import GridGaussianEnergy
-from ..noise import DiagonalNoise, GridNoise, make_noise
+from ..noise import DiagonalNoise, GridNoise, IsotropicNoise, make_noise
 from ..stats import pattern_moments
 from .adaptive import (ADAPT_FRACTION, ADAPT_LEARNING_RATE, ADAPT_STEPS_FULL_BATCH,
                        adapt_noise, join_phases)
 from .cd import CDOptions, fit_cd
-from .cnce import (CNCEOptions, GaussianPerturbation, ScaledPerturbation,
-                   default_n_perturbations, fit_cnce, whitened_perturbation_scale)
+from .cnce import CNCEOptions, ScaledPerturbation, fit_cnce, whitened_perturbation_scale
 from .mle import hessian_diagonal, independent_start
 from .nce import NCEOptions, fit_nce
 from .rnce import RNCEOptions, fit_rnce
@@ -180,12 +179,8 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
             # (from the independent model the first ones would be a transient).
             common["optimizer"] = dataclasses.replace(second, average=CNCE_TAIL_AVERAGE)
         else:
-            perturbation = GaussianPerturbation(
-                np.full(grid.n_pixels, float(perturbation_std)))
+            perturbation = IsotropicNoise(float(perturbation_std) ** 2, grid.n_pixels)
             start = theta0
-        if n_noise is None:
-            rows = run_options.batch_size if run_options.stochastic else len(X)
-            n_noise = default_n_perturbations(rows, grid.n_pixels)
         result = fit_cnce(model, X, theta0=start, perturbation=perturbation,
                           options=CNCEOptions(n_noise=n_noise), **common)
         result.perturbation = perturbation
