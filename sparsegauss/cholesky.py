@@ -340,6 +340,17 @@ class SparseCholesky:
         return self._inverse
 
 
+def _sample_buffer(out, n_samples, n_pixels):
+    """``out`` checked as a sample's destination, or a new (n_samples, D) array."""
+    if out is None:
+        return np.empty((n_samples, n_pixels))
+    if (out.shape != (n_samples, n_pixels) or out.dtype != np.float64
+            or not out.flags.c_contiguous):
+        raise ValueError(f"out must be a C-contiguous float64 array of shape "
+                         f"({n_samples}, {n_pixels}); got {out.dtype} {out.shape}.")
+    return out
+
+
 class CholeskyFactor:
     """A numeric factorization ``P A Pᵀ = L Lᵀ`` of a positive-definite matrix.
 
@@ -370,7 +381,7 @@ class CholeskyFactor:
         cholmod = self._analysis._cholmod_for(self)
         return cholmod.solve_A(np.asarray(b, dtype=np.float64))
 
-    def sample(self, n_samples, random_state=None):
+    def sample(self, n_samples, random_state=None, out=None):
         """Exact draws from ``N(0, A⁻¹)``.
 
         ``x = Pᵀ L⁻ᵀ ε`` with ``ε ~ N(0, I)``: then ``Cov(P x) = (L Lᵀ)⁻¹ = (P A Pᵀ)⁻¹``.
@@ -379,6 +390,8 @@ class CholeskyFactor:
         ----------
         n_samples : int
         random_state : None, int or numpy.random.Generator
+        out : ndarray, shape (n_samples, D), float64, C-contiguous, optional
+            Written in place and returned (a noise pool of gigabytes is then not copied).
 
         Returns
         -------
@@ -386,7 +399,7 @@ class CholeskyFactor:
         """
         rng = np.random.default_rng(random_state)
         n = self._analysis.n
-        out = np.empty((n_samples, n))
+        out = _sample_buffer(out, n_samples, n)
         # The normals come from the library's ziggurat (sparsegauss._random), 2–3× faster
         # than Generator.standard_normal here; one seed per call and one stream per
         # sample, so neither the path nor the block changes a sample.

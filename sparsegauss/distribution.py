@@ -145,9 +145,10 @@ class GridGaussianDistribution:
 
     logpdf = score_samples
 
-    def sample(self, n_samples, random_state=None):
-        """``n_samples`` exact samples, shape (n_samples, D), float64."""
-        samples = self.factor().sample(int(n_samples), random_state)
+    def sample(self, n_samples, random_state=None, out=None):
+        """``n_samples`` exact samples, shape (n_samples, D), float64 (written into
+        ``out`` when given: C-contiguous float64 of that shape)."""
+        samples = self.factor().sample(int(n_samples), random_state, out=out)
         samples += self.mean          # in place: the samples may be gigabytes
         return samples
 

@@ -115,8 +115,8 @@ class GridNoise:
     def __init__(self, distribution):
         self.distribution = getattr(distribution, "distribution_", distribution)
 
-    def sample(self, n_samples, random_state=None):
-        return self.distribution.sample(n_samples, random_state=random_state)
+    def sample(self, n_samples, random_state=None, out=None):
+        return self.distribution.sample(n_samples, random_state=random_state, out=out)
 
     def score_samples(self, X):
         return self.distribution.score_samples(X)

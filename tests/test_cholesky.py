@@ -94,6 +94,25 @@ def test_samples_are_reproducible(rng):
     np.testing.assert_array_equal(factor.sample(5, 7), factor.sample(5, 7))
 
 
+@pytest.mark.parametrize("kernel_solve", [True, False])
+def test_samples_are_written_into_a_given_array(rng, monkeypatch, kernel_solve):
+    """``out=`` receives the same draws as a new array (a noise pool is then not copied),
+    on both solve paths; an array of the wrong shape, dtype or layout is refused."""
+    import sparsegauss.cholesky as cholesky
+
+    grid = GridParameterization((4, 4), 4)
+    factor = SparseCholesky(grid.pattern).factorize(grid.precision(random_spd_theta(grid, rng)))
+    if not kernel_solve:
+        monkeypatch.setattr(cholesky, "_KERNEL_SOLVE_MAX_PIXELS", 0)
+    out = np.full((6, grid.n_pixels), np.nan)
+    assert factor.sample(6, 7, out=out) is out
+    np.testing.assert_array_equal(out, factor.sample(6, 7))
+    for wrong in (np.empty((5, grid.n_pixels)), np.empty((6, grid.n_pixels), np.float32),
+                  np.empty((grid.n_pixels, 6)).T):
+        with pytest.raises(ValueError, match="C-contiguous float64 array of shape"):
+            factor.sample(6, 7, out=wrong)
+
+
 def test_samples_do_not_depend_on_the_solve_block(rng, monkeypatch):
     """Large grids solve for fewer samples at a time, with CHOLMOD instead of the
     library's kernel; the draws must be the same (up to the rounding of a different

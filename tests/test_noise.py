@@ -156,6 +156,40 @@ def test_noise_start_tolerates_rounding_of_tied_means():
     assert noise_start(GridNoise(untied), grid) is None
 
 
+def test_grid_noise_is_drawn_straight_into_the_pool(monkeypatch):
+    """A float64 draw from a noise whose ``sample`` takes ``out=`` (the library's grid
+    Gaussians, and CNCE's scaled perturbations of them) is one call writing the result,
+    whatever the block size: the same numbers as the noise's own ``sample``."""
+    from sparsegauss.datasets import make_grid_gaussian
+    from sparsegauss.estimators import _driver as driver
+    from sparsegauss.estimators.cnce import ScaledPerturbation
+    from sparsegauss.noise import GridNoise
+
+    truth, _ = make_grid_gaussian((3, 4), random_state=0)
+    noise = GridNoise(truth)
+    calls = []
+    original = noise.distribution.sample
+
+    def sample(n, random_state=None, out=None):
+        calls.append((n, out is not None))
+        return original(n, random_state, out=out)
+
+    noise.distribution.sample = sample
+    monkeypatch.setattr(driver, "_NOISE_BLOCK_VALUES", 12 * 16)     # 16 rows per block
+    drawn = driver.draw_samples(noise, 50, 12, np.random.default_rng(1))
+    assert calls == [(50, True)] and drawn.flags.c_contiguous
+    np.testing.assert_array_equal(drawn, original(50, np.random.default_rng(1)))
+    # float32 data still take the block path (no float64 copy of the whole sample).
+    calls.clear()
+    assert driver.draw_samples(noise, 50, 12, np.random.default_rng(1),
+                               np.float32).dtype == np.float32
+    assert [out for _, out in calls] == [False] * 4
+    scaled = ScaledPerturbation(noise, 0.5)
+    np.testing.assert_array_equal(driver.draw_samples(scaled, 50, 12, np.random.default_rng(1)),
+                                  0.5 * drawn)
+    assert scaled.sample(50, np.random.default_rng(1)).shape == (50, 12)
+
+
 def test_noise_is_drawn_in_blocks_in_the_data_dtype(monkeypatch):
     """float32 data get float32 noise, drawn block by block (no float64 copy of the whole
     sample), scored as stored; a noise returning the wrong shape is named."""

@@ -12,6 +12,7 @@ and one fixed draw; stochastic ones (``"adam"``, ``"sgd"``, ``"rmsprop"``) a fre
 minibatch and a fresh draw at every step.
 """
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -74,13 +75,30 @@ class Batches:
 _NOISE_BLOCK_VALUES = 1 << 22
 
 
+def _writes_into(sample):
+    """Whether a ``sample`` method takes an ``out`` array to write into."""
+    try:
+        return "out" in inspect.signature(sample).parameters
+    except (TypeError, ValueError):     # builtins without a signature
+        return False
+
+
 def draw_samples(distribution, n_samples, n_pixels, rng, dtype=np.float64):
     """``n_samples`` draws of ``distribution.sample`` in ``dtype``, shape (n, n_pixels).
 
     Drawn block by block into one array of the data's dtype, so that float32 data get
     float32 noise without a float64 copy of the whole sample (at 512×512, 500 samples
-    are 1 GiB in float64).
+    are 1 GiB in float64). A float64 draw from a distribution whose ``sample`` takes
+    ``out=`` (the library's grid Gaussians) is written straight into the result: copying
+    MNIST's 60,000-sample pool block by block took 0.4–0.8 s of a 6 s NCE fit.
     """
+    if np.dtype(dtype) == np.float64 and _writes_into(distribution.sample):
+        out = np.empty((n_samples, n_pixels))
+        drawn = distribution.sample(n_samples, rng, out=out)
+        if drawn is not out:
+            raise ValueError(f"{type(distribution).__name__}.sample(n, random_state, out=) "
+                             "must return the array it was given.")
+        return out
     block = int(max(1, _NOISE_BLOCK_VALUES // n_pixels))
     out = None
     for start in range(0, n_samples, block):

@@ -59,7 +59,7 @@ from scipy.special import expit
 
 from .._kernels import antithetic_pairs
 from ..noise import DiagonalNoise
-from ._driver import OptimizerOptions, draw_samples, run
+from ._driver import OptimizerOptions, _writes_into, draw_samples, run
 
 __all__ = ["CNCEOptions", "PerturbationPool", "ScaledPerturbation",
            "cnce_loss_grad", "default_n_perturbations", "fit_cnce",
@@ -95,8 +95,16 @@ class ScaledPerturbation:
     def __init__(self, base, scale):
         self.base, self.scale = base, float(scale)
 
-    def sample(self, n_samples, random_state=None):
-        return self.scale * np.asarray(self.base.sample(n_samples, random_state))
+    def sample(self, n_samples, random_state=None, out=None):
+        if out is not None and _writes_into(self.base.sample):
+            out = self.base.sample(n_samples, random_state, out=out)
+        else:
+            drawn = np.asarray(self.base.sample(n_samples, random_state))
+            if out is None:
+                return self.scale * drawn
+            np.copyto(out, drawn.reshape(out.shape))
+        out *= self.scale
+        return out
 
     def __repr__(self):
         return f"ScaledPerturbation({self.base!r}, scale={self.scale:.4g})"
