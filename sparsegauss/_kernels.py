@@ -1343,7 +1343,13 @@ def default_chunks(n_samples):
 # layers) in the form of Doornik (2005: independent bits for the layer and the abscissa),
 # on a counter-based SplitMix64 stream (Steele, Lea and Flood 2014) per row, seeded from
 # the caller's Generator: rows are independent streams, so the numbers depend on the seed
-# alone. These kernels and the MALA ones below run on one thread on purpose: they
+# alone. The first try of a row's j-th variate uses the j-th output of the row's stream
+# (SplitMix64 is counter-based: output j is a mix of ``start + j·γ``), so the loop over a
+# row carries no state and the CPU overlaps consecutive variates; the ~1 % of first tries
+# that fall outside their layer's rectangle are finished afterwards on a second stream of
+# the row (the wedge or tail test, then fresh tries). 256 × 784 variates: 0.43–0.50 ms
+# against 0.62–1.1 ms with one sequential stream a row (scratch timings, medians of 200
+# calls, 2026-12-02). These kernels and the MALA ones below run on one thread on purpose: they
 # alternate with BLAS calls on 2 threads, and Numba's OpenMP workers spinning after a
 # parallel loop took the cores from OpenBLAS (5 MALA steps on 256 × 784: 70 ms with
 # ``prange``, 18 ms without).
@@ -1370,13 +1376,23 @@ def _ziggurat_tables():
 ZIGGURAT = _ziggurat_tables()
 
 
+#: Mixed into a row's start to seed its second stream (the ziggurat's rare second tries).
+_RETRY = np.uint64(0xD1B54A32D192ED03)
+
+
+@njit(inline="always")
+def _mix64(z):
+    """SplitMix64's output function (Stafford's variant 13)."""
+    z = (z ^ (z >> np.uint64(30))) * _MIX_1
+    z = (z ^ (z >> np.uint64(27))) * _MIX_2
+    return z ^ (z >> np.uint64(31))
+
+
 @njit(inline="always")
 def _splitmix(state):
     """The next state of a SplitMix64 stream and its 64 output bits."""
     state += _GOLDEN
-    z = (state ^ (state >> np.uint64(30))) * _MIX_1
-    z = (z ^ (z >> np.uint64(27))) * _MIX_2
-    return state, z ^ (z >> np.uint64(31))
+    return state, _mix64(state)
 
 
 @njit(inline="always")
@@ -1417,6 +1433,40 @@ def _standard_normal(state, x, ratio, f):
             return state, z
 
 
+@njit(inline="always")
+def _first_try(start, j, x, ratio):
+    """The first ziggurat try of variate ``j`` on the row stream that starts at
+    ``start``: ``(value, accepted)``. Accepted (~99 %) means inside the layer's
+    rectangle, and the value is a N(0, 1) variate; otherwise :func:`_retry` finishes it."""
+    bits = _mix64(start + np.uint64(j + 1) * _GOLDEN)
+    i = np.intp(bits & np.uint64(255))
+    u = 2.0 * ((bits >> np.uint64(11)) * _TO_UNIT) - 1.0
+    return u * x[i], abs(u) < ratio[i]
+
+
+@njit(inline="always")
+def _retry(state, start, j, x, ratio, f):
+    """Variate ``j`` whose first try (:func:`_first_try`) fell outside its rectangle: the
+    ziggurat goes on from that try, the tail or wedge test and any further tries drawing
+    from the row's second stream ``state``. Returns ``(state, value)``."""
+    bits = _mix64(start + np.uint64(j + 1) * _GOLDEN)
+    i = np.intp(bits & np.uint64(255))
+    u = 2.0 * ((bits >> np.uint64(11)) * _TO_UNIT) - 1.0
+    if i == 0:                                # the tail beyond r (Marsaglia 1964)
+        while True:
+            state, bits = _splitmix(state)
+            a = -np.log(_open_unit(bits)) / _ZIGGURAT_R
+            state, bits = _splitmix(state)
+            if -2.0 * np.log(_open_unit(bits)) > a * a:
+                break
+        return state, (_ZIGGURAT_R + a) if u > 0 else -(_ZIGGURAT_R + a)
+    z = u * x[i]                              # the wedge: test against the density
+    state, bits = _splitmix(state)
+    if f[i + 1] + _open_unit(bits) * (f[i] - f[i + 1]) < np.exp(-0.5 * z * z):
+        return state, z
+    return _standard_normal(state, x, ratio, f)
+
+
 @njit(cache=True)
 def standard_normal_rows(seed, out, x, ratio, f, first_row=0, transposed=False):
     """Fill the 2-D array ``out`` with N(0, 1) variates, row ``r`` from stream
@@ -1424,10 +1474,23 @@ def standard_normal_rows(seed, out, x, ratio, f, first_row=0, transposed=False):
     in blocks gives the numbers of one draw. With ``transposed``, stream ``c`` fills
     column ``c`` instead (the layout of a solve with one right-hand side per column)."""
     n_streams, d = out.shape[::-1] if transposed else out.shape
+    missed = np.empty(d, dtype=np.intp)
     for stream in range(n_streams):
-        state = _row_stream(seed, first_row + stream)
+        start = _row_stream(seed, first_row + stream)
+        n_missed = 0
         for j in range(d):
-            state, z = _standard_normal(state, x, ratio, f)
+            z, accepted = _first_try(start, j, x, ratio)
+            if transposed:
+                out[j, stream] = z
+            else:
+                out[stream, j] = z
+            if not accepted:
+                missed[n_missed] = j
+                n_missed += 1
+        state = _mix64(start ^ _RETRY)
+        for k in range(n_missed):
+            j = missed[k]
+            state, z = _retry(state, start, j, x, ratio, f)
             if transposed:
                 out[j, stream] = z
             else:
@@ -1444,13 +1507,27 @@ def mala_propose(seed, x, psi, eps, proposal, zx, zratio, zf):
     n, d = x.shape
     scale = np.sqrt(2.0 * eps)
     forward = np.empty(n)
+    missed = np.empty(d, dtype=np.intp)
     for row in range(n):
-        state = _row_stream(seed, row)
+        start = _row_stream(seed, row)
         total = 0.0
+        n_missed = 0
         for j in range(d):
-            state, z = _standard_normal(state, zx, zratio, zf)
+            z, accepted = _first_try(start, j, zx, zratio)
             total += z * z
             proposal[row, j] = x[row, j] + eps * psi[row, j] + scale * z
+            if not accepted:
+                missed[n_missed] = j
+                n_missed += 1
+        # The rare first tries outside their rectangle: replace them by the finished
+        # variates (the numbers of standard_normal_rows for this row and seed).
+        state = _mix64(start ^ _RETRY)
+        for k in range(n_missed):
+            j = missed[k]
+            tried = _first_try(start, j, zx, zratio)[0]
+            state, z = _retry(state, start, j, zx, zratio, zf)
+            total += z * z - tried * tried
+            proposal[row, j] += scale * (z - tried)
         forward[row] = -0.5 * total
     return forward
 

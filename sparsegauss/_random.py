@@ -5,7 +5,8 @@ Generator.
 with :func:`sparsegauss._kernels.standard_normal_rows` (ziggurat on per-row SplitMix64
 streams, one thread: see the kernel module for why): the same ``rng`` state gives the
 same numbers on any machine. On this project's 2-core machine it draws 256 × 784
-variates in 1.2 ms against ``Generator.standard_normal``'s 2.5–3.2 ms (MALA's draws in
+variates in 0.43–0.50 ms (1.2 ms before the first tries became counter-based, see the
+kernel module) against ``Generator.standard_normal``'s 2.5–3.2 ms (MALA's draws in
 ``benchmarks/bench_natural.py``).
 """
 

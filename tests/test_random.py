@@ -70,3 +70,37 @@ def test_a_draw_in_row_blocks_equals_the_whole_draw():
     parts = [standard_normal(None, (b - a, 6), seed=123, first_row=a)
              for a, b in ((0, 3), (3, 4), (4, 10))]
     np.testing.assert_array_equal(np.vstack(parts), whole)
+
+
+def test_mala_proposals_carry_the_same_normals():
+    """MALA's proposal kernel draws its normals in the pass that forms ``x + εψ + √(2ε)ξ``
+    and finishes the ziggurat's rare second tries afterwards: with ε = ½ (√(2ε) = 1) and
+    x = ψ = 0 the proposals are the rows of ``standard_normal_rows`` for the same seed,
+    and the forward log-density is −‖ξ‖²/2 per row. 64 rows of 2,500 variates hold
+    about 1,600 second tries."""
+    x = np.zeros((64, 2500))
+    proposal = np.empty_like(x)
+    forward = _kernels.mala_propose(99, x, x, 0.5, proposal, *_kernels.ZIGGURAT)
+    rows = standard_normal(None, x.shape, seed=99)
+    np.testing.assert_allclose(proposal, rows, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(forward, -0.5 * np.sum(rows ** 2, axis=1), rtol=1e-12)
+    first = np.array([[_first_try_value(99, r, j) for j in range(50)] for r in range(3)])
+    assert np.count_nonzero(first != rows[:3, :50]) < 10     # mostly first tries
+
+
+def _first_try_value(seed, row, j):
+    """A row's j-th first try, in Python (the counter-based stream of the kernels)."""
+    mask = (1 << 64) - 1
+
+    def mix(z):
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    golden = 0x9E3779B97F4A7C15
+    start = mix((row * golden + golden) & mask)             # the row's stream ...
+    start = mix(((seed ^ start) + golden) & mask)           # ... under this seed
+    bits = mix((start + (j + 1) * golden) & mask)
+    x = _kernels.ZIGGURAT[0]
+    u = 2.0 * ((bits >> 11) * 2.0 ** -53) - 1.0
+    return u * x[bits & 255]
