@@ -117,8 +117,15 @@ def _accumulate_block(y, w, rows, shifts, unsigned, scratch, d):
         k += group
 
 
+@njit(inline="always")
+def _row_of(X, rows, i):
+    """Row ``i`` of the samples: ``X[rows[i]]`` for a selection (a minibatch read in
+    place), ``X[i]`` when ``rows`` is empty."""
+    return X[rows[i]] if rows.size else X[i]
+
+
 @njit(parallel=True, fastmath=_REASSOC, cache=True)
-def pattern_moments(X, center, weights, shifts, n_chunks, sums):
+def pattern_moments(X, rows, center, weights, shifts, n_chunks, sums):
     """Weighted second moments on the stencil pattern.
 
     ``out[k, p] = Σ_n w_n (x_np − c_p)(x_n,p+δ_k − c_{p+δ_k})`` for every ``p``, where a
@@ -129,7 +136,10 @@ def pattern_moments(X, center, weights, shifts, n_chunks, sums):
 
     Parameters
     ----------
-    X : ndarray, shape (n, D), float32 or float64, C-contiguous
+    X : ndarray, shape (N, D), float32 or float64, C-contiguous
+    rows : ndarray, shape (n,) or (0,), int64
+        The samples are the rows ``X[rows]``, read in place (a minibatch: no gathered
+        copy); all N rows when empty.
     center : ndarray, shape (D,), float64
     weights : ndarray, shape (n,), float64
     shifts : ndarray, shape (n_terms,), int64
@@ -145,7 +155,8 @@ def pattern_moments(X, center, weights, shifts, n_chunks, sums):
     -------
     ndarray, shape (n_terms, D), float64
     """
-    n, d = X.shape
+    n = rows.size if rows.size else X.shape[0]
+    d = X.shape[1]
     with_sums = sums.shape[1] > 0
     n_terms = shifts.size
     pad = 0
@@ -164,7 +175,7 @@ def pattern_moments(X, center, weights, shifts, n_chunks, sums):
             for b in range(_BLOCK):
                 if first + b < stop:
                     w[b] = weights[first + b]
-                    _center_into(y[b], X[first + b], center, d)
+                    _center_into(y[b], _row_of(X, rows, first + b), center, d)
                 else:
                     w[b] = 0.0
             if with_sums:
@@ -230,18 +241,21 @@ def pattern_moments_tiled(X, center, weights, shifts, tile, sums):
 
 
 @njit(parallel=True, fastmath=_REASSOC, cache=True)
-def quadratic_forms(X, center, fields, shifts, multiplicity, n_chunks):
+def quadratic_forms(X, rows, center, fields, shifts, multiplicity, n_chunks):
     """Batched quadratic forms ``q_n = (x_n − c)ᵀ Λ (x_n − c)`` from the stencil weights.
 
     ``q_n = Σ_k m_k Σ_p F[k, p] (x_np − c_p)(x_n,p+δ_k − c_{p+δ_k})``; ``fields`` must
     be zero on pairs that leave the grid. All terms are summed in one fused pass over a
     zero-padded, centred copy of the row (3 or 5 terms: the 4- and 8-neighbour stencils).
+    The samples are the rows ``X[rows]`` (all rows when ``rows`` is empty), as in
+    :func:`pattern_moments`.
 
     Returns
     -------
     ndarray, shape (n,), float64
     """
-    n, d = X.shape
+    n = rows.size if rows.size else X.shape[0]
+    d = X.shape[1]
     n_terms = shifts.size
     pad = 0
     for k in range(n_terms):
@@ -260,7 +274,7 @@ def quadratic_forms(X, center, fields, shifts, multiplicity, n_chunks):
     for chunk in prange(n_chunks):
         y = np.zeros(d + pad)
         for i in range(chunk * n // n_chunks, (chunk + 1) * n // n_chunks):
-            _center_into(y, X[i], center, d)
+            _center_into(y, _row_of(X, rows, i), center, d)
             a0 = 0.0
             a1 = 0.0
             a2 = 0.0

@@ -35,6 +35,42 @@ def test_quadratic_forms_match_dense(stencil, dtype, rng):
                                rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("stencil", [4, 8])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_passes_read_a_row_selection_in_place(stencil, dtype, rng):
+    """A minibatch given as a RowSelection (unsorted, repeated rows) gives the numbers of
+    its gathered rows in both passes, weighted and centred; anything else sees the
+    gathered array; and the grid Gaussian (only) hands out selections."""
+    from sparsegauss.models import GridGaussianEnergy
+    from sparsegauss.models.base import EnergyModel
+    from sparsegauss.stats import RowSelection
+
+    grid = GridParameterization((5, 4), stencil)
+    X = rng.normal(size=(50, grid.n_pixels)).astype(dtype)
+    rows = np.array([7, 3, 3, 49, 0, 12, 31, 8, 8, 20, 5])
+    batch = RowSelection(X, rows)
+    gathered = X[rows]
+    theta = rng.normal(size=grid.n_params)
+    center = rng.normal(size=grid.n_pixels)
+    weights = rng.uniform(0, 2, size=rows.size)
+    assert batch.shape == gathered.shape and len(batch) == rows.size
+    assert batch.dtype == dtype and batch.ndim == 2
+    np.testing.assert_array_equal(np.asarray(batch), gathered)
+    assert np.asarray(batch, dtype=np.float64).dtype == np.float64
+    np.testing.assert_array_equal(
+        quadratic_forms(batch, grid, grid.fields(theta), center=center),
+        quadratic_forms(gathered, grid, grid.fields(theta), center=center))
+    np.testing.assert_allclose(
+        pattern_moments(batch, grid, center=center, weights=weights),
+        pattern_moments(gathered, grid, center=center, weights=weights), rtol=1e-13, atol=0)
+    model = GridGaussianEnergy(grid)
+    assert isinstance(model.minibatch(X, rows), RowSelection)
+    assert isinstance(model.minibatch(X[:, ::-1], rows), np.ndarray)   # not C-contiguous
+    assert isinstance(EnergyModel.minibatch(model, X, rows), np.ndarray)
+    with pytest.raises(TypeError, match="C-contiguous float32 or float64"):
+        RowSelection(X.astype(np.int64), rows)
+
+
 def test_trace_identity(rng):
     """Σ_n xᵀΛx = Σ_k m_k Σ_p F[k,p] T[k,p]: the identity the likelihood relies on."""
     grid = GridParameterization((6, 5), 8)
@@ -70,9 +106,9 @@ def test_moment_kernel_any_shifts_against_numpy(dtype, rng):
     for shifts in ([0], [0, 1], [0, 1, 3], [0, 1, 3, 4], [0, 2, -1, 1, 12, 5, -3]):
         shifts = np.array(shifts, dtype=np.int64)
         sums = np.zeros((2, d))
-        moments = _kernels.pattern_moments(X, center, weights, shifts, 2, sums)
+        moments = _kernels.pattern_moments(X, np.empty(0, dtype=np.int64), center, weights, shifts, 2, sums)
         np.testing.assert_allclose(sums.sum(axis=0), weights @ Y, rtol=1e-10, atol=1e-10)
-        np.testing.assert_allclose(_kernels.pattern_moments(X, center, weights, shifts, 2,
+        np.testing.assert_allclose(_kernels.pattern_moments(X, np.empty(0, dtype=np.int64), center, weights, shifts, 2,
                                                             np.zeros((2, 0))), moments)
         for k, s in enumerate(shifts):
             expected = np.zeros(d)

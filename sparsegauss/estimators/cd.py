@@ -110,7 +110,7 @@ def fit_cd(model, X, *, theta0, scale, options=CDOptions(), optimizer=OptimizerO
     chains = {}
 
     def draw(rows):
-        return (X if rows is None else X[rows]), ()
+        return (X if rows is None else model.minibatch(X, rows)), ()
 
     def objective(theta, batch, _drawn):
         if options.sampler == "expectation":

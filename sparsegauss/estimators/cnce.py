@@ -233,7 +233,7 @@ def fit_cnce(model, X, *, theta0, scale, perturbation, options=CNCEOptions(),
     pool = PerturbationPool(perturbation, size, n_features, rng, dtype)
 
     def draw(rows):
-        batch = X if rows is None else X[rows]
+        batch = X if rows is None else model.minibatch(X, rows)
         return batch, (pool.pairs(batch, k),)
 
     def objective(theta, batch, drawn):

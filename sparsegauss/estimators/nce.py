@@ -161,7 +161,7 @@ def fit_nce(model, X, noise, *, theta0, scale, options=NCEOptions(),
                          noise_count(optimizer.batch_size), rng, X.dtype)
 
     def draw(rows):
-        batch = X if rows is None else X[rows]
+        batch = X if rows is None else model.minibatch(X, rows)
         if pool is not None:
             samples, log_noise_samples = pool.next()
         else:

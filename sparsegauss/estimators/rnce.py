@@ -90,7 +90,7 @@ def fit_rnce(model, X, noise, *, theta0, scale, options=RNCEOptions(),
                          n_pixels, k * min(optimizer.batch_size, n_samples), rng, X.dtype)
 
     def draw(rows):
-        batch = X if rows is None else X[rows]
+        batch = X if rows is None else model.minibatch(X, rows)
         if pool is not None:
             samples, log_noise_samples = pool.next()
         else:

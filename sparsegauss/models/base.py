@@ -69,6 +69,13 @@ class EnergyModel(abc.ABC):
     def log_density_grad(self, theta, X, weights):
         """``Σ_n w_n ∇_θ f_θ(x_n)``, shape (n_params,)."""
 
+    def minibatch(self, X, rows):
+        """The rows ``rows`` of the data ``X`` in the form this model's methods take: a
+        gathered copy ``X[rows]`` by default. The estimators ask for every minibatch
+        through here, so that a model whose data passes can read selected rows in place
+        (the grid Gaussian: :class:`~sparsegauss.stats.RowSelection`) skips the copy."""
+        return X[rows]
+
     def log_density_vjp(self, theta, X):
         """``f_θ(x_n)`` for every row and the function ``w ↦ Σ_n w_n ∇_θ f_θ(x_n)`` on the
         same rows. Estimators whose weights depend on the values (NCE's ``h``, CD's

@@ -20,7 +20,7 @@ import numpy as np
 from .. import _kernels
 from ..distribution import GridGaussianDistribution
 from ..normalization import GridNormalizer
-from ..stats import as_float_array, pattern_moments, quadratic_forms
+from ..stats import RowSelection, as_float_array, pattern_moments, quadratic_forms
 from .base import EnergyModel
 
 __all__ = ["GridGaussianEnergy", "colouring", "gibbs_sample"]
@@ -128,6 +128,14 @@ class GridGaussianEnergy(EnergyModel):
         if self._normalizer is None:
             self._normalizer = GridNormalizer(self.grid)
         return self._normalizer
+
+    def minibatch(self, X, rows):
+        """A :class:`~sparsegauss.stats.RowSelection`: the data passes read the rows in
+        place (a float32/float64 C-contiguous array; anything else is gathered)."""
+        if (isinstance(X, np.ndarray) and X.ndim == 2 and X.flags.c_contiguous
+                and X.dtype in (np.float32, np.float64)):
+            return RowSelection(X, rows)
+        return X[rows]
 
     def log_density(self, theta, X):
         return -0.5 * quadratic_forms(X, self.grid, self.grid.fields(theta))
