@@ -407,3 +407,27 @@ def test_deep_energy_sigmoid_is_the_logistic_function_everywhere():
     work = u.copy()
     assert sigmoid(work, out=work) is work
     np.testing.assert_array_equal(work, s)
+
+
+@pytest.mark.parametrize("case", ["grid"])      # the cases that declare it
+def test_models_linear_in_their_parameters_say_so_truly(case):
+    """A model that declares ``linear_in_params`` has ``f_θ(x) = θ · ∇_θ f_θ(x)`` (checked
+    row by row), and CD's loss with the model expectation, which then comes from the
+    gradient's pass alone, equals the one from the values' pass."""
+    from sparsegauss.estimators.cd import cd_gradient
+
+    rng = np.random.default_rng(3)
+    model, truth = CASES[case](rng)
+    X = model.sample(truth, 40, rng)
+    assert model.linear_in_params
+    for row in X[:5]:
+        grad = model.log_density_grad(truth, row[None, :], np.ones(1))
+        assert model.log_density(truth, row[None, :])[0] == pytest.approx(truth @ grad,
+                                                                          rel=1e-12)
+    batch = model.minibatch(X, np.arange(0, 40, 3))
+    loss, grad = cd_gradient(model, truth, batch, None)
+    values = model.log_density(truth, np.asarray(batch))
+    assert loss == pytest.approx(model.log_partition(truth)[0] - values.mean(), rel=1e-12)
+    _, grad_values = cd_gradient(model, truth, batch, None,
+                                 data_terms=model.log_density_vjp(truth, batch))
+    np.testing.assert_allclose(grad, grad_values, rtol=1e-12, atol=1e-14)

@@ -72,9 +72,16 @@ def cd_gradient(model, theta, data, negatives, data_terms=None, negative_terms=N
     loss : float
     grad : ndarray, shape (n_params,)
     """
-    f_data, vjp_data = data_terms or model.log_density_vjp(theta, data)
-    mean_data = float(np.mean(f_data))
-    grad_data = vjp_data(np.full(len(data), -1.0 / len(data)))
+    to_data = np.full(len(data), -1.0 / len(data))
+    if data_terms is None and model.linear_in_params:
+        # mean f = θ · mean ∇f: the gradient's pass gives the loss too (the stochastic
+        # maximum likelihood of NCE's and CNCE's first phase: one pass a step, not two).
+        grad_data = model.log_density_grad(theta, data, to_data)
+        mean_data = -float(np.dot(theta, grad_data))
+    else:
+        f_data, vjp_data = data_terms or model.log_density_vjp(theta, data)
+        mean_data = float(np.mean(f_data))
+        grad_data = vjp_data(to_data)
     if negatives is None:
         log_z, grad_log_z = model.log_partition(theta)
         return log_z - mean_data, grad_data + grad_log_z

@@ -58,6 +58,10 @@ class EnergyModel(abc.ABC):
     n_features: int
     #: Whether :meth:`log_partition` is available (exact and affordable).
     has_log_partition = False
+    #: Whether ``f_θ(x) = θ · t(x)`` (linear in θ, as for natural parameters): then
+    #: ``f_θ(x) = θ · ∇_θ f_θ(x)``, and a mean of f comes with its gradient, without a
+    #: pass of its own over the rows.
+    linear_in_params = False
     #: Whether :meth:`sample` draws exact samples.
     has_exact_sampler = False
 

@@ -91,6 +91,7 @@ class GridGaussianEnergy(EnergyModel):
 
     has_log_partition = True
     has_exact_sampler = True
+    linear_in_params = True         # Λ(θ) is linear in θ
 
     def __init__(self, grid):
         self.grid = grid
