@@ -1425,25 +1425,39 @@ def _open_unit(bits):
 
 
 @njit(inline="always")
+def _layer_and_abscissa(bits):
+    """A try's layer ``i`` (the low 8 bits) and abscissa ``u`` in (−1, 1) (the top 53)."""
+    return np.intp(bits & np.uint64(255)), 2.0 * ((bits >> np.uint64(11)) * _TO_UNIT) - 1.0
+
+
+@njit(inline="always")
+def _tail_or_wedge(state, i, u, x, f):
+    """The ziggurat after a try ``(i, u)`` outside its layer's rectangle: the tail beyond
+    r for the base strip (Marsaglia 1964), else the wedge's test against the density,
+    drawing from ``state``. Returns ``(state, value, accepted)``."""
+    if i == 0:
+        while True:
+            state, bits = _splitmix(state)
+            a = -np.log(_open_unit(bits)) / _ZIGGURAT_R
+            state, bits = _splitmix(state)
+            if -2.0 * np.log(_open_unit(bits)) > a * a:
+                break
+        return state, (_ZIGGURAT_R + a) if u > 0 else -(_ZIGGURAT_R + a), True
+    z = u * x[i]
+    state, bits = _splitmix(state)
+    return state, z, f[i + 1] + _open_unit(bits) * (f[i] - f[i + 1]) < np.exp(-0.5 * z * z)
+
+
+@njit(inline="always")
 def _standard_normal(state, x, ratio, f):
     """One N(0, 1) variate by the ziggurat; returns ``(state, value)``."""
     while True:
         state, bits = _splitmix(state)
-        i = np.intp(bits & np.uint64(255))
-        u = 2.0 * ((bits >> np.uint64(11)) * _TO_UNIT) - 1.0
+        i, u = _layer_and_abscissa(bits)
         if abs(u) < ratio[i]:                 # inside the layer's rectangle: ~99 %
             return state, u * x[i]
-        if i == 0:                            # the tail beyond r (Marsaglia 1964)
-            while True:
-                state, bits = _splitmix(state)
-                a = -np.log(_open_unit(bits)) / _ZIGGURAT_R
-                state, bits = _splitmix(state)
-                if -2.0 * np.log(_open_unit(bits)) > a * a:
-                    break
-            return state, (_ZIGGURAT_R + a) if u > 0 else -(_ZIGGURAT_R + a)
-        z = u * x[i]                          # the wedge: test against the density
-        state, bits = _splitmix(state)
-        if f[i + 1] + _open_unit(bits) * (f[i] - f[i + 1]) < np.exp(-0.5 * z * z):
+        state, z, accepted = _tail_or_wedge(state, i, u, x, f)
+        if accepted:
             return state, z
 
 
@@ -1452,9 +1466,7 @@ def _first_try(start, j, x, ratio):
     """The first ziggurat try of variate ``j`` on the row stream that starts at
     ``start``: ``(value, accepted)``. Accepted (~99 %) means inside the layer's
     rectangle, and the value is a N(0, 1) variate; otherwise :func:`_retry` finishes it."""
-    bits = _mix64(start + np.uint64(j + 1) * _GOLDEN)
-    i = np.intp(bits & np.uint64(255))
-    u = 2.0 * ((bits >> np.uint64(11)) * _TO_UNIT) - 1.0
+    i, u = _layer_and_abscissa(_mix64(start + np.uint64(j + 1) * _GOLDEN))
     return u * x[i], abs(u) < ratio[i]
 
 
@@ -1463,20 +1475,9 @@ def _retry(state, start, j, x, ratio, f):
     """Variate ``j`` whose first try (:func:`_first_try`) fell outside its rectangle: the
     ziggurat goes on from that try, the tail or wedge test and any further tries drawing
     from the row's second stream ``state``. Returns ``(state, value)``."""
-    bits = _mix64(start + np.uint64(j + 1) * _GOLDEN)
-    i = np.intp(bits & np.uint64(255))
-    u = 2.0 * ((bits >> np.uint64(11)) * _TO_UNIT) - 1.0
-    if i == 0:                                # the tail beyond r (Marsaglia 1964)
-        while True:
-            state, bits = _splitmix(state)
-            a = -np.log(_open_unit(bits)) / _ZIGGURAT_R
-            state, bits = _splitmix(state)
-            if -2.0 * np.log(_open_unit(bits)) > a * a:
-                break
-        return state, (_ZIGGURAT_R + a) if u > 0 else -(_ZIGGURAT_R + a)
-    z = u * x[i]                              # the wedge: test against the density
-    state, bits = _splitmix(state)
-    if f[i + 1] + _open_unit(bits) * (f[i] - f[i + 1]) < np.exp(-0.5 * z * z):
+    i, u = _layer_and_abscissa(_mix64(start + np.uint64(j + 1) * _GOLDEN))
+    state, z, accepted = _tail_or_wedge(state, i, u, x, f)
+    if accepted:
         return state, z
     return _standard_normal(state, x, ratio, f)
 
