@@ -37,7 +37,12 @@ retried from the previous point with half the step. They stop after ``maxiter`` 
 when the mean loss over a window of ``window`` steps improves on the previous window's by
 less than ``tol`` relative to its size, after discounting two standard errors of the
 difference (a plateau: no progress the minibatch noise can show; ``tol <= 0`` disables
-the test, and the run takes all ``maxiter`` steps).
+the test, and the run takes all ``maxiter`` steps). A run stopped on a plateau returns the
+mean of the last window's iterates: on a plateau the iterates wander about the optimum by
+an amount set by the learning rate, which a plateau early in the schedule has not yet
+decayed (NCE's second phase, started near its answer, met the test at step 150 of 2,000,
+and its last iterate lay KL 1.4–1.9 from the MLE on MNIST against 0.03 at the end of the
+schedule).
 """
 
 import time
@@ -639,6 +644,7 @@ def _stochastic(fun, x, method, tol, maxiter, callback, learning_rate, schedule,
     # Iterates after step ``first_averaged`` are summed into ``tail`` (when averaging).
     first_averaged = maxiter - int(round(average * maxiter))
     tail, n_tail = np.zeros_like(x), 0
+    window_sum = np.zeros_like(x)     # iterates of the current plateau-test window
     while iteration < maxiter:
         iteration += 1
         rate = learning_rate * _learning_rate_factor(schedule, iteration, maxiter)
@@ -668,6 +674,7 @@ def _stochastic(fun, x, method, tol, maxiter, callback, learning_rate, schedule,
         if iteration > first_averaged:
             tail += x
             n_tail += 1
+        window_sum += x
         losses.append(loss)
         if iteration % window == 0 and iteration >= 2 * window:
             current, previous = losses[-window:], losses[-2 * window:-window]
@@ -679,7 +686,7 @@ def _stochastic(fun, x, method, tol, maxiter, callback, learning_rate, schedule,
                         / max(abs(np.mean(current)), 1e-300))
         history.append(dict(iteration=iteration, loss=loss, time=time.perf_counter() - start,
                             residual=residual, nfev=nfev))
-        if tol > 0 and residual <= tol:
+        if tol > 0 and residual <= tol and iteration % window == 0:
             success, message = True, "converged (the windowed mean loss stopped improving)"
         if callback is not None:
             try:
@@ -690,14 +697,23 @@ def _stochastic(fun, x, method, tol, maxiter, callback, learning_rate, schedule,
                 break
         if success:
             break
+        if iteration % window == 0:
+            window_sum[:] = 0.0
     if not message:
         if tol > 0:
             message = f"reached maxiter={maxiter} before the loss reached a plateau"
         else:   # no plateau test was asked for: the run is the requested budget
             success, message = True, f"completed the requested {maxiter} steps"
-    if n_tail:
+    on_plateau = success and tol > 0
+    if n_tail and not (on_plateau and n_tail < window):
         x = tail / n_tail
         message += f"; returned the average of the last {n_tail} iterates"
+    elif on_plateau:
+        # Stopped on a plateau: the window's iterates are all on it (the test compared
+        # this window with the previous one), and their mean has the noise of the window's
+        # gradients averaged, not that of the last step's.
+        x = window_sum / window
+        message += f"; returned the mean of the last {window} iterates (the plateau's)"
     return OptimizeResult(x=x, fun=loss, jac=grad, nit=iteration, nfev=nfev,
                           success=success, message=message, residual=residual,
                           history=history)
