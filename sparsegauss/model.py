@@ -134,7 +134,10 @@ class GridGaussian(DensityMixin, BaseEstimator):
         gradient entry relative to its value at the start for full-batch optimizers;
         0 for stochastic ones, which then take all ``max_iter`` steps while the cosine
         schedule anneals the step (a positive ``tol`` stops them at a plateau of the
-        windowed mean loss).
+        windowed mean loss and returns the mean of that window's iterates; an early
+        plateau, before the schedule has annealed the step, gives a noisier estimate:
+        MNIST NCE with ``tol=1e-6`` stopped after 150 of its 2,000 second-phase steps at
+        KL 0.42 from the MLE against 0.03 with the default ``tol=0``).
     max_iter : int, optional
         Most iterations. Default: 100 Newton steps for ``"mle"``, 1000 steps for the
         full-batch optimizers and 5000 minibatch steps for the stochastic ones (4000 for
@@ -792,11 +795,24 @@ class GridGaussian(DensityMixin, BaseEstimator):
             warnings.warn(
                 f"The {self.method!r} estimate of the precision matrix is not positive "
                 "definite, so it is not a Gaussian: precision_ is kept, but log_partition_, "
-                "sample and score_samples will raise NotPositiveDefiniteError."
-                + (" Use sm_solver='barrier' for the best positive-definite score-matching "
-                   "estimate." if self.method == "sm" else ""),
-                UserWarning, stacklevel=3)
+                "sample and score_samples will raise NotPositiveDefiniteError. "
+                + self._indefinite_advice(), UserWarning, stacklevel=3)
         return self
+
+    def _indefinite_advice(self):
+        """What to do about an indefinite estimate, by method."""
+        if self.method == "sm":
+            return ("Use sm_solver='barrier' for the best positive-definite score-matching "
+                    "estimate.")
+        if self.method == "mle":
+            return "Shrink the sample covariance (alpha > 0)."
+        # The stochastic estimators' losses are defined outside the cone, and their
+        # iterates can end there when their noise or pilot is far from the data (CNCE on
+        # photo patches: 2 of random states 0-3) or the run stopped on an early plateau.
+        return ("Its stochastic optimization ended outside the cone: use method='mle' "
+                "(exact), or more steps (max_iter) with the default tol=0"
+                + (", or isotropic perturbations (perturbation_std)"
+                   if self.method == "cnce" else "") + ".")
 
     def _fit_out_of_core(self, X):
         """Moment-based fits from a Dask array or shard directory, in passes over chunks.
