@@ -192,8 +192,9 @@ def get_parser():
                      help="shrinkage of the couplings in [0, 1) for few samples (MLE and "
                           "score matching; default: %(default)s)")
     fit.add_argument("--noise", default="auto", choices=NOISES, help="NCE/RNCE noise")
-    fit.add_argument("--nu", type=_positive_float, default=1.0,
-                     help="NCE's noise-to-data ratio (default: %(default)s)")
+    fit.add_argument("--nu", type=_positive_float, default=None,
+                     help="NCE's noise-to-data ratio (default: 1, more for few samples: "
+                          "the smallest integer with (1 + nu) N >= 4 x parameters)")
     fit.add_argument("--learning-rate", type=_positive_float, default=None,
                      help="step size of adam/sgd/rmsprop (default: 0.02 for cd, else 0.01)")
     fit.add_argument("--batch-size", type=_positive_int, default=256,

@@ -213,7 +213,9 @@ def test_fit_options_reach_the_estimator(tmp_path):
     assert main(["fit", str(tmp_path / "x.npy"), "--method", "nce", "--optimizer", "adam",
                  "--max-iter", "30", "--tol", "0.001", "--nu", "2", "--learning-rate", "0.05",
                  "--batch-size", "64", "--out", str(tmp_path / "nce"), "--quiet"]) == 0
-    params = GridGaussian.load(tmp_path / "nce" / "model.npz").get_params()
+    loaded = GridGaussian.load(tmp_path / "nce" / "model.npz")
+    params = loaded.get_params()
+    assert loaded.nu_ == 2.0
     assert (params["nu"], params["learning_rate"], params["batch_size"], params["tol"],
             params["max_iter"]) == (2.0, 0.05, 64, 0.001, 30)
     assert main(["fit", str(tmp_path / "x.npy"), "--alpha", "0.2", "--out",

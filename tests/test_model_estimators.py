@@ -64,6 +64,37 @@ def test_nce_on_mnist_reports_log_partition_and_saves_it(mnist_images, tmp_path)
     assert any(r["adapting"] for r in model.history_)
 
 
+@pytest.mark.parametrize("method", ["nce", "rnce"])
+def test_nce_on_fewer_images_than_parameters_draws_noise_enough_not_to_separate(
+        mnist_images, method, tmp_path):
+    """2,000 images, p = 2,296: 2,000 noise points beside them (ν = 1; ranking NCE's pool
+    of N) make 4,000 points in 2,296 dimensions, which a linear classifier separates, and
+    the fit ended indefinite (MNIST training images, random states 0-9 for NCE, 0-2 for
+    ranking NCE). The default takes N + M ≥ 4p: ν = 4, a pool of 7,184."""
+    X = mnist_images[:2000]
+    model = GridGaussian((28, 28), method=method, random_state=0).fit(X)
+    assert model.is_positive_definite_ and model.converged_
+    if method == "nce":
+        assert model.nu_ == 4.0 and model.get_params()["nu"] is None
+        assert GridGaussian.load(model.save(tmp_path / "nce.npz")).nu_ == 4.0
+        with pytest.warns(UserWarning, match="not positive definite"):
+            forced = GridGaussian((28, 28), method="nce", nu=1, random_state=0).fit(X)
+        assert forced.nu_ == 1.0 and not forced.is_positive_definite_
+
+
+def test_default_noise_ratio_gives_four_points_per_parameter():
+    from sparsegauss.estimators.nce import default_nu, noise_points_needed
+    for n_samples, n_params in [(60_000, 2296), (4000, 2296), (2000, 2296), (2000, 3754),
+                                (100, 2296), (9184, 2296), (9183, 2296), (5, 3)]:
+        nu = default_nu(n_samples, n_params)
+        assert nu == int(nu) >= 1
+        assert (1 + nu) * n_samples >= 4 * n_params or nu == 1 and n_samples >= 2 * n_params
+        if nu > 1:      # the smallest such integer
+            assert nu * n_samples < 4 * n_params
+        assert noise_points_needed(n_samples, n_params) == max(0, 4 * n_params - n_samples)
+    assert default_nu(60_000, 2296) == 1.0 and default_nu(2000, 2296) == 4.0
+
+
 def test_adaptive_noise_history_saves_and_loads(mnist_images, tmp_path):
     """The two phases of the adaptive noise survive save/load: ``adapting`` flags, the
     NaN log Z estimates of the first phase, the losses."""

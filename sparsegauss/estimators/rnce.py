@@ -16,7 +16,7 @@ import numpy as np
 from scipy.special import logsumexp, softmax
 
 from ._driver import NoisePool, OptimizerOptions, draw_noise, run
-from .nce import separated
+from .nce import noise_points_needed, separated
 
 __all__ = ["RNCEOptions", "fit_rnce", "rnce_loss_grad"]
 
@@ -86,8 +86,13 @@ def fit_rnce(model, X, noise, *, theta0, scale, options=RNCEOptions(),
     log_noise_X = np.asarray(noise.score_samples(X), dtype=np.float64)
     pool = None
     if optimizer.stochastic and options.noise_sampling == "pool":
-        pool = NoisePool(noise, max(n_samples, k * min(optimizer.batch_size, n_samples)),
-                         n_pixels, k * min(optimizer.batch_size, n_samples), rng, X.dtype)
+        # At least N points, and enough that data and noise together are not separable
+        # (noise_points_needed): on 2,000 MNIST images a pool of 2,000 ended indefinite
+        # for random states 0-2.
+        size = max(n_samples, k * min(optimizer.batch_size, n_samples),
+                   noise_points_needed(n_samples, model.n_params))
+        pool = NoisePool(noise, size, n_pixels, k * min(optimizer.batch_size, n_samples),
+                         rng, X.dtype)
 
     def draw(rows):
         batch = X if rows is None else model.minibatch(X, rows)
