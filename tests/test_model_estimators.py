@@ -82,6 +82,19 @@ def test_nce_on_fewer_images_than_parameters_draws_noise_enough_not_to_separate(
         assert forced.nu_ == 1.0 and not forced.is_positive_definite_
 
 
+def test_nce_defaults_on_white_noise_with_fewer_samples_than_parameters():
+    """The issue's case: i.i.d. N(0, 1) pixels, N = 200 < p = 280 (10×10, 4 neighbours).
+    With ν = 1 NCE ended indefinite; the default (ν = 5) is PD, converged and close to
+    the identity."""
+    X = np.random.default_rng(0).standard_normal((200, 100))
+    model = GridGaussian((10, 10), method="nce", random_state=0).fit(X)
+    assert model.nu_ == 5.0 and model.is_positive_definite_ and model.converged_
+    precision = model.precision_.toarray()
+    assert np.abs(np.diag(precision) - 1).mean() < 0.2
+    with pytest.warns(UserWarning, match="not positive definite"):
+        GridGaussian((10, 10), method="nce", nu=1, random_state=0).fit(X)
+
+
 def test_default_noise_ratio_gives_four_points_per_parameter():
     from sparsegauss.estimators.nce import default_nu, noise_points_needed
     for n_samples, n_params in [(60_000, 2296), (4000, 2296), (2000, 2296), (2000, 3754),
