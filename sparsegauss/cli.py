@@ -598,7 +598,10 @@ def _run_fit(args):
             model.sample(32, random_state=args.seed), shape,
             title=f"Samples of the fitted model ({args.method}, {args.stencil} neighbours)")
         say(f"Done in {seconds:.2f} s: mean log-likelihood {model.score(X.reshape(len(X), -1)):.3f} "
-            f"nats/image, exact log Z {model.log_partition_:.3f}.")
+            f"nats/image, exact log Z {model.log_partition_:.3f}"
+            + (f"; NCE's learned log Z {model.log_partition_estimate_:.3f} (noise ratio "
+               f"nu = {model.nu_:g})" if hasattr(model, "log_partition_estimate_") else "")
+            + ".")
     else:
         say(f"Done in {seconds:.2f} s, but the estimate is not positive definite: no samples "
             "or likelihoods (try --sm-solver barrier for score matching).")

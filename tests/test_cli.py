@@ -207,6 +207,17 @@ def test_fit_reads_idx_files_like_mnist(tmp_path):
     np.testing.assert_allclose(saved.theta_, direct.theta_, rtol=1e-9)
 
 
+def test_nce_fit_reports_its_learned_log_partition_and_noise_ratio(tmp_path, capsys):
+    """300 white-noise images of 4×5 (p = 51): the default ν is 1 (600 ≥ 4p = 204)."""
+    np.save(tmp_path / "x.npy", np.random.default_rng(2).standard_normal((300, 4, 5)))
+    assert main(["fit", str(tmp_path / "x.npy"), "--method", "nce", "--max-iter", "200",
+                 "--out", str(tmp_path / "nce")]) == 0
+    printed = capsys.readouterr().out
+    model = GridGaussian.load(tmp_path / "nce" / "model.npz")
+    assert f"NCE's learned log Z {model.log_partition_estimate_:.3f}" in printed
+    assert "(noise ratio nu = 1)" in printed
+
+
 def test_fit_options_reach_the_estimator(tmp_path):
     rng = np.random.default_rng(1)
     np.save(tmp_path / "x.npy", rng.standard_normal((300, 5, 6)))
