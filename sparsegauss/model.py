@@ -15,7 +15,7 @@ from sklearn.utils.validation import validate_data
 from .estimators.adaptive import ADAPT_LEARNING_RATE
 from .estimators.cd import SAMPLERS
 from .estimators.fitting import DEFAULT_OPTIMIZER, fit_estimator, score_matching_closed_form
-from .estimators.nce import default_nu
+from .estimators.nce import default_nu, noise_points_needed
 from .estimators.mle import fit_mle, independent_start, likelihood_gap_bounds
 from .estimators.score_matching import (extended_moment_sums, extended_offset_index,
                                         fit_score_matching_barrier)
@@ -808,11 +808,19 @@ class GridGaussian(DensityMixin, BaseEstimator):
                 f"The {self.method!r} estimate of the precision matrix is not positive "
                 "definite, so it is not a Gaussian: precision_ is kept, but log_partition_, "
                 "sample and score_samples will raise NotPositiveDefiniteError. "
-                + self._indefinite_advice(), UserWarning, stacklevel=3)
+                + self._indefinite_advice(grid, n_samples), UserWarning, stacklevel=3)
         return self
 
-    def _indefinite_advice(self):
+    def _indefinite_advice(self, grid, n_samples):
         """What to do about an indefinite estimate, by method."""
+        nu = getattr(self, "nu_", None)
+        if (self.method == "nce" and nu is not None and n_samples
+                and noise_points_needed(n_samples, grid.n_params) > nu * n_samples):
+            return (f"With nu={nu:g}, NCE's {n_samples:,} data and {nu * n_samples:,.0f} "
+                    f"noise points are too few for its {grid.n_params:,} parameters: a "
+                    "linear classifier can separate them, and NCE has no finite estimate. "
+                    f"Leave nu at its default (None; here "
+                    f"{default_nu(n_samples, grid.n_params):g}).")
         if self.method == "sm":
             return ("Use sm_solver='barrier' for the best positive-definite score-matching "
                     "estimate.")

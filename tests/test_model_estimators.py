@@ -77,7 +77,7 @@ def test_nce_on_fewer_images_than_parameters_draws_noise_enough_not_to_separate(
     if method == "nce":
         assert model.nu_ == 4.0 and model.get_params()["nu"] is None
         assert GridGaussian.load(model.save(tmp_path / "nce.npz")).nu_ == 4.0
-        with pytest.warns(UserWarning, match="not positive definite"):
+        with pytest.warns(UserWarning, match="not positive definite.*default \\(None; here 4\\)"):
             forced = GridGaussian((28, 28), method="nce", nu=1, random_state=0).fit(X)
         assert forced.nu_ == 1.0 and not forced.is_positive_definite_
 
