@@ -686,7 +686,7 @@ def _stochastic(fun, x, method, tol, maxiter, callback, learning_rate, schedule,
                         / max(abs(np.mean(current)), 1e-300))
         history.append(dict(iteration=iteration, loss=loss, time=time.perf_counter() - start,
                             residual=residual, nfev=nfev))
-        if tol > 0 and residual <= tol and iteration % window == 0:
+        if tol > 0 and residual <= tol:
             success, message = True, "converged (the windowed mean loss stopped improving)"
         if callback is not None:
             try:

@@ -277,6 +277,20 @@ def test_sample_refuses_what_memory_cannot_hold(data, monkeypatch):
     assert _memory.available_memory() > 0           # /proc/meminfo is read on Linux
 
 
+def test_nce_refuses_a_noise_pool_memory_cannot_hold(data, monkeypatch):
+    """A pool of 4p − N noise images grows with the parameters: it is checked before it
+    is drawn, with advice, and nothing is drawn."""
+    from sparsegauss import _memory
+    from sparsegauss.exceptions import InsufficientMemoryError
+
+    monkeypatch.setattr(_memory, "available_memory", lambda: 100_000)   # 100 kB free
+    with pytest.raises(InsufficientMemoryError,
+                       match=r"noise pool of [0-9,]+ images of 20 pixels .*4p − N"):
+        GridGaussian((5, 4), method="nce", random_state=0).fit(data)
+    monkeypatch.undo()
+    assert GridGaussian((5, 4), method="nce", max_iter=50, random_state=0).fit(data).nu_ >= 1
+
+
 def test_a_degenerate_positive_definite_estimate_is_not_converged(data):
     """A CD fit once returned λ_min(Λ) = 1e-16 (the MLE's 3e-3), samples of ±4e8, and
     converged_=True. An estimate whose variances run away from the data's now warns."""

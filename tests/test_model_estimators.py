@@ -101,7 +101,7 @@ def test_default_noise_ratio_gives_four_points_per_parameter():
                                 (100, 2296), (9184, 2296), (9183, 2296), (5, 3)]:
         nu = default_nu(n_samples, n_params)
         assert nu == int(nu) >= 1
-        assert (1 + nu) * n_samples >= 4 * n_params or nu == 1 and n_samples >= 2 * n_params
+        assert (1 + nu) * n_samples >= 4 * n_params
         if nu > 1:      # the smallest such integer
             assert nu * n_samples < 4 * n_params
         assert noise_points_needed(n_samples, n_params) == max(0, 4 * n_params - n_samples)

@@ -92,16 +92,7 @@ def draw_samples(distribution, n_samples, n_pixels, rng, dtype=np.float64):
     are 1 GiB in float64). A float64 draw from a distribution whose ``sample`` takes
     ``out=`` (the library's grid Gaussians) is written straight into the result: copying
     MNIST's 60,000-sample pool block by block took 0.4–0.8 s of a 6 s NCE fit.
-    Checked against the memory available first (NCE's and ranking NCE's noise grows as
-    4p − N for few samples of many parameters).
     """
-    check_allocation(
-        np.dtype(dtype).itemsize * n_samples * n_pixels,
-        f"{n_samples:,} noise images of {n_pixels:,} pixels",
-        "NCE and ranking NCE need at least 4p − N noise images (p parameters, N samples) "
-        "so that their classifier cannot separate the data from the noise. Use more "
-        "samples, tied parameters (tying='tied'), fewer noise samples (nu, n_noise), or "
-        "method='mle' (exact).")
     if np.dtype(dtype) == np.float64 and _writes_into(distribution.sample):
         out = np.empty((n_samples, n_pixels))
         drawn = distribution.sample(n_samples, rng, out=out)
@@ -152,6 +143,14 @@ class NoisePool:
     """
 
     def __init__(self, noise_model, size, n_pixels, batch_size, rng, dtype=np.float64):
+        # Checked here, once, not in every minibatch draw: the pool is what grows (as
+        # 4p − N for few samples of many parameters, see nce.noise_points_needed).
+        check_allocation(
+            np.dtype(dtype).itemsize * size * n_pixels,
+            f"A noise pool of {size:,} images of {n_pixels:,} pixels",
+            "NCE and ranking NCE need at least 4p − N noise images (p parameters, N "
+            "samples) so that their classifier cannot separate the data from the noise. "
+            "Use more samples, tied parameters (tying='tied'), or method='mle' (exact).")
         self.samples, self.log_density = draw_noise(noise_model, size, n_pixels, rng, dtype)
         self.batch_size, self.position = min(batch_size, size), 0
 

@@ -81,8 +81,7 @@ def default_nu(n_samples, n_params):
     (N + M = 1.7p) ended indefinite every time, ν = 2 (2.6p) PD at KL 1.3–1.7 from the MLE,
     ν = 4 (4.4p) PD at KL 0.33–0.38; N = 4,000 with ν = 1 (3.5p) PD at KL 0.82–0.97.
     """
-    return float(max(1, -(-(n_samples + noise_points_needed(n_samples, n_params))
-                            // n_samples) - 1))
+    return float(max(1, -(-_POINTS_PER_PARAMETER * int(n_params) // int(n_samples)) - 1))
 
 
 def chance_loss(nu=1.0):
