@@ -124,7 +124,7 @@ def _row_of(X, rows, i):
     return X[rows[i]] if rows.size else X[i]
 
 
-@njit(parallel=True, fastmath=_REASSOC, cache=True)
+@njit(parallel=True, fastmath=_REASSOC, cache=True, nogil=True)
 def pattern_moments(X, rows, center, weights, shifts, n_chunks, sums):
     """Weighted second moments on the stencil pattern.
 
@@ -193,7 +193,7 @@ def pattern_moments(X, rows, center, weights, shifts, n_chunks, sums):
 MOMENT_TILE = 4096
 
 
-@njit(parallel=True, fastmath=_REASSOC, cache=True)
+@njit(parallel=True, fastmath=_REASSOC, cache=True, nogil=True)
 def pattern_moments_tiled(X, center, weights, shifts, tile, sums):
     """:func:`pattern_moments` for wide images, in parallel over tiles of pixels.
 
@@ -613,7 +613,7 @@ def _supernode_in_loops(block, ld, s, r, z_rr, z_rj):
                 block[j * ld + i] -= v
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def takahashi_supernodal(indptr, indices, ldata, starts, z):
     """Selected inverse: entries of ``Z = (L Lᵀ)⁻¹`` on the pattern of ``L``, by
     Takahashi's recursion over supernodes.
@@ -661,7 +661,7 @@ def takahashi_supernodal(indptr, indices, ldata, starts, z):
                        np.arange(starts.size - 1))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def takahashi_supernodal_split(indptr, indices, ldata, starts, z, order, bounds,
                                chain_first):
     """:func:`takahashi_supernodal` on two threads, by subtrees of the elimination tree.
@@ -740,7 +740,7 @@ def _invert_supernodes(indptr, indices, ldata, starts, z, owner, max_block, max_
                 z[q + a] = z_rj[c * r + a]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def cholesky_supernodal(indptr, indices, ldata, starts, positions, values):
     """Numeric Cholesky factorization ``A = L Lᵀ`` into a fixed supernodal structure.
 
@@ -798,7 +798,7 @@ def _scatter_values(ldata, positions, values):
             ldata[positions[t]] = values[t]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def cholesky_supernodal_split(indptr, indices, ldata, starts, positions, values, order,
                               bounds, chain_first):
     """:func:`cholesky_supernodal` on two threads, by subtrees of the elimination tree.

@@ -209,3 +209,83 @@ def test_score_matching_closed_form_says_when_its_system_is_singular(rng):
                                                      rng.normal(size=(50, 30)))):
         with pytest.raises(SparseGaussError, match="score-matching system is singular"):
             fit_score_matching(data, grid)
+
+
+
+class _RecordingModel(GridGaussianEnergy):
+    """The grid Gaussian, noting the thread and Numba thread count of each data pass."""
+
+    def log_density_grad(self, theta, X, weights):
+        import threading
+
+        import numba
+        self.passes.append((threading.current_thread().name, numba.get_num_threads()))
+        return super().log_density_grad(theta, X, weights)
+
+
+@pytest.mark.parametrize("problem", GRIDS, indirect=True)
+def test_cd_expectation_step_overlaps_its_halves_with_the_same_result(problem):
+    """The data pass runs on the side thread, on one Numba thread, while the main thread
+    factorizes; the loss and gradient are those of the two halves run in turn (a model
+    that does not overlap its passes)."""
+    grid, theta, data, _ = problem
+    model = _RecordingModel(grid)
+    model.passes = []
+    loss, grad = cd_gradient(model, theta, data, None)
+    assert len(model.passes) == 1
+    name, threads = model.passes[0]
+    assert name.startswith("sparsegauss-side") and threads == 1
+    model.overlaps_passes = False
+    loss_seq, grad_seq = cd_gradient(model, theta, data, None)
+    assert not model.passes[1][0].startswith("sparsegauss-side")
+    np.testing.assert_allclose(loss, loss_seq, rtol=1e-13)
+    np.testing.assert_allclose(grad, grad_seq, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("problem", GRIDS[:1], indirect=True)
+def test_cd_expectation_step_raises_outside_the_cone_after_its_data_pass(problem):
+    """An indefinite θ raises from the main thread's factorization as before; the side
+    pass is waited for, so the next step starts with the worker free."""
+    from sparsegauss.exceptions import NotPositiveDefiniteError
+
+    grid, theta, data, _ = problem
+    model = _RecordingModel(grid)
+    model.passes = []
+    with pytest.raises(NotPositiveDefiniteError):
+        cd_gradient(model, -theta, data, None)       # Λ(−θ) = −Λ(θ)
+    assert len(model.passes) == 1
+    loss, _ = cd_gradient(model, theta, data, None)
+    assert np.isfinite(loss) and len(model.passes) == 2
+
+
+def test_both_halves_raises_after_both_finish_and_renews_its_thread_after_fork(monkeypatch):
+    """An exception on either side is raised once both halves are done; a child made by
+    fork (a new process id) gets a new worker, and one process keeps its worker."""
+    import threading
+
+    from sparsegauss import _threads
+
+    finished = threading.Event()
+
+    def slow_side():
+        finished.wait(timeout=10)
+        return "side"
+
+    def failing_main():
+        finished.set()
+        raise ValueError("main half")
+
+    with pytest.raises(ValueError, match="main half"):
+        _threads.both_halves(slow_side, failing_main)
+    assert _threads.both_halves(lambda: 1, lambda: 2) == (1, 2)
+    assert _threads.both_halves(lambda: 1, lambda: 2, overlap=False) == (1, 2)
+    with pytest.raises(KeyError):
+        _threads.both_halves(lambda: {}["missing"], lambda: 2)
+
+    first = _threads.side_thread()
+    assert _threads.side_thread() is first
+    real_pid = _threads.os.getpid()
+    monkeypatch.setattr(_threads.os, "getpid", lambda: real_pid + 1)
+    child = _threads.side_thread()
+    assert child is not first
+    assert child.submit(lambda: 7).result(timeout=10) == 7

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._threads import both_halves
 from ._driver import OptimizerOptions, run
 
 __all__ = ["CDOptions", "cd_gradient", "fit_cd"]
@@ -32,7 +33,6 @@ __all__ = ["CDOptions", "cd_gradient", "fit_cd"]
 #: CD's negative samples: the model's MCMC kernel, its exact sampler, or none (the exact
 #: model expectation, see the module docstring).
 SAMPLERS = ("gibbs", "exact", "expectation")
-
 
 @dataclass(frozen=True)
 class CDOptions:
@@ -73,6 +73,15 @@ def cd_gradient(model, theta, data, negatives, data_terms=None, negative_terms=N
     grad : ndarray, shape (n_params,)
     """
     to_data = np.full(len(data), -1.0 / len(data))
+    if negatives is None and data_terms is None and model.linear_in_params:
+        # The data pass and the model expectation do not depend on each other: the pass
+        # runs on the side thread while this one factorizes (sparsegauss._threads). NCE's
+        # default fit on MNIST, whose first phase is this step: 3.72 → 3.21 s (4
+        # neighbours), 4.62 → 3.97 s (8), medians of 3–4, alternated in one process.
+        grad_data, (log_z, grad_log_z) = both_halves(
+            lambda: model.log_density_grad(theta, data, to_data),
+            lambda: model.log_partition(theta), overlap=model.overlaps_passes)
+        return log_z + float(np.dot(theta, grad_data)), grad_data + grad_log_z
     if data_terms is None and model.linear_in_params:
         # mean f = θ · mean ∇f: the gradient's pass gives the loss too (the stochastic
         # maximum likelihood of NCE's and CNCE's first phase: one pass a step, not two).

@@ -64,6 +64,11 @@ class EnergyModel(abc.ABC):
     linear_in_params = False
     #: Whether :meth:`sample` draws exact samples.
     has_exact_sampler = False
+    #: Whether two of its passes may run at once, one on a second thread with one Numba
+    #: thread (:mod:`sparsegauss._threads`): true for a model whose passes are Numba
+    #: kernels that release the GIL; false (the default) for one whose passes are
+    #: matrix products that already use every core.
+    overlaps_passes = False
 
     @abc.abstractmethod
     def log_density(self, theta, X):

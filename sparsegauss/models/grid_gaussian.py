@@ -92,6 +92,7 @@ class GridGaussianEnergy(EnergyModel):
     has_log_partition = True
     has_exact_sampler = True
     linear_in_params = True         # Λ(θ) is linear in θ
+    overlaps_passes = True          # its passes are Numba kernels that release the GIL
 
     def __init__(self, grid):
         self.grid = grid
