@@ -27,7 +27,8 @@ from numba.extending import get_cython_function_address
 __all__ = ["ZIGGURAT", "antithetic_pairs", "apply_stencil", "cholesky_supernodal",
            "cholesky_supernodal_split", "copy_rows_where",
            "first_non_finite_row", "gaussian_term_and_score", "gibbs_sweeps",
-           "lower_positions", "lower_transposed_solve", "mala_propose", "mala_reverse",
+           "logistic_pattern_moments", "lower_positions", "lower_transposed_solve",
+           "mala_propose", "mala_reverse",
            "pattern_cross_moments", "pattern_moments", "pattern_moments_tiled", "quadratic_forms",
            "sandwich_on_pattern", "sandwich_terms", "scatter_transposed", "subtree_schedule",
            "standard_normal_rows", "symbolic_supernodal", "symmetric_planes",
@@ -299,6 +300,121 @@ def quadratic_forms(X, rows, center, fields, shifts, multiplicity, n_chunks):
             out[i] = m0 * a0 + m1 * a1 + m2 * a2 + m3 * a3 + m4 * a4
     return out
 
+
+
+@njit(inline="always")
+def _softplus(z):
+    """``log(1 + e^z)`` without overflow (``np.logaddexp(0, z)``)."""
+    return max(z, 0.0) + np.log1p(np.exp(-abs(z)))
+
+
+@njit(inline="always")
+def _sigmoid(z):
+    """``1 / (1 + e^−z)`` without overflow (``scipy.special.expit``)."""
+    if z >= 0.0:
+        return 1.0 / (1.0 + np.exp(-z))
+    e = np.exp(z)
+    return e / (1.0 + e)
+
+
+@njit(fastmath=_REASSOC, inline="always")
+def _stencil_form(y, scaled, unsigned, d):
+    """``Σ_k Σ_p G[k, p] y_p y_{p+δ_k}`` for a zero-padded row ``y`` and
+    ``G = m ⊙ F``: the 4- and 8-neighbour stencils (3 and 5 terms) in one sweep with
+    one accumulator (``y_p Σ_k G[k, p] y_{p+δ_k}``, the form of :func:`quadratic_forms`);
+    any other number of terms one sweep a term."""
+    n_terms = unsigned.size
+    q = 0.0
+    if n_terms == 3 or n_terms == 5:
+        g0, g1, g2 = scaled[0], scaled[1], scaled[2]
+        s1, s2 = unsigned[1], unsigned[2]
+        if n_terms == 3:
+            for p in range(d):
+                u = np.uint64(p)
+                q += y[u] * (g0[u] * y[u] + g1[u] * y[u + s1] + g2[u] * y[u + s2])
+        else:
+            g3, g4 = scaled[3], scaled[4]
+            s3, s4 = unsigned[3], unsigned[4]
+            for p in range(d):
+                u = np.uint64(p)
+                q += y[u] * (g0[u] * y[u] + g1[u] * y[u + s1] + g2[u] * y[u + s2]
+                             + g3[u] * y[u + s3] + g4[u] * y[u + s4])
+        return q
+    for k in range(n_terms):
+        g = scaled[k]
+        s = unsigned[k]
+        for p in range(d):
+            u = np.uint64(p)
+            q += g[u] * y[u] * y[u + s]
+    return q
+
+
+@njit(parallel=True, fastmath=_REASSOC, cache=True)
+def logistic_pattern_moments(X, rows, fields, shifts, multiplicity, offsets, label,
+                             n_chunks):
+    """One class of NCE's logistic loss for a grid Gaussian, in one read of its rows.
+
+    For every row ``a_n = −½ x_nᵀ Λ x_n − offsets[n]`` (the quadratic form as in
+    :func:`quadratic_forms`, ``fields`` zero on pairs off the grid), its loss
+    ``ℓ_n = softplus(−y a_n)`` and weight ``w_n = ∂ℓ_n/∂a_n = −y σ(−y a_n)``, with the
+    class label ``y = label`` (+1 data, −1 noise). Each block of rows is centred into a
+    zero-padded buffer once; its quadratic forms, weights and weighted pattern products
+    (as :func:`pattern_moments`) are then computed while the block is in cache, where
+    :func:`quadratic_forms` and :func:`pattern_moments` in turn read the rows twice.
+
+    Returns
+    -------
+    loss : float
+        ``Σ_n ℓ_n``.
+    weight : float
+        ``Σ_n w_n``.
+    moments : ndarray, shape (n_terms, D)
+        ``Σ_n w_n x_np x_n,p+δ_k`` (partners past D contribute zero; the caller zeroes
+        the pairs that wrap around a grid row).
+    """
+    n = rows.size if rows.size else X.shape[0]
+    d = X.shape[1]
+    n_terms = shifts.size
+    pad = 0
+    for k in range(n_terms):
+        pad = max(pad, shifts[k])
+    unsigned = shifts.astype(np.uint64)
+    scaled = np.empty((n_terms, d))          # m_k F[k, p]: one product a term, not a row
+    for k in range(n_terms):
+        for p in range(d):
+            scaled[k, p] = multiplicity[k] * fields[k, p]
+    acc = np.zeros((n_chunks, n_terms, d))
+    losses = np.zeros(n_chunks)
+    weights = np.zeros(n_chunks)
+    zero_center = np.zeros(d)
+    for chunk in prange(n_chunks):
+        start = chunk * n // n_chunks
+        stop = (chunk + 1) * n // n_chunks
+        y = np.zeros((_BLOCK, d + pad))
+        w = np.zeros(_BLOCK)
+        scratch = np.zeros((2, d))
+        loss = 0.0
+        weight = 0.0
+        for first in range(start, stop, _BLOCK):
+            for b in range(_BLOCK):
+                i = first + b
+                if i >= stop:
+                    w[b] = 0.0
+                    continue
+                row = y[b]
+                _center_into(row, _row_of(X, rows, i), zero_center, d)
+                q = _stencil_form(row, scaled, unsigned, d)
+                z = -label * (-0.5 * q - offsets[i])
+                loss += _softplus(z)
+                w[b] = -label * _sigmoid(z)
+                weight += w[b]
+            _accumulate_block(y, w, acc[chunk], shifts, unsigned, scratch, d)
+        losses[chunk] = loss
+        weights[chunk] = weight
+    out = np.zeros((n_terms, d))
+    for chunk in range(n_chunks):
+        out += acc[chunk]
+    return losses.sum(), weights.sum(), out
 
 @njit(parallel=True, cache=True)
 def antithetic_pairs(X, pool, start, out):

@@ -182,6 +182,39 @@ def moment_sums(X, center, weights, shifts, *, with_sums=False, rows=_ALL_ROWS):
     return (out, sums) if with_sums else out
 
 
+def logistic_moments(X, grid, fields, offsets, label):
+    """One class of a logistic classifier on ``a_n = −½ x_nᵀ Λ x_n − offsets_n``, from
+    one read of X (:func:`sparsegauss._kernels.logistic_pattern_moments`).
+
+    Parameters
+    ----------
+    X : ndarray or RowSelection, shape (n_samples, D)
+    grid : GridParameterization
+    fields : ndarray, shape (n_terms, D)
+        Stencil layout of Λ (``grid.fields(theta)``), zero on pairs off the grid.
+    offsets : ndarray, shape (n_samples,)
+    label : {1, -1}
+        The class: loss ``softplus(−label · a_n)``.
+
+    Returns
+    -------
+    loss : float
+        ``Σ_n softplus(−y a_n)``.
+    weight : float
+        ``Σ_n w_n`` with ``w_n = ∂ loss_n / ∂ a_n = −y σ(−y a_n)``.
+    moments : ndarray, shape (n_terms, D)
+        ``Σ_n w_n x_np x_n,p+δ_k`` on valid pairs, zero on pairs that leave the grid (as
+        :func:`pattern_moments` with these weights).
+    """
+    X, rows = _samples(X)
+    n = rows.size if rows.size else X.shape[0]
+    loss, weight, moments = _kernels.logistic_pattern_moments(
+        X, rows, np.ascontiguousarray(fields, dtype=np.float64), grid.shifts,
+        grid.multiplicity, np.ascontiguousarray(offsets, dtype=np.float64), float(label),
+        _kernels.default_chunks(n))
+    moments[~grid.valid] = 0.0
+    return float(loss), float(weight), moments
+
 def quadratic_forms(X, grid, fields, *, center=None):
     """``(x_n − c)ᵀ Λ (x_n − c)`` for every sample, from the stencil layout of Λ.
 

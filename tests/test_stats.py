@@ -71,6 +71,61 @@ def test_passes_read_a_row_selection_in_place(stencil, dtype, rng):
         RowSelection(X.astype(np.int64), rows)
 
 
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("stencil", [4, 8])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("label", [1.0, -1.0])
+def test_logistic_moments_match_dense(shape, stencil, dtype, label, rng):
+    """NCE's one-read pass for a class against dense NumPy: a_n = −½ xᵀΛx − o_n, the loss
+    Σ softplus(−y a), the weights w = −y σ(−y a) summed and on the pattern's products;
+    37 rows (not a multiple of the kernel's blocks of 4), offsets that saturate the
+    logistic both ways (no overflow, no NaN), a row selection read in place."""
+    from scipy.special import expit
+
+    from sparsegauss.stats import RowSelection, logistic_moments
+
+    grid = GridParameterization(shape, stencil)
+    theta = rng.normal(size=grid.n_params)
+    X = rng.normal(size=(60, grid.n_pixels)).astype(dtype)
+    rows = rng.choice(60, 37, replace=False)
+    offsets = rng.normal(scale=3.0, size=37)
+    offsets[:3] = [800.0, -800.0, 0.0]
+    loss, weight, moments = logistic_moments(RowSelection(X, rows), grid, grid.fields(theta),
+                                             offsets, label)
+    Y = X[rows].astype(np.float64)
+    a = -0.5 * np.einsum("ni,ij,nj->n", Y, dense_precision(grid, theta), Y) - offsets
+    w = -label * expit(-label * a)
+    np.testing.assert_allclose(loss, np.sum(np.logaddexp(0.0, -label * a)), rtol=1e-11)
+    np.testing.assert_allclose(weight, np.sum(w), rtol=1e-11, atol=1e-14)
+    dense = (Y * w[:, None]).T @ Y
+    pairs = grid.pair_indices()
+    np.testing.assert_allclose(moments[grid.valid], dense[pairs], rtol=1e-10, atol=1e-10)
+    assert np.all(moments[~grid.valid] == 0)
+    same = logistic_moments(X[rows], grid, grid.fields(theta), offsets, label)
+    np.testing.assert_allclose(same[2], moments, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("stencil", [4, 8])
+def test_grid_gaussian_logistic_terms_match_the_generic_ones(stencil, rng):
+    """The grid Gaussian's one-pass logistic_terms give the generic two-pass ones (from
+    log_density_vjp), which NCE used before."""
+    from sparsegauss.models import GridGaussianEnergy
+    from sparsegauss.models.base import EnergyModel
+
+    grid = GridParameterization((6, 7), stencil)
+    theta = rng.normal(size=grid.n_params)
+    model = GridGaussianEnergy(grid)
+    X = rng.normal(size=(41, grid.n_pixels))
+    offsets = rng.normal(scale=5.0, size=41)
+    for label in (1.0, -1.0):
+        fused = model.logistic_terms(theta, X, offsets, label)
+        generic = EnergyModel.logistic_terms(model, theta, X, offsets, label)
+        np.testing.assert_allclose(fused[0], generic[0], rtol=1e-12)
+        np.testing.assert_allclose(fused[1], generic[1], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(fused[2], generic[2], rtol=1e-12)
+
+
 def test_trace_identity(rng):
     """Σ_n xᵀΛx = Σ_k m_k Σ_p F[k,p] T[k,p]: the identity the likelihood relies on."""
     grid = GridParameterization((6, 5), 8)

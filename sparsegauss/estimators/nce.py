@@ -27,7 +27,6 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import expit
 
 from ._driver import NoisePool, OptimizerOptions, draw_noise, run
 
@@ -130,16 +129,16 @@ def nce_loss_grad(model, params, data, noise, log_noise_data, log_noise_noise, *
     else:
         theta = params
         zeta, grad_log_z = model.log_partition(theta)
-    f_data, vjp_data = model.log_density_vjp(theta, data)
-    f_noise, vjp_noise = model.log_density_vjp(theta, noise)
-    a_data = f_data - zeta - log_noise_data - log_nu
-    a_noise = f_noise - zeta - log_noise_noise - log_nu
-    # −log σ(a) = softplus(−a) and −log(1 − σ(a)) = softplus(a), computed stably.
-    loss = (np.sum(np.logaddexp(0.0, -a_data)) + np.sum(np.logaddexp(0.0, a_noise))) / n_data
-    d_data = -(1.0 - expit(a_data)) / n_data        # ∂J/∂G at the data
-    d_noise = expit(a_noise) / n_data               # ∂J/∂G at the noise
-    grad_theta = vjp_data(d_data) + vjp_noise(d_noise)
-    grad_zeta = -(np.sum(d_data) + np.sum(d_noise))
+    # With a = G − log ν: −log σ(a) = softplus(−a) at the data (label +1) and
+    # −log(1 − σ(a)) = softplus(a) at the noise (label −1); the model returns each class's
+    # loss, Σ (∂loss/∂a) ∇_θ f and Σ ∂loss/∂a, and ∂a/∂ζ = −1.
+    loss_data, grad_data, weight_data = model.logistic_terms(
+        theta, data, zeta + log_noise_data + log_nu, 1.0)
+    loss_noise, grad_noise, weight_noise = model.logistic_terms(
+        theta, noise, zeta + log_noise_noise + log_nu, -1.0)
+    loss = (loss_data + loss_noise) / n_data
+    grad_theta = (grad_data + grad_noise) / n_data
+    grad_zeta = -(weight_data + weight_noise) / n_data
     if normalization == "learned":
         return float(loss), np.append(grad_theta, grad_zeta)
     return float(loss), grad_theta + grad_zeta * grad_log_z

@@ -93,6 +93,21 @@ class EnergyModel(abc.ABC):
         return (self.log_density(theta, X),
                 lambda weights: self.log_density_grad(theta, X, weights))
 
+    def logistic_terms(self, theta, X, offsets, label):
+        """One class of a logistic classifier on ``a_n = f_θ(x_n) − offsets_n`` (NCE's).
+
+        Returns ``Σ_n ℓ_n`` with ``ℓ_n = softplus(−y a_n)`` (``y = label``, +1 or −1),
+        ``Σ_n w_n ∇_θ f_θ(x_n)`` and ``Σ_n w_n`` with ``w_n = ∂ℓ_n/∂a_n = −y σ(−y a_n)``.
+        By default from :meth:`log_density_vjp`; a model can compute all three in one
+        pass over the rows (the grid Gaussian does).
+        """
+        from scipy.special import expit
+
+        f, vjp = self.log_density_vjp(theta, X)
+        z = -label * (f - offsets)
+        weights = -label * expit(z)
+        return float(np.sum(np.logaddexp(0.0, z))), vjp(weights), float(np.sum(weights))
+
     def log_density_and_score(self, theta, X):
         """``f_θ(x_n)`` and ``∇_x f_θ(x_n)`` together (an MCMC step needs both)."""
         return self.log_density(theta, X), self.score(theta, X)

@@ -20,7 +20,8 @@ import numpy as np
 from .. import _kernels
 from ..distribution import GridGaussianDistribution
 from ..normalization import GridNormalizer
-from ..stats import RowSelection, as_float_array, pattern_moments, quadratic_forms
+from ..stats import (RowSelection, as_float_array, logistic_moments, pattern_moments,
+                     quadratic_forms)
 from .base import EnergyModel
 
 __all__ = ["GridGaussianEnergy", "colouring", "gibbs_sample"]
@@ -145,6 +146,13 @@ class GridGaussianEnergy(EnergyModel):
     def log_density_grad(self, theta, X, weights):
         moments = pattern_moments(X, self.grid, weights=np.asarray(weights, dtype=np.float64))
         return -0.5 * self.grid.adjoint(self.grid.multiplicity[:, None] * moments)
+
+    def logistic_terms(self, theta, X, offsets, label):
+        # One read of the rows for the quadratic forms, the weights and the weighted
+        # pattern products, where log_density_vjp reads them twice (NCE's second phase).
+        loss, weight, moments = logistic_moments(X, self.grid, self.grid.fields(theta),
+                                                 offsets, label)
+        return loss, -0.5 * self.grid.adjoint(self.grid.multiplicity[:, None] * moments), weight
 
     def score(self, theta, X):
         return -_kernels.apply_stencil(as_float_array(X), self.grid.fields(theta),
