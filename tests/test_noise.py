@@ -287,3 +287,30 @@ def test_adaptive_noise_takes_its_own_default_steps(method):
     assert [row["adapting"] for row in default.history_] == adapting
     fixed = GridGaussian((3, 4), method=method, noise="grid-untied", random_state=0).fit(X)
     assert fixed.n_iter_ == 2000
+
+
+def test_whether_a_sampler_writes_into_out_is_asked_once_per_function():
+    """draw_samples asks each sample function's signature once (it was asked at every
+    fresh-noise step), for bound methods of any instance, and still answers for an
+    unhashable callable."""
+    from sparsegauss.estimators import _driver
+
+    class WithOut:
+        def sample(self, n, random_state=None, out=None):
+            return out
+
+    class Without:
+        def sample(self, n, random_state=None):
+            return None
+
+    class Unhashable:
+        __hash__ = None
+
+        def __call__(self, n, random_state=None, out=None):
+            return out
+
+    _driver._takes_out.cache_clear()
+    assert _driver._writes_into(WithOut().sample) and _driver._writes_into(WithOut().sample)
+    assert not _driver._writes_into(Without().sample)
+    assert _driver._takes_out.cache_info().hits == 1
+    assert _driver._writes_into(Unhashable())
