@@ -119,6 +119,16 @@ def _accumulate_block(y, w, rows, shifts, unsigned, scratch, d):
 
 
 @njit(inline="always")
+def _padding(shifts):
+    """Zeros a centred row needs past its end: the largest shift (0 if none is
+    positive), so that partners past pixel D read zero."""
+    pad = 0
+    for k in range(shifts.size):
+        pad = max(pad, shifts[k])
+    return pad
+
+
+@njit(inline="always")
 def _row_of(X, rows, i):
     """Row ``i`` of the samples: ``X[rows[i]]`` for a selection (a minibatch read in
     place), ``X[i]`` when ``rows`` is empty."""
@@ -160,9 +170,7 @@ def pattern_moments(X, rows, center, weights, shifts, n_chunks, sums):
     d = X.shape[1]
     with_sums = sums.shape[1] > 0
     n_terms = shifts.size
-    pad = 0
-    for k in range(n_terms):
-        pad = max(pad, shifts[k])
+    pad = _padding(shifts)
     # Unsigned offsets (see the module docstring); negative shifts take their own loop.
     unsigned = np.maximum(shifts, 0).astype(np.uint64)
     acc = np.zeros((n_chunks, n_terms, d))
@@ -211,9 +219,7 @@ def pattern_moments_tiled(X, center, weights, shifts, tile, sums):
     n, d = X.shape
     with_sums = sums.shape[0] > 0
     n_terms = shifts.size
-    pad = 0
-    for k in range(n_terms):
-        pad = max(pad, shifts[k])
+    pad = _padding(shifts)
     unsigned = shifts.astype(np.uint64)
     n_tiles = (d + tile - 1) // tile
     out = np.empty((n_terms, d))
@@ -258,9 +264,7 @@ def quadratic_forms(X, rows, center, fields, shifts, multiplicity, n_chunks):
     n = rows.size if rows.size else X.shape[0]
     d = X.shape[1]
     n_terms = shifts.size
-    pad = 0
-    for k in range(n_terms):
-        pad = max(pad, shifts[k])
+    pad = _padding(shifts)
     out = np.empty(n)
     f0, f1, f2 = fields[0], fields[1], fields[2]
     s1, s2 = np.uint64(shifts[1]), np.uint64(shifts[2])
@@ -375,9 +379,7 @@ def logistic_pattern_moments(X, rows, fields, shifts, multiplicity, offsets, lab
     n = rows.size if rows.size else X.shape[0]
     d = X.shape[1]
     n_terms = shifts.size
-    pad = 0
-    for k in range(n_terms):
-        pad = max(pad, shifts[k])
+    pad = _padding(shifts)
     unsigned = shifts.astype(np.uint64)
     scaled = np.empty((n_terms, d))          # m_k F[k, p]: one product a term, not a row
     for k in range(n_terms):
