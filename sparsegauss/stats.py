@@ -208,9 +208,13 @@ def logistic_moments(X, grid, fields, offsets, label):
     """
     X, rows = _samples(X)
     n = rows.size if rows.size else X.shape[0]
+    offsets = np.ascontiguousarray(offsets, dtype=np.float64)
+    if offsets.shape != (n,):               # the kernel reads one offset a row, unchecked
+        raise ValueError(f"offsets has shape {offsets.shape}; expected ({n},), one value "
+                         "per row of X.")
     loss, weight, moments = _kernels.logistic_pattern_moments(
         X, rows, np.ascontiguousarray(fields, dtype=np.float64), grid.shifts,
-        grid.multiplicity, np.ascontiguousarray(offsets, dtype=np.float64), float(label),
+        grid.multiplicity, offsets, float(label),
         _kernels.default_chunks(n))
     moments[~grid.valid] = 0.0
     return float(loss), float(weight), moments

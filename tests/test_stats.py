@@ -104,6 +104,8 @@ def test_logistic_moments_match_dense(shape, stencil, dtype, label, rng):
     assert np.all(moments[~grid.valid] == 0)
     same = logistic_moments(X[rows], grid, grid.fields(theta), offsets, label)
     np.testing.assert_allclose(same[2], moments, rtol=1e-13, atol=1e-13)
+    with pytest.raises(ValueError, match="one value per row"):
+        logistic_moments(X[rows], grid, grid.fields(theta), offsets[:-1], label)
 
 
 @pytest.mark.parametrize("stencil", [4, 8])

@@ -34,6 +34,7 @@ __all__ = ["CDOptions", "cd_gradient", "fit_cd"]
 #: model expectation, see the module docstring).
 SAMPLERS = ("gibbs", "exact", "expectation")
 
+
 @dataclass(frozen=True)
 class CDOptions:
     """Contrastive divergence's own settings.

@@ -13,6 +13,7 @@ method                    value                                       used by
 ``log_density``           ``f_θ(x_n)`` for every row                  all
 ``log_density_grad``      ``Σ_n w_n ∇_θ f_θ(x_n)`` (no n × p array)    NCE, RNCE, CNCE, CD
 ``log_density_vjp``       both on the same rows, one forward pass      NCE, RNCE, CNCE, CD
+``logistic_terms``        one class's loss, ``Σ w ∇_θ f``, ``Σ w``     NCE
 ``score``                 ``ψ_θ(x_n) = ∇_x f_θ(x_n)``                  score matching
 ``laplacian``             ``Δf_θ(x_n) = Σ_i ∂²f_θ/∂x_i²``              score matching
 ``laplacian_grad``        ``Σ_n w_n ∇_θ Δf_θ(x_n)``                    score matching
@@ -39,6 +40,7 @@ builds a per-sample Jacobian or Hessian.
 import abc
 
 import numpy as np
+from scipy.special import expit
 
 __all__ = ["EnergyModel", "FrozenModel"]
 
@@ -101,8 +103,6 @@ class EnergyModel(abc.ABC):
         By default from :meth:`log_density_vjp`; a model can compute all three in one
         pass over the rows (the grid Gaussian does).
         """
-        from scipy.special import expit
-
         f, vjp = self.log_density_vjp(theta, X)
         z = -label * (f - offsets)
         weights = -label * expit(z)
