@@ -253,7 +253,7 @@ def quadratic_forms(X, rows, center, fields, shifts, multiplicity, n_chunks):
 
     ``q_n = Σ_k m_k Σ_p F[k, p] (x_np − c_p)(x_n,p+δ_k − c_{p+δ_k})``; ``fields`` must
     be zero on pairs that leave the grid. All terms are summed in one fused pass over a
-    zero-padded, centred copy of the row (3 or 5 terms: the 4- and 8-neighbour stencils).
+    zero-padded, centred copy of the row (:func:`_stencil_form`).
     The samples are the rows ``X[rows]`` (all rows when ``rows`` is empty), as in
     :func:`pattern_moments`.
 
@@ -263,47 +263,16 @@ def quadratic_forms(X, rows, center, fields, shifts, multiplicity, n_chunks):
     """
     n = rows.size if rows.size else X.shape[0]
     d = X.shape[1]
-    n_terms = shifts.size
     pad = _padding(shifts)
+    scaled = _scaled_fields(fields, multiplicity)
+    unsigned = shifts.astype(np.uint64)
     out = np.empty(n)
-    f0, f1, f2 = fields[0], fields[1], fields[2]
-    s1, s2 = np.uint64(shifts[1]), np.uint64(shifts[2])
-    five = n_terms == 5
-    f3 = fields[3] if five else fields[0]
-    f4 = fields[4] if five else fields[0]
-    s3 = np.uint64(shifts[3] if five else 0)
-    s4 = np.uint64(shifts[4] if five else 0)
-    m0, m1, m2 = multiplicity[0], multiplicity[1], multiplicity[2]
-    m3 = multiplicity[3] if five else 0.0
-    m4 = multiplicity[4] if five else 0.0
     for chunk in prange(n_chunks):
         y = np.zeros(d + pad)
         for i in range(chunk * n // n_chunks, (chunk + 1) * n // n_chunks):
             _center_into(y, _row_of(X, rows, i), center, d)
-            a0 = 0.0
-            a1 = 0.0
-            a2 = 0.0
-            a3 = 0.0
-            a4 = 0.0
-            if five:
-                for p in range(d):
-                    q = np.uint64(p)
-                    yp = y[q]
-                    a0 += f0[q] * yp * yp
-                    a1 += f1[q] * yp * y[q + s1]
-                    a2 += f2[q] * yp * y[q + s2]
-                    a3 += f3[q] * yp * y[q + s3]
-                    a4 += f4[q] * yp * y[q + s4]
-            else:
-                for p in range(d):
-                    q = np.uint64(p)
-                    yp = y[q]
-                    a0 += f0[q] * yp * yp
-                    a1 += f1[q] * yp * y[q + s1]
-                    a2 += f2[q] * yp * y[q + s2]
-            out[i] = m0 * a0 + m1 * a1 + m2 * a2 + m3 * a3 + m4 * a4
+            out[i] = _stencil_form(y, scaled, unsigned, d)
     return out
-
 
 
 @njit(inline="always")
@@ -321,29 +290,52 @@ def _sigmoid(z):
     return e / (1.0 + e)
 
 
+@njit(inline="always")
+def _scaled_fields(fields, multiplicity):
+    """``G[k, p] = m_k F[k, p]``: each term's multiplicity applied once, not per row."""
+    n_terms, d = fields.shape[0], fields.shape[1]
+    scaled = np.empty((n_terms, d))
+    for k in range(n_terms):
+        for p in range(d):
+            scaled[k, p] = multiplicity[k] * fields[k, p]
+    return scaled
+
+
 @njit(fastmath=_REASSOC, inline="always")
 def _stencil_form(y, scaled, unsigned, d):
-    """``Σ_k Σ_p G[k, p] y_p y_{p+δ_k}`` for a zero-padded row ``y`` and
-    ``G = m ⊙ F``: the 4- and 8-neighbour stencils (3 and 5 terms) in one sweep with
-    one accumulator (``y_p Σ_k G[k, p] y_{p+δ_k}``, the form of :func:`quadratic_forms`);
-    any other number of terms one sweep a term."""
+    """``Σ_k Σ_p G[k, p] y_p y_{p+δ_k}`` for a zero-padded row ``y`` (``G`` from
+    :func:`_scaled_fields`, zero on pairs off the grid): the 4- and 8-neighbour stencils
+    (3 and 5 terms) in one sweep, one accumulator a term; any other number of terms one
+    sweep a term."""
     n_terms = unsigned.size
-    q = 0.0
     if n_terms == 3 or n_terms == 5:
         g0, g1, g2 = scaled[0], scaled[1], scaled[2]
         s1, s2 = unsigned[1], unsigned[2]
+        a0 = 0.0
+        a1 = 0.0
+        a2 = 0.0
+        a3 = 0.0
+        a4 = 0.0
         if n_terms == 3:
             for p in range(d):
                 u = np.uint64(p)
-                q += y[u] * (g0[u] * y[u] + g1[u] * y[u + s1] + g2[u] * y[u + s2])
+                yp = y[u]
+                a0 += g0[u] * yp * yp
+                a1 += g1[u] * yp * y[u + s1]
+                a2 += g2[u] * yp * y[u + s2]
         else:
             g3, g4 = scaled[3], scaled[4]
             s3, s4 = unsigned[3], unsigned[4]
             for p in range(d):
                 u = np.uint64(p)
-                q += y[u] * (g0[u] * y[u] + g1[u] * y[u + s1] + g2[u] * y[u + s2]
-                             + g3[u] * y[u + s3] + g4[u] * y[u + s4])
-        return q
+                yp = y[u]
+                a0 += g0[u] * yp * yp
+                a1 += g1[u] * yp * y[u + s1]
+                a2 += g2[u] * yp * y[u + s2]
+                a3 += g3[u] * yp * y[u + s3]
+                a4 += g4[u] * yp * y[u + s4]
+        return a0 + a1 + a2 + a3 + a4
+    q = 0.0
     for k in range(n_terms):
         g = scaled[k]
         s = unsigned[k]
@@ -381,10 +373,7 @@ def logistic_pattern_moments(X, rows, fields, shifts, multiplicity, offsets, lab
     n_terms = shifts.size
     pad = _padding(shifts)
     unsigned = shifts.astype(np.uint64)
-    scaled = np.empty((n_terms, d))          # m_k F[k, p]: one product a term, not a row
-    for k in range(n_terms):
-        for p in range(d):
-            scaled[k, p] = multiplicity[k] * fields[k, p]
+    scaled = _scaled_fields(fields, multiplicity)
     acc = np.zeros((n_chunks, n_terms, d))
     losses = np.zeros(n_chunks)
     weights = np.zeros(n_chunks)
@@ -417,6 +406,7 @@ def logistic_pattern_moments(X, rows, fields, shifts, multiplicity, offsets, lab
     for chunk in range(n_chunks):
         out += acc[chunk]
     return losses.sum(), weights.sum(), out
+
 
 @njit(parallel=True, cache=True)
 def antithetic_pairs(X, pool, start, out):

@@ -10,7 +10,8 @@ of the two rather than their sum.
 The worker runs its kernels on one Numba thread (``numba.set_num_threads`` is per
 thread), so that the two halves together ask for two cores. It pays where one half is a
 one-thread kernel that leaves a core idle (the 28×28 factorization and selected
-inversion, 0.5 ms, beside a minibatch pass of 0.2–0.3 ms on one thread), not where both
+inversion, 0.5–0.6 ms, beside a weighted pattern-moment pass over 256 images of 0.17 ms
+on one thread, 0.10–0.12 ms on two), not where both
 halves are passes that already split over the cores: NCE's data and noise halves side by
 side, each on one thread, took its default MNIST fit from 3.50 to 4.28 s (medians of 4,
 alternated in one process, 2026-12-02), so NCE runs them in turn.

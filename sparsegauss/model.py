@@ -824,6 +824,8 @@ class GridGaussian(DensityMixin, BaseEstimator):
         if self.method == "sm":
             return ("Use sm_solver='barrier' for the best positive-definite score-matching "
                     "estimate.")
+        if self.method == "mle":
+            return "Shrink the sample covariance (alpha > 0)."
         # The stochastic estimators' losses are defined outside the cone, and their
         # iterates can end there when their noise or pilot is far from the data (CNCE on
         # photo patches: 2 of random states 0-3) or the run stopped on an early plateau.

@@ -219,6 +219,7 @@ def logistic_moments(X, grid, fields, offsets, label):
     moments[~grid.valid] = 0.0
     return float(loss), float(weight), moments
 
+
 def quadratic_forms(X, grid, fields, *, center=None):
     """``(x_n − c)ᵀ Λ (x_n − c)`` for every sample, from the stencil layout of Λ.
 

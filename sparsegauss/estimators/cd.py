@@ -74,27 +74,27 @@ def cd_gradient(model, theta, data, negatives, data_terms=None, negative_terms=N
     grad : ndarray, shape (n_params,)
     """
     to_data = np.full(len(data), -1.0 / len(data))
-    if negatives is None and data_terms is None and model.linear_in_params:
-        # The data pass and the model expectation do not depend on each other: the pass
-        # runs on the side thread while this one factorizes (sparsegauss._threads). NCE's
-        # default fit on MNIST, whose first phase is this step: 3.72 → 3.21 s (4
-        # neighbours), 4.62 → 3.97 s (8), medians of 3–4, alternated in one process.
-        grad_data, (log_z, grad_log_z) = both_halves(
-            lambda: model.log_density_grad(theta, data, to_data),
-            lambda: model.log_partition(theta), overlap=model.overlaps_passes)
-        return log_z + float(np.dot(theta, grad_data)), grad_data + grad_log_z
-    if data_terms is None and model.linear_in_params:
-        # mean f = θ · mean ∇f: the gradient's pass gives the loss too (the stochastic
-        # maximum likelihood of NCE's and CNCE's first phase: one pass a step, not two).
-        grad_data = model.log_density_grad(theta, data, to_data)
-        mean_data = -float(np.dot(theta, grad_data))
-    else:
+
+    def data_half():
+        """``mean f_θ(data)`` and its gradient's term ``−(1/n) Σ ∇_θ f``."""
+        if data_terms is None and model.linear_in_params:
+            # mean f = θ · mean ∇f: the gradient's pass gives the loss too (the stochastic
+            # maximum likelihood of NCE's and CNCE's first phase: one pass a step, not two).
+            grad = model.log_density_grad(theta, data, to_data)
+            return -float(np.dot(theta, grad)), grad
         f_data, vjp_data = data_terms or model.log_density_vjp(theta, data)
-        mean_data = float(np.mean(f_data))
-        grad_data = vjp_data(to_data)
+        return float(np.mean(f_data)), vjp_data(to_data)
+
     if negatives is None:
-        log_z, grad_log_z = model.log_partition(theta)
+        # The data pass and the model expectation do not depend on each other: for a model
+        # whose passes allow it the pass runs on the side thread while this one factorizes
+        # (sparsegauss._threads). NCE's default fit on MNIST, whose first phase is this
+        # step: 3.72 → 3.21 s (4 neighbours), 4.62 → 3.97 s (8), medians of 3–4,
+        # alternated in one process.
+        (mean_data, grad_data), (log_z, grad_log_z) = both_halves(
+            data_half, lambda: model.log_partition(theta), overlap=model.overlaps_passes)
         return log_z - mean_data, grad_data + grad_log_z
+    mean_data, grad_data = data_half()
     to_negatives = np.full(len(negatives), 1.0 / len(negatives))
     if model.has_log_partition:
         loss = model.log_partition_value(theta) - mean_data
