@@ -168,32 +168,38 @@ def pattern_moments(X, rows, center, weights, shifts, n_chunks, sums):
     """
     n = rows.size if rows.size else X.shape[0]
     d = X.shape[1]
-    with_sums = sums.shape[1] > 0
-    n_terms = shifts.size
-    pad = _padding(shifts)
-    # Unsigned offsets (see the module docstring); negative shifts take their own loop.
-    unsigned = np.maximum(shifts, 0).astype(np.uint64)
-    acc = np.zeros((n_chunks, n_terms, d))
+    acc = np.zeros((n_chunks, shifts.size, d))
     for chunk in prange(n_chunks):
-        start = chunk * n // n_chunks
-        stop = (chunk + 1) * n // n_chunks
-        y = np.zeros((_BLOCK, d + pad))      # zero padding: partners past D contribute 0
-        w = np.zeros(_BLOCK)
-        scratch = np.zeros((2, d))           # the unused accumulators of a short group
-        for first in range(start, stop, _BLOCK):
-            for b in range(_BLOCK):
-                if first + b < stop:
-                    w[b] = weights[first + b]
-                    _center_into(y[b], _row_of(X, rows, first + b), center, d)
-                else:
-                    w[b] = 0.0
-            if with_sums:
-                _add_block(sums[chunk], y, w, d)
-            _accumulate_block(y, w, acc[chunk], shifts, unsigned, scratch, d)
-    out = np.zeros((n_terms, d))
+        _moments_of_rows(X, rows, chunk * n // n_chunks, (chunk + 1) * n // n_chunks,
+                         center, weights, shifts, acc[chunk], sums[chunk])
+    out = np.zeros((shifts.size, d))
     for chunk in range(n_chunks):
         out += acc[chunk]
     return out
+
+
+@njit(fastmath=_REASSOC, cache=True, nogil=True)
+def _moments_of_rows(X, rows, start, stop, center, weights, shifts, acc, sums):
+    """:func:`pattern_moments` of the samples ``start, …, stop − 1`` on this thread,
+    added into ``acc`` (shape ``(n_terms, D)``) and, when ``sums`` has D entries (not
+    0), their first moments into ``sums``."""
+    d = X.shape[1]
+    pad = _padding(shifts)
+    # Unsigned offsets (see the module docstring); negative shifts take their own loop.
+    unsigned = np.maximum(shifts, 0).astype(np.uint64)
+    y = np.zeros((_BLOCK, d + pad))      # zero padding: partners past D contribute 0
+    w = np.zeros(_BLOCK)
+    scratch = np.zeros((2, d))           # the unused accumulators of a short group
+    for first in range(start, stop, _BLOCK):
+        for b in range(_BLOCK):
+            if first + b < stop:
+                w[b] = weights[first + b]
+                _center_into(y[b], _row_of(X, rows, first + b), center, d)
+            else:
+                w[b] = 0.0
+        if sums.size:
+            _add_block(sums, y, w, d)
+        _accumulate_block(y, w, acc, shifts, unsigned, scratch, d)
 
 
 #: Pixels per tile of :func:`pattern_moments_tiled`: five float64 accumulators of 4,096
@@ -799,6 +805,53 @@ def takahashi_supernodal_split(indptr, indices, ldata, starts, z, order, bounds,
     for g in prange(2):
         _invert_supernodes(indptr, indices, ldata, starts, z, owner, max_block, max_below,
                            order[bounds[g]:bounds[g + 1]])
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def factor_invert_beside_moments(indptr, indices, ldata, starts, positions, values, z, X,
+                                 rows, center, weights, shifts, moments):
+    """:func:`cholesky_supernodal` and then :func:`takahashi_supernodal` on one thread,
+    and :func:`pattern_moments` of ``X``'s rows on the other, in one parallel region.
+
+    The two halves of a step of stochastic maximum likelihood with the exact
+    expectation (``∇ log Z`` of a small grid, which one thread factorizes and inverts,
+    and the minibatch's moments) do not depend on each other. Run in turn they cost
+    their sum; run at once from two Python threads, each step also paid a hand-off of
+    70–80 µs and contention for the GIL (the 28×28 step: factor and inverse 0.34 ms of
+    kernels, the 256-image pass 0.17 ms on two threads). Here the two halves are the
+    two iterations of one ``prange`` (on one Numba thread they run in turn).
+
+    Parameters
+    ----------
+    indptr, indices, ldata, starts, positions, values
+        As for :func:`cholesky_supernodal` (``ldata`` receives the factor).
+    z : ndarray, like ``ldata``
+        Receives the selected inverse, as for :func:`takahashi_supernodal`, when the
+        factorization succeeded.
+    X, rows, center, weights, shifts
+        As for :func:`pattern_moments`.
+    moments : ndarray, shape (n_terms, D), float64
+        Zeros in, the weighted moments out (pairs that wrap around a grid row included,
+        as :func:`pattern_moments` returns them).
+
+    Returns
+    -------
+    int
+        :func:`cholesky_supernodal`'s result: −1, or the first column whose pivot
+        failed (then ``z`` is not written).
+    """
+    failed = np.full(1, -1, dtype=np.int64)
+    for half in prange(2):
+        if half == 0:
+            failed[0] = cholesky_supernodal(indptr, indices, ldata, starts, positions,
+                                            values)
+            if failed[0] < 0:
+                takahashi_supernodal(indptr, indices, ldata, starts, z)
+        else:
+            n = rows.size if rows.size else X.shape[0]
+            _moments_of_rows(X, rows, 0, n, center, weights, shifts, moments,
+                             np.zeros(0))
+    return failed[0]
 
 
 @njit(cache=True)

@@ -179,6 +179,7 @@ class SparseCholesky:
                 self._schedule = schedule
         self._values = np.empty(self.indices.size)       # the numeric factor, reused
         self._inverse = None                             # the selected inverse, reused
+        self._inverse_generation = None                  # whose inverse it holds
         self._matrix_lookup = None
         self._lookup = None
         self._generation = 0
@@ -232,8 +233,7 @@ class SparseCholesky:
         -------
         CholeskyFactor
         """
-        if not np.all(np.isfinite(values)):
-            raise ValueError("The matrix to factorize contains NaN or inf entries.")
+        _check_finite_values(values)
         with one_blas_thread():
             arguments = (self.indptr, self.indices, self._values, self.starts, positions,
                          values)
@@ -241,10 +241,70 @@ class SparseCholesky:
                 failed = _kernels.cholesky_supernodal(*arguments)
             else:
                 failed = _kernels.cholesky_supernodal_split(*arguments, *self._schedule)
+        return self._new_factor(failed, matrix)
+
+    def factorize_and_invert(self, values, positions, matrix, beside):
+        """:meth:`factorize_values` and the selected inverse of the factor, with a pass
+        of pattern moments run beside them.
+
+        Stochastic maximum likelihood with the exact expectation needs, at every step, a
+        minibatch's moments and ``∇ log Z`` (a factorization and a selected inversion),
+        which do not depend on each other. A small factor's kernels run on one thread,
+        so the moments take the other, in one parallel region
+        (:func:`sparsegauss._kernels.factor_invert_beside_moments`); a large factor's,
+        which split over both threads themselves, run first and the pass after them.
+        The returned factor's :meth:`CholeskyFactor.selected_inverse` reads the inverse
+        computed here instead of running the recursion again.
+
+        Parameters
+        ----------
+        values, positions, matrix
+            As for :meth:`factorize_values`.
+        beside : tuple
+            ``(X, rows, center, weights, shifts)``: the samples ``X[rows]`` (every row
+            when ``rows`` is empty; float32 or float64, C-contiguous) and the rest as for
+            :func:`sparsegauss.stats.pattern_moments`.
+
+        Returns
+        -------
+        factor : CholeskyFactor
+        moments : ndarray, shape (len(shifts), D)
+            ``Σ_n w_n (x_np − c_p)(x_n,p+δ_k − c_{p+δ_k})``, including the pairs that
+            wrap around a grid row (the caller zeroes those).
+
+        Raises
+        ------
+        NotPositiveDefiniteError
+            As :meth:`factorize_values`, after the pass has finished.
+        """
+        _check_finite_values(values)
+        X, rows, center, weights, shifts = beside
+        if self._inverse is None:
+            self._inverse = np.empty(self.indices.size)
+        with one_blas_thread():
+            if self._schedule is None:
+                moments = np.zeros((len(shifts), X.shape[1]))
+                failed = _kernels.factor_invert_beside_moments(
+                    self.indptr, self.indices, self._values, self.starts, positions,
+                    values, self._inverse, X, rows, center, weights, shifts, moments)
+                factor = self._new_factor(failed, matrix, inverted=True)
+            else:
+                factor = self.factorize_values(values, positions, matrix)
+                self._selected_inverse_on_factor()
+                n_chunks = _kernels.default_chunks(rows.size if rows.size else len(X))
+                moments = _kernels.pattern_moments(X, rows, center, weights, shifts,
+                                                   n_chunks, np.zeros((n_chunks, 0)))
+        return factor, moments
+
+    def _new_factor(self, failed, matrix, inverted=False):
+        """The factor a numeric kernel just wrote (``failed`` its result), checked; with
+        ``inverted``, ``_inverse`` holds its selected inverse."""
         self._generation += 1
         diagonal = self._values[self.indptr[:-1]]
         if failed >= 0 or not np.all(np.isfinite(diagonal)):
             self._raise_not_pd(failed)
+        if inverted:
+            self._inverse_generation = self._generation
         return CholeskyFactor(self, matrix, diagonal * diagonal)
 
     def value_positions(self, matrix):
@@ -326,8 +386,10 @@ class SparseCholesky:
 
     def _selected_inverse_on_factor(self):
         """Takahashi's recursion on the factor's full pattern, into a buffer kept for
-        this pattern. The returned array is overwritten by the next call; callers read
-        from it at once."""
+        this pattern (run once per factorization). The returned array is overwritten by
+        the next call after a refactorization; callers read from it at once."""
+        if self._inverse_generation == self._generation:
+            return self._inverse
         if self._inverse is None:
             self._inverse = np.empty(self.indices.size)
         with one_blas_thread():
@@ -337,7 +399,13 @@ class SparseCholesky:
                 _kernels.takahashi_supernodal(*arguments)
             else:
                 _kernels.takahashi_supernodal_split(*arguments, *self._schedule)
+        self._inverse_generation = self._generation
         return self._inverse
+
+
+def _check_finite_values(values):
+    if not np.all(np.isfinite(values)):
+        raise ValueError("The matrix to factorize contains NaN or inf entries.")
 
 
 def _sample_buffer(out, n_samples, n_pixels):

@@ -74,6 +74,35 @@ class GridNormalizer:
         with one_blas_thread():     # once for both kernels
             return self.value_and_grad_of(self.factorize(theta))
 
+    def value_and_grad_beside(self, theta, operands):
+        """:meth:`value_and_grad`'s ``log Z(θ)`` and gradient, and a pass of pattern
+        moments run beside the factorization and selected inversion
+        (:meth:`~sparsegauss.cholesky.SparseCholesky.factorize_and_invert`): a step of
+        stochastic maximum likelihood in one call.
+
+        Parameters
+        ----------
+        theta : ndarray, shape (n_params,)
+        operands : tuple
+            :func:`sparsegauss.stats.moment_operands` of the samples.
+
+        Returns
+        -------
+        log_z : float
+        grad : ndarray, shape (n_params,)
+        moments : ndarray, shape (n_terms, D)
+            As :func:`sparsegauss.stats.pattern_moments` returns them.
+        factor : CholeskyFactor
+            Of Λ(θ).
+        """
+        data = self.grid.precision_data(theta)
+        factor, moments = self.analysis.factorize_and_invert(
+            data, self._positions, lambda: self.grid._csc(data), operands)
+        moments[~self.grid.valid] = 0.0
+        pairs = self._covariance_pairs(factor)
+        grad = -0.5 * self.grid.adjoint_pairs(self._pair_weights * pairs)
+        return self.log_partition_of(factor), grad, moments, factor
+
     def value_and_grad_of(self, factor):
         """:meth:`value_and_grad` from an existing Cholesky factor of Λ(θ)."""
         pairs = self._covariance_pairs(factor)

@@ -106,15 +106,36 @@ def pattern_moments(X, grid, *, center=None, weights=None):
         pairs that leave the grid. ``T / n`` is the empirical covariance ``S`` read on Λ's
         pattern, so ``Σ_n w_n (x_n − c)ᵀ Λ(θ) (x_n − c) = Σ_k m_k Σ_p F[k, p] T[k, p]``.
     """
+    X, rows, center, weights, shifts = moment_operands(X, grid, center=center,
+                                                       weights=weights)
+    moments = moment_sums(X, center, weights, shifts, rows=rows)
+    moments[~grid.valid] = 0.0
+    return moments
+
+
+def moment_operands(X, grid, *, center=None, weights=None):
+    """The operands of :func:`pattern_moments`' pass as its kernels take them:
+    ``(array, rows, center, weights, shifts)``, the rows read in place (every row when
+    ``rows`` is empty). For a pass that another module schedules
+    (:meth:`sparsegauss.cholesky.SparseCholesky.factorize_and_invert` runs one beside a
+    factorization); the parameters are :func:`pattern_moments`'.
+
+    Raises
+    ------
+    ValueError
+        When ``weights`` has not one value per sample (the kernels read one a row,
+        unchecked).
+    """
     X, rows = _samples(X)
     n_samples = rows.size if rows.size else X.shape[0]
     center = (np.zeros(grid.n_pixels) if center is None
               else np.ascontiguousarray(center, dtype=np.float64))
     weights = (np.ones(n_samples) if weights is None
                else np.ascontiguousarray(weights, dtype=np.float64))
-    moments = moment_sums(X, center, weights, grid.shifts, rows=rows)
-    moments[~grid.valid] = 0.0
-    return moments
+    if weights.shape != (n_samples,):
+        raise ValueError(f"weights has shape {weights.shape}; expected ({n_samples},), one "
+                         "value per sample.")
+    return X, rows, center, weights, grid.shifts
 
 
 def pattern_moments_about_mean(X, grid):

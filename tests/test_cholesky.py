@@ -476,3 +476,46 @@ def test_solve_once_reads_the_lower_triangle_and_refuses_indefinite_matrices(rng
     lower[5, 2] = np.nan
     with pytest.raises(NotPositiveDefiniteError, match="NaN or inf"):
         solve_once(sp.csc_matrix(lower), b)
+
+
+@pytest.mark.parametrize("stencil", [4, 8])
+def test_factorize_and_invert_keeps_its_inverse_for_that_factor_only(stencil, rng):
+    """The inverse computed beside the moments is the one the factor's selected_inverse
+    returns (dense oracle); after a later refactorization the recursion runs again; the
+    moments are those of the rows (dense sums); a failed factorization raises after the
+    pass and leaves nothing stale."""
+    grid = GridParameterization((6, 7), stencil)
+    normalizer = GridNormalizer(grid)
+    analysis = normalizer.analysis
+    rows_, cols_ = grid.pair_indices()
+    X = rng.normal(size=(30, grid.n_pixels))
+    selected = np.array([3, 3, 8, 29], dtype=np.int64)
+    weights = rng.uniform(0.5, 2.0, size=selected.size)
+    first, second = random_spd_theta(grid, rng), random_spd_theta(grid, rng)
+    data = grid.precision_data(first)
+    factor, moments = analysis.factorize_and_invert(
+        data, normalizer._positions, None, (X, selected, np.zeros(grid.n_pixels), weights,
+                                            grid.shifts))
+    sigma = np.linalg.inv(dense_precision(grid, first))
+    np.testing.assert_allclose(factor.selected_inverse(rows_, cols_), sigma[rows_, cols_],
+                               rtol=1e-10, atol=1e-13)
+    Y = X[selected]
+    for k, shift in enumerate(grid.shifts):
+        partners = np.arange(grid.n_pixels) + shift
+        inside = partners < grid.n_pixels
+        expected = np.einsum("n,np,np->p", weights, Y[:, inside],
+                             Y[:, partners[inside]])
+        np.testing.assert_allclose(moments[k, inside], expected, rtol=1e-12)
+    factor = analysis.factorize_values(grid.precision_data(second), normalizer._positions,
+                                       None)
+    sigma = np.linalg.inv(dense_precision(grid, second))
+    np.testing.assert_allclose(factor.selected_inverse(rows_, cols_), sigma[rows_, cols_],
+                               rtol=1e-10, atol=1e-13)
+    with pytest.raises(NotPositiveDefiniteError):
+        analysis.factorize_and_invert(-data, normalizer._positions, None,
+                                      (X, selected, np.zeros(grid.n_pixels), weights,
+                                       grid.shifts))
+    factor = analysis.factorize_values(data, normalizer._positions, None)
+    sigma = np.linalg.inv(dense_precision(grid, first))
+    np.testing.assert_allclose(factor.selected_inverse(rows_, cols_), sigma[rows_, cols_],
+                               rtol=1e-10, atol=1e-13)

@@ -212,80 +212,79 @@ def test_score_matching_closed_form_says_when_its_system_is_singular(rng):
 
 
 
-class _RecordingModel(GridGaussianEnergy):
-    """The grid Gaussian, noting the thread and Numba thread count of each data pass."""
-
-    def log_density_grad(self, theta, X, weights):
-        import threading
-
-        import numba
-        self.passes.append((threading.current_thread().name, numba.get_num_threads()))
-        return super().log_density_grad(theta, X, weights)
+def _dense_likelihood(grid, theta, X):
+    """``log Z − mean f`` of the grid Gaussian with dense NumPy (the oracle)."""
+    precision = dense_precision(grid, theta)
+    log_z = 0.5 * grid.n_pixels * np.log(2 * np.pi) - 0.5 * np.linalg.slogdet(precision)[1]
+    return log_z + 0.5 * np.mean(np.einsum("ni,ij,nj->n", X, precision, X))
 
 
 @pytest.mark.parametrize("problem", GRIDS, indirect=True)
-def test_cd_expectation_step_overlaps_its_halves_with_the_same_result(problem):
-    """The data pass runs on the side thread, on one Numba thread, while the main thread
-    factorizes; the loss and gradient are those of the two halves run in turn (a model
-    that does not overlap its passes)."""
+def test_cd_expectation_step_is_the_exact_likelihood_and_its_gradient(problem, rng):
+    """The expectation step (the data's moments beside the factorization and selected
+    inversion, one kernel call) against dense NumPy and central differences, and equal
+    to the generic two passes in turn; on a selection of rows, float32 rows and one
+    Numba thread too."""
+    import numba
+
+    from sparsegauss.models.base import EnergyModel
+    from sparsegauss.stats import RowSelection
+
     grid, theta, data, _ = problem
-    model = _RecordingModel(grid)
-    model.passes = []
+    model = GridGaussianEnergy(grid)
     loss, grad = cd_gradient(model, theta, data, None)
-    assert len(model.passes) == 1
-    name, threads = model.passes[0]
-    assert name.startswith("sparsegauss-side") and threads == 1
-    model.overlaps_passes = False
-    loss_seq, grad_seq = cd_gradient(model, theta, data, None)
-    assert not model.passes[1][0].startswith("sparsegauss-side")
-    np.testing.assert_allclose(loss, loss_seq, rtol=1e-13)
-    np.testing.assert_allclose(grad, grad_seq, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(loss, _dense_likelihood(grid, theta, data), rtol=1e-12)
+    check_gradient(lambda t: cd_gradient(model, t, data, None), theta)
+    rows = rng.choice(len(data), 17)
+    threads = numba.get_num_threads()
+    for batch, dense in ((RowSelection(data, rows), data[rows]),
+                         (data.astype(np.float32), data.astype(np.float32))):
+        for n_threads in {1, threads}:
+            numba.set_num_threads(n_threads)
+            try:
+                fused = model.likelihood_terms(theta, batch)
+            finally:
+                numba.set_num_threads(threads)
+            generic = EnergyModel.likelihood_terms(model, theta, dense)
+            np.testing.assert_allclose(fused[0], generic[0], rtol=1e-12)
+            np.testing.assert_allclose(fused[1], generic[1], rtol=1e-10, atol=1e-13)
 
 
 @pytest.mark.parametrize("problem", GRIDS[:1], indirect=True)
-def test_cd_expectation_step_raises_outside_the_cone_after_its_data_pass(problem):
-    """An indefinite θ raises from the main thread's factorization as before; the side
-    pass is waited for, so the next step starts with the worker free."""
+def test_cd_expectation_step_raises_outside_the_cone_and_recovers(problem):
+    """An indefinite θ raises NotPositiveDefiniteError (the optimizer backs off); the
+    next step at a valid θ is exact again (no stale factor or inverse is reused), and
+    log_partition after it reuses the step's factor."""
     from sparsegauss.exceptions import NotPositiveDefiniteError
 
     grid, theta, data, _ = problem
-    model = _RecordingModel(grid)
-    model.passes = []
+    model = GridGaussianEnergy(grid)
+    first = model.likelihood_terms(0.9 * theta, data)
     with pytest.raises(NotPositiveDefiniteError):
-        cd_gradient(model, -theta, data, None)       # Λ(−θ) = −Λ(θ)
-    assert len(model.passes) == 1
-    loss, _ = cd_gradient(model, theta, data, None)
-    assert np.isfinite(loss) and len(model.passes) == 2
+        model.likelihood_terms(-theta, data)        # Λ(−θ) = −Λ(θ)
+    loss, grad = model.likelihood_terms(theta, data)
+    np.testing.assert_allclose(loss, _dense_likelihood(grid, theta, data), rtol=1e-12)
+    assert not np.allclose(grad, first[1])
+    log_z, grad_log_z = model.log_partition(theta)
+    np.testing.assert_allclose(
+        log_z, GridGaussianEnergy(grid).log_partition(theta)[0], rtol=1e-14)
 
 
-def test_both_halves_raises_after_both_finish_and_renews_its_thread_after_fork(monkeypatch):
-    """An exception on either side is raised once both halves are done; a child made by
-    fork (a new process id) gets a new worker, and one process keeps its worker."""
-    import threading
+@pytest.mark.parametrize("shape, stencil", [((7, 9), 4), ((24, 26), 8)])
+def test_expectation_step_on_a_factor_split_over_two_threads(shape, stencil, rng,
+                                                             monkeypatch):
+    """A factor large enough for the two-subtree kernels factorizes and inverts first and
+    passes over the rows after: the same values as the generic two passes."""
+    import sparsegauss.cholesky as cholesky
+    from sparsegauss.models.base import EnergyModel
 
-    from sparsegauss import _threads
-
-    finished = threading.Event()
-
-    def slow_side():
-        finished.wait(timeout=10)
-        return "side"
-
-    def failing_main():
-        finished.set()
-        raise ValueError("main half")
-
-    with pytest.raises(ValueError, match="main half"):
-        _threads.both_halves(slow_side, failing_main)
-    assert _threads.both_halves(lambda: 1, lambda: 2) == (1, 2)
-    assert _threads.both_halves(lambda: 1, lambda: 2, overlap=False) == (1, 2)
-    with pytest.raises(KeyError):
-        _threads.both_halves(lambda: {}["missing"], lambda: 2)
-
-    first = _threads.side_thread()
-    assert _threads.side_thread() is first
-    real_pid = _threads.os.getpid()
-    monkeypatch.setattr(_threads.os, "getpid", lambda: real_pid + 1)
-    child = _threads.side_thread()
-    assert child is not first
-    assert child.submit(lambda: 7).result(timeout=10) == 7
+    monkeypatch.setattr(cholesky, "PARALLEL_MIN_ENTRIES", 0)
+    grid = GridParameterization(shape, stencil)
+    theta = random_spd_theta(grid, rng, margin=0.4)
+    data = rng.normal(size=(50, grid.n_pixels))
+    model = GridGaussianEnergy(grid)
+    assert model.normalizer.analysis._schedule is not None
+    fused = model.likelihood_terms(theta, data)
+    generic = EnergyModel.likelihood_terms(GridGaussianEnergy(grid), theta, data)
+    np.testing.assert_allclose(fused[0], generic[0], rtol=1e-12)
+    np.testing.assert_allclose(fused[1], generic[1], rtol=1e-10, atol=1e-13)

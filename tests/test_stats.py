@@ -231,3 +231,12 @@ def test_moments_about_the_mean_from_one_read(dtype, n_samples, width, offset, r
                                    atol=1e-9 * np.abs(covariance).max())
     np.testing.assert_allclose(moments, expected, rtol=1e-9,
                                atol=1e-11 * np.abs(expected).max())
+
+
+def test_pattern_moments_refuse_weights_of_the_wrong_length(rng):
+    """The kernels read one weight a row unchecked: a short weight vector is an error
+    that says what was expected, not a read past its end."""
+    grid = GridParameterization((4, 5), 4)
+    X = rng.normal(size=(10, grid.n_pixels))
+    with pytest.raises(ValueError, match=r"expected \(10,\), one value per sample"):
+        pattern_moments(X, grid, weights=np.ones(9))

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._threads import both_halves
 from ._driver import OptimizerOptions, run
 
 __all__ = ["CDOptions", "cd_gradient", "fit_cd"]
@@ -73,37 +72,20 @@ def cd_gradient(model, theta, data, negatives, data_terms=None, negative_terms=N
     loss : float
     grad : ndarray, shape (n_params,)
     """
-    to_data = np.full(len(data), -1.0 / len(data))
-
-    def data_half():
-        """``mean f_θ(data)`` and its gradient's term ``−(1/n) Σ ∇_θ f``."""
-        if data_terms is None and model.linear_in_params:
-            # mean f = θ · mean ∇f: the gradient's pass gives the loss too (the stochastic
-            # maximum likelihood of NCE's and CNCE's first phase: one pass a step, not two).
-            grad = model.log_density_grad(theta, data, to_data)
-            return -float(np.dot(theta, grad)), grad
-        f_data, vjp_data = data_terms or model.log_density_vjp(theta, data)
-        return float(np.mean(f_data)), vjp_data(to_data)
-
     if negatives is None:
-        # The data pass and the model expectation do not depend on each other: for a model
-        # whose passes allow it the pass runs on the side thread while this one factorizes
-        # (sparsegauss._threads). NCE's default fit on MNIST, whose first phase is this
-        # step: 3.72 → 3.21 s (4 neighbours), 4.62 → 3.97 s (8), medians of 3–4,
-        # alternated in one process.
-        (mean_data, grad_data), (log_z, grad_log_z) = both_halves(
-            data_half, lambda: model.log_partition(theta), overlap=model.overlaps_passes)
-        return log_z - mean_data, grad_data + grad_log_z
-    mean_data, grad_data = data_half()
-    to_negatives = np.full(len(negatives), 1.0 / len(negatives))
+        # The model expectation ∇ log Z in place of the negatives: the exact likelihood.
+        return model.likelihood_terms(theta, data)
+    mean_data, mean_grad_data = model.mean_log_density_and_grad(theta, data, data_terms)
     if model.has_log_partition:
+        # The chains' values are not needed (log Z replaces them): the gradient's pass only.
         loss = model.log_partition_value(theta) - mean_data
-        grad_negatives = model.log_density_grad(theta, negatives, to_negatives)
+        grad_negatives = model.log_density_grad(
+            theta, negatives, np.full(len(negatives), 1.0 / len(negatives)))
     else:
-        f_negatives, vjp_negatives = negative_terms or model.log_density_vjp(theta, negatives)
-        loss = float(np.mean(f_negatives)) - mean_data
-        grad_negatives = vjp_negatives(to_negatives)
-    return loss, grad_data + grad_negatives
+        mean_negatives, grad_negatives = model.mean_log_density_and_grad(
+            theta, negatives, negative_terms)
+        loss = mean_negatives - mean_data
+    return loss, grad_negatives - mean_grad_data
 
 
 def fit_cd(model, X, *, theta0, scale, options=CDOptions(), optimizer=OptimizerOptions(),

@@ -21,6 +21,10 @@ method                    value                                       used by
 ``laplacian_vjp``         ``Δf`` and its gradient function, one pass   score matching
 ``score_and_vjp``         ``ψ`` and its vjp function, one pass        score matching
 ``log_partition``         exact ``log Z(θ)`` and ``∇_θ log Z``         NCE (exact), CD
+``likelihood_terms``      ``log Z − mean f`` and its gradient         CD (expectation),
+                                                                      adaptive noise
+``mean_log_density_and_   ``mean f`` and ``mean ∇_θ f`` (by default    CD
+grad``                    from the two above)
 ``sample``                exact samples of ``p_θ``                     CD (exact sampler)
 ``mcmc``                  a Markov chain that leaves ``p_θ`` invariant CD
 ``mcmc_vjp``              ``mcmc`` and ``log_density_vjp`` at both     CD
@@ -66,11 +70,6 @@ class EnergyModel(abc.ABC):
     linear_in_params = False
     #: Whether :meth:`sample` draws exact samples.
     has_exact_sampler = False
-    #: Whether two of its passes may run at once, one on a second thread with one Numba
-    #: thread (:mod:`sparsegauss._threads`): true for a model whose passes are Numba
-    #: kernels that release the GIL; false (the default) for one whose passes are
-    #: matrix products that already use every core.
-    overlaps_passes = False
 
     @abc.abstractmethod
     def log_density(self, theta, X):
@@ -145,6 +144,34 @@ class EnergyModel(abc.ABC):
     def log_partition_value(self, theta):
         """Exact ``log Z(θ)`` alone (models may skip the gradient's cost)."""
         return self.log_partition(theta)[0]
+
+    def likelihood_terms(self, theta, X):
+        """The exact mean negative log-likelihood of the rows and its gradient,
+
+            ℓ(θ) = log Z(θ) − (1/n) Σ_n f_θ(x_n),
+            ∇ℓ(θ) = ∇_θ log Z − (1/n) Σ_n ∇_θ f_θ(x_n):
+
+        a step of stochastic maximum likelihood with the model's exact expectation (CD's
+        ``sampler="expectation"``, the first phase of NCE's adaptive noise). Needs
+        :meth:`log_partition`. By default a pass over the rows, then
+        :meth:`log_partition`; the two do not depend on each other, and a model may run
+        them at once (the grid Gaussian does).
+        """
+        mean_f, mean_grad = self.mean_log_density_and_grad(theta, X)
+        log_z, grad_log_z = self.log_partition(theta)
+        return log_z - mean_f, grad_log_z - mean_grad
+
+    def mean_log_density_and_grad(self, theta, X, terms=None):
+        """``(1/n) Σ_n f_θ(x_n)`` and ``(1/n) Σ_n ∇_θ f_θ(x_n)``; ``terms``, when given,
+        is :meth:`log_density_vjp`'s pair for the rows (already evaluated). A model
+        linear in θ needs one pass, the gradient's: ``mean f = θ · mean ∇f``."""
+        n_samples = X.shape[0]
+        to_mean = np.full(n_samples, 1.0 / n_samples)
+        if terms is None and self.linear_in_params:
+            mean_grad = self.log_density_grad(theta, X, to_mean)
+            return float(np.dot(theta, mean_grad)), mean_grad
+        f, vjp = terms or self.log_density_vjp(theta, X)
+        return float(np.mean(f)), vjp(to_mean)
 
     def sample(self, theta, n_samples, random_state=None):
         """``n_samples`` exact samples of ``p_θ``, shape (n_samples, D)."""
