@@ -249,13 +249,17 @@ class GridGaussian(DensityMixin, BaseEstimator):
         CD's negative samples: exact samples of the current estimate from its Cholesky
         factor (the limit of infinitely many Gibbs sweeps: CD is then maximum likelihood
         by stochastic approximation), or ``cd_steps`` Gibbs sweeps. The defaults (exact,
-        Adam, learning rate 0.02, 4000 steps, cosine schedule) were chosen by
-        measurement on MNIST (60,000 images, noise std 0.1; KL to the exact MLE, fit
+        Adam with β₂ = 0.99, learning rate 0.02, 4000 steps, cosine schedule) were chosen
+        by measurement on MNIST (60,000 images, noise std 0.1; KL to the exact MLE, fit
         time on 2 cores): 0.009 nats in 20 s (4 neighbours), 0.12 in 23 s (8); and on a
         16×16 synthetic grid with 10⁵ samples, 1.9× the MLE's KL to the truth. Gibbs
         sweeps restarted at the data (CD-1, the former default) left KL 54 (4
         neighbours) and 133 (8) with degenerate Λ; CD-5 52 / 100; persistent chains
-        (PCD-1) 1.06 / 15 in 27 / 112 s; PCD-5 0.25 in 73 s (4 neighbours).
+        (PCD-1) 1.06 / 15 in 27 / 112 s; PCD-5 0.25 in 73 s (4 neighbours). Adam's
+        usual β₂ = 0.999 left one random state in three to five about 100× further
+        from the MLE (8 neighbours, random state 2: KL 2.57, not converged); β₂ = 0.99
+        gave 0.008–0.009 / 0.069–0.080 for states 0–2 (see
+        :data:`sparsegauss.estimators.cd.CD_BETAS`).
     persistent : bool, default=False
         Persistent CD: Gibbs chains carried across steps.
     sm_solver : {"closed-form", "barrier", "gradient"}, default="closed-form"

@@ -33,7 +33,8 @@ class OptimizerOptions:
 
     ``tol`` is relative for full-batch methods (the largest rescaled gradient entry
     against its value at the reference point) and the plateau test of the stochastic
-    ones. ``average`` is the stochastic methods' share of tail-averaged steps (see
+    ones. ``average`` is the stochastic methods' share of tail-averaged steps, ``betas``
+    Adam's decay rates of its moment estimates (β₂ also RMSProp's; see
     :func:`sparsegauss.optimize.minimize`).
     """
 
@@ -45,6 +46,7 @@ class OptimizerOptions:
     batch_size: int = 256
     callback: Optional[Callable] = None
     average: float = 0.0
+    betas: tuple = (0.9, 0.999)
 
     @property
     def stochastic(self):
@@ -231,7 +233,7 @@ def run(objective, draw, n_samples, x0, scale, options, rng, *, reference=None, 
     result = minimize(fun, x0 / scale, method=options.optimizer, tol=options.tol,
                       maxiter=options.max_iter, callback=options.callback,
                       learning_rate=options.learning_rate, schedule=options.schedule,
-                      convergence=relative_gradient,
+                      convergence=relative_gradient, betas=options.betas,
                       average=options.average if options.stochastic else 0.0)
     params = scale * result.x
     if not np.all(np.isfinite(params)):

@@ -26,7 +26,7 @@ from ..noise import DiagonalNoise, GridNoise, IsotropicNoise, make_noise
 from ..stats import pattern_moments
 from .adaptive import (ADAPT_FRACTION, ADAPT_LEARNING_RATE, ADAPT_STEPS_FULL_BATCH,
                        adapt_noise, join_phases)
-from .cd import CDOptions, fit_cd
+from .cd import CD_BETAS, CDOptions, fit_cd
 from .cnce import CNCEOptions, ScaledPerturbation, fit_cnce, whitened_perturbation_scale
 from .mle import hessian_diagonal, independent_start
 from .nce import NCEOptions, fit_nce
@@ -188,6 +188,7 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
     elif method == "sm":
         result = fit_sm_gradient(model, X, theta0=theta0, **common)
     else:
+        common["optimizer"] = dataclasses.replace(run_options, betas=CD_BETAS)
         result = fit_cd(model, X, theta0=theta0,
                         options=CDOptions(cd_steps=cd_steps, sampler=sampler,
                                           persistent=persistent), **common)
