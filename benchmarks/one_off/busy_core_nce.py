@@ -1,0 +1,52 @@
+"""NCE at its defaults on MNIST idle, beside a busy process, and idle again.
+
+``python -m benchmarks.one_off.busy_core_nce [REPEATS]``: fits
+``GridGaussian((28, 28), method="nce", random_state=0)`` to the 60,000 training images
+REPEATS times idle, REPEATS times with ``while True: pass`` running in another process,
+and REPEATS times idle again, and prints the times and the busy median over the smaller
+idle one (issue 13's goal for its kernels: ≤ 1.3×). Run it with ``NUMBA_NUM_THREADS=1``
+to see the same fit on one thread.
+
+A fit of small grids is thousands of parallel regions of 0.2–0.4 ms each; every region
+waits for its slowest thread, and a thread that shares its core with another process
+waits for the scheduler's next turn, which takes milliseconds.
+"""
+
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from benchmarks._data import mnist
+from sparsegauss import GridGaussian
+
+
+def _fit(X, **options):
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        GridGaussian((28, 28), method="nce", random_state=0, **options).fit(X)
+    return time.perf_counter() - start
+
+
+def main(repeats=3):
+    X, source = mnist("train")
+    _fit(X[:5000], max_iter=20)                 # compile or load every kernel first
+    idle = [_fit(X) for _ in range(repeats)]
+    busy_process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        busy = [_fit(X) for _ in range(repeats)]
+    finally:
+        busy_process.kill()
+        busy_process.wait()
+    idle_again = [_fit(X) for _ in range(repeats)]
+    ratio = np.median(busy) / min(np.median(idle), np.median(idle_again))
+    print(f"{source}, NCE at its defaults: idle {np.round(idle, 2)} s, busy "
+          f"{np.round(busy, 2)} s, idle {np.round(idle_again, 2)} s; busy / idle {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main(*[int(a) for a in sys.argv[1:]])
