@@ -251,10 +251,11 @@ class SparseCholesky:
         minibatch's moments and ``∇ log Z`` (a factorization and a selected inversion),
         which do not depend on each other. A small factor's kernels run on one thread,
         so the moments take the other, in one parallel region
-        (:func:`sparsegauss._kernels.factor_invert_beside_moments`); a large factor's,
-        which split over both threads themselves, run first and the pass after them.
-        The returned factor's :meth:`CholeskyFactor.selected_inverse` reads the inverse
-        computed here instead of running the recursion again.
+        (:func:`sparsegauss._kernels.factor_invert_beside_moments`). A factor whose
+        kernels split over both threads themselves (:attr:`splits_over_threads`) has no
+        thread to spare: factorize it with :meth:`factorize_values` and pass over the
+        rows after. The returned factor's :meth:`CholeskyFactor.selected_inverse` reads
+        the inverse computed here instead of running the recursion again.
 
         Parameters
         ----------
@@ -276,25 +277,28 @@ class SparseCholesky:
         ------
         NotPositiveDefiniteError
             As :meth:`factorize_values`, after the pass has finished.
+        ValueError
+            For a factor that :attr:`splits_over_threads`.
         """
+        if self.splits_over_threads:
+            raise ValueError("This factor's kernels already run on both threads; use "
+                             "factorize_values and a separate pass.")
         _check_finite_values(values)
         X, rows, center, weights, shifts = beside
         if self._inverse is None:
             self._inverse = np.empty(self.indices.size)
+        moments = np.zeros((len(shifts), X.shape[1]))
         with one_blas_thread():
-            if self._schedule is None:
-                moments = np.zeros((len(shifts), X.shape[1]))
-                failed = _kernels.factor_invert_beside_moments(
-                    self.indptr, self.indices, self._values, self.starts, positions,
-                    values, self._inverse, X, rows, center, weights, shifts, moments)
-                factor = self._new_factor(failed, matrix, inverted=True)
-            else:
-                factor = self.factorize_values(values, positions, matrix)
-                self._selected_inverse_on_factor()
-                n_chunks = _kernels.default_chunks(rows.size if rows.size else len(X))
-                moments = _kernels.pattern_moments(X, rows, center, weights, shifts,
-                                                   n_chunks, np.zeros((n_chunks, 0)))
-        return factor, moments
+            failed = _kernels.factor_invert_beside_moments(
+                self.indptr, self.indices, self._values, self.starts, positions, values,
+                self._inverse, X, rows, center, weights, shifts, moments)
+        return self._new_factor(failed, matrix, inverted=True), moments
+
+    @property
+    def splits_over_threads(self):
+        """Whether the factorization and selected inversion split over two threads
+        (factors of :data:`PARALLEL_MIN_ENTRIES` entries or more with two subtrees)."""
+        return self._schedule is not None
 
     def _new_factor(self, failed, matrix, inverted=False):
         """The factor a numeric kernel just wrote (``failed`` its result), checked; with

@@ -251,8 +251,9 @@ class GridGaussian(DensityMixin, BaseEstimator):
         by stochastic approximation), or ``cd_steps`` Gibbs sweeps. The defaults (exact,
         Adam with β₂ = 0.99, learning rate 0.02, 4000 steps, cosine schedule) were chosen
         by measurement on MNIST (60,000 images, noise std 0.1; KL to the exact MLE, fit
-        time on 2 cores): 0.009 nats in 20 s (4 neighbours), 0.12 in 23 s (8); and on a
-        16×16 synthetic grid with 10⁵ samples, 1.9× the MLE's KL to the truth. Gibbs
+        time on 2 cores): 0.008 nats in 5.8 s (4 neighbours), 0.080 in 6.6 s (8)
+        (``bench_estimators``' "cd (defaults)" rows, 2026-12-02 15:51); and on a 16×16
+        synthetic grid with 10⁵ samples, 1.8–2.1× the MLE's KL to the truth. Gibbs
         sweeps restarted at the data (CD-1, the former default) left KL 54 (4
         neighbours) and 133 (8) with degenerate Λ; CD-5 52 / 100; persistent chains
         (PCD-1) 1.06 / 15 in 27 / 112 s; PCD-5 0.25 in 73 s (4 neighbours). Adam's

@@ -99,12 +99,18 @@ class GridNormalizer:
         factor, moments = self.analysis.factorize_and_invert(
             data, self._positions, lambda: self.grid._csc(data), operands)
         moments[~self.grid.valid] = 0.0
-        pairs = self._covariance_pairs(factor)
-        grad = -0.5 * self.grid.adjoint_pairs(self._pair_weights * pairs)
-        return self.log_partition_of(factor), grad, moments, factor
+        log_z, grad, _ = self.value_and_grad_pairs_of(factor)
+        return log_z, grad, moments, factor
 
     def value_and_grad_of(self, factor):
         """:meth:`value_and_grad` from an existing Cholesky factor of Λ(θ)."""
+        log_z, grad, pairs = self.value_and_grad_pairs_of(factor)
+        return log_z, grad, self.grid.scatter_pairs(pairs)
+
+    def value_and_grad_pairs_of(self, factor):
+        """``log Z``, its gradient and Σ on the pattern's pairs (in
+        :meth:`GridParameterization.pair_indices` order, not scattered into the stencil
+        layout: callers that need only the gradient skip that)."""
         pairs = self._covariance_pairs(factor)
         grad = -0.5 * self.grid.adjoint_pairs(self._pair_weights * pairs)
-        return self.log_partition_of(factor), grad, self.grid.scatter_pairs(pairs)
+        return self.log_partition_of(factor), grad, pairs

@@ -265,16 +265,22 @@ def test_cd_expectation_step_raises_outside_the_cone_and_recovers(problem):
     loss, grad = model.likelihood_terms(theta, data)
     np.testing.assert_allclose(loss, _dense_likelihood(grid, theta, data), rtol=1e-12)
     assert not np.allclose(grad, first[1])
+    analysis = model.normalizer.analysis
+    generation, inverse_generation = analysis._generation, analysis._inverse_generation
     log_z, grad_log_z = model.log_partition(theta)
-    np.testing.assert_allclose(
-        log_z, GridGaussianEnergy(grid).log_partition(theta)[0], rtol=1e-14)
+    assert (analysis._generation, analysis._inverse_generation) == (generation,
+                                                                   inverse_generation)
+    reference = GridGaussianEnergy(grid).log_partition(theta)
+    np.testing.assert_allclose(log_z, reference[0], rtol=1e-14)
+    np.testing.assert_allclose(grad_log_z, reference[1], rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("shape, stencil", [((7, 9), 4), ((24, 26), 8)])
 def test_expectation_step_on_a_factor_split_over_two_threads(shape, stencil, rng,
                                                              monkeypatch):
-    """A factor large enough for the two-subtree kernels factorizes and inverts first and
-    passes over the rows after: the same values as the generic two passes."""
+    """A factor large enough for the two-subtree kernels has no thread to spare: the grid
+    Gaussian takes the generic two passes in turn (the same values), and the fused call
+    refuses it."""
     import sparsegauss.cholesky as cholesky
     from sparsegauss.models.base import EnergyModel
 
@@ -288,3 +294,10 @@ def test_expectation_step_on_a_factor_split_over_two_threads(shape, stencil, rng
     generic = EnergyModel.likelihood_terms(GridGaussianEnergy(grid), theta, data)
     np.testing.assert_allclose(fused[0], generic[0], rtol=1e-12)
     np.testing.assert_allclose(fused[1], generic[1], rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(fused[0], _dense_likelihood(grid, theta, data), rtol=1e-12)
+    normalizer = model.normalizer
+    with pytest.raises(ValueError, match="already run on both threads"):
+        normalizer.analysis.factorize_and_invert(
+            grid.precision_data(theta), normalizer._positions, None,
+            (data, np.zeros(0, dtype=np.int64), np.zeros(grid.n_pixels),
+             np.ones(len(data)), grid.shifts))

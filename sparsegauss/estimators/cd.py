@@ -29,9 +29,10 @@ from ._driver import OptimizerOptions, run
 
 __all__ = ["CD_BETAS", "CDOptions", "cd_gradient", "fit_cd"]
 
-#: Adam's (β₁, β₂) for the grid Gaussian's CD at its defaults (exact negative samples),
-#: by measurement (2026-12-02, one fit each, ``GridGaussian(method="cd",
-#: random_state=r)``). With the usual β₂ = 0.999 one random stream in three to five sent
+#: Adam's (β₁, β₂) for the grid Gaussian's stochastic maximum likelihood: CD at its
+#: defaults (exact negative samples) and the first phase of NCE's, ranking NCE's and
+#: CNCE's adaptive noise (CD with the exact expectation), by measurement (2026-12-02, one
+#: fit each, ``GridGaussian(method=..., random_state=r)``). CD: With the usual β₂ = 0.999 one random stream in three to five sent
 #: CD about 100× further from the MLE than the rest: on MNIST's 60,000 training images KL
 #: 0.100 / 0.013 / 0.008 (random states 0–2, 4 neighbours) and 0.110 / 0.108 / 2.571, the
 #: last not converged (8 neighbours); on the demo's 8,000 images 1.219 / 0.008 / 0.007
@@ -40,7 +41,10 @@ __all__ = ["CD_BETAS", "CDOptions", "cd_gradient", "fit_cd"]
 #: samples the KL to the truth is unchanged (1.8–2.1× the MLE's, both stencils, states
 #: 0–2). Every state's gradient spikes at steps 16–17, as the first estimates' exact
 #: samples swing; a second-moment estimate that forgets in about 100 steps instead of
-#: 1,000 stops those steps from damping the rest of the run.
+#: 1,000 stops those steps from damping the rest of the run. NCE at its defaults on
+#: MNIST, 8 neighbours, random states 0–9: with β₂ = 0.999 in its first phase KL 0.17–0.90
+#: (median 0.28) and held-out log-likelihood up to 1.05 nats/image below the MLE's (two
+#: states of ten over 0.5), with 0.99 KL 0.10–0.33 (median 0.12), at most 0.42 below.
 CD_BETAS = (0.9, 0.99)
 
 #: CD's negative samples: the model's MCMC kernel, its exact sampler, or none (the exact

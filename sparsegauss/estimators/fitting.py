@@ -188,6 +188,9 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
     elif method == "sm":
         result = fit_sm_gradient(model, X, theta0=theta0, **common)
     else:
+        # The grid Gaussian's stochastic maximum likelihood (CD's exact samples, and the
+        # adaptive noise's first phase in pilot_phase) has its own Adam decay rates, by
+        # measurement (CD_BETAS); set here, not in fit_cd, which the DEM also runs.
         common["optimizer"] = dataclasses.replace(run_options, betas=CD_BETAS)
         result = fit_cd(model, X, theta0=theta0,
                         options=CDOptions(cd_steps=cd_steps, sampler=sampler,
@@ -219,12 +222,13 @@ def pilot_phase(model, X, *, theta0, scale, options, rng):
     """
     if options.stochastic:
         steps = max(1, int(round(ADAPT_FRACTION * options.max_iter)))
-        adapting = dataclasses.replace(options, tol=0.0)
+        adapting = dataclasses.replace(options, tol=0.0, betas=CD_BETAS)
         second = dataclasses.replace(options, max_iter=max(1, options.max_iter - steps))
     else:
         steps = ADAPT_STEPS_FULL_BATCH
         adapting = dataclasses.replace(options, optimizer="adam",
-                                       learning_rate=ADAPT_LEARNING_RATE, tol=0.0)
+                                       learning_rate=ADAPT_LEARNING_RATE, tol=0.0,
+                                       betas=CD_BETAS)
         second = options
     # Every step factorizes and inverts, each kernel on one BLAS thread: one context for
     # the phase instead of two a step (threadpoolctl's set and restore of the counts).

@@ -173,7 +173,7 @@ class GridGaussianEnergy(EnergyModel):
         return -self.grid.adjoint(cross)
 
     def log_partition(self, theta):
-        log_z, grad, _ = self.normalizer.value_and_grad_of(self._factorize(theta))
+        log_z, grad, _ = self.normalizer.value_and_grad_pairs_of(self._factorize(theta))
         return log_z, grad
 
     def log_partition_value(self, theta):
@@ -184,7 +184,11 @@ class GridGaussianEnergy(EnergyModel):
         # inversion of log Z on the other, in one kernel call (see
         # SparseCholesky.factorize_and_invert). NCE's default fit on MNIST, whose first
         # phase is this step (2026-12-02, alternated in one process, medians of 4):
-        # 2.81–4.43 → 2.43–2.65 s against the two halves on two Python threads.
+        # 2.81–4.43 → 2.43–2.65 s (medians 3.53 → 2.56 s) against the two halves on two
+        # Python threads. A large factor's kernels use both threads themselves: the two
+        # halves in turn (the generic path, whose pass picks its own parallel split).
+        if self.normalizer.analysis.splits_over_threads:
+            return super().likelihood_terms(theta, X)
         n_samples = X.shape[0]
         self._last_factor = None            # the refactorization overwrites the cached one
         log_z, grad_log_z, moments, factor = self.normalizer.value_and_grad_beside(
