@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import get_cython_function_address
 
-__all__ = ["ZIGGURAT", "antithetic_pairs", "apply_stencil", "cholesky_supernodal",
+__all__ = ["ZIGGURAT", "adam_step", "antithetic_pairs", "apply_stencil", "cholesky_supernodal",
            "cholesky_supernodal_split", "copy_rows_where",
            "first_non_finite_row", "gaussian_term_and_score", "gibbs_sweeps",
            "logistic_pattern_moments", "lower_positions", "lower_transposed_solve",
@@ -352,30 +352,44 @@ def _stencil_form(y, scaled, unsigned, d):
 
 
 @njit(parallel=True, fastmath=_REASSOC, cache=True)
-def logistic_pattern_moments(X, rows, fields, shifts, multiplicity, offsets, label,
-                             n_chunks):
-    """One class of NCE's logistic loss for a grid Gaussian, in one read of its rows.
+def logistic_pattern_moments(X, x_rows, x_offsets, Y, y_rows, y_offsets, fields, shifts,
+                             multiplicity, n_chunks):
+    """NCE's logistic classifier of X's rows (label +1) against Y's (label −1) for a grid
+    Gaussian, in one read of the rows of both.
 
     For every row ``a_n = −½ x_nᵀ Λ x_n − offsets[n]`` (the quadratic form as in
     :func:`quadratic_forms`, ``fields`` zero on pairs off the grid), its loss
-    ``ℓ_n = softplus(−y a_n)`` and weight ``w_n = ∂ℓ_n/∂a_n = −y σ(−y a_n)``, with the
-    class label ``y = label`` (+1 data, −1 noise). Each block of rows is centred into a
+    ``ℓ_n = softplus(−y_n a_n)`` and weight ``w_n = ∂ℓ_n/∂a_n = −y_n σ(−y_n a_n)``, with
+    the class label ``y_n`` (+1 for X, −1 for Y). Each block of rows is centred into a
     zero-padded buffer once; its quadratic forms, weights and weighted pattern products
     (as :func:`pattern_moments`) are then computed while the block is in cache, where
     :func:`quadratic_forms` and :func:`pattern_moments` in turn read the rows twice.
+    Both classes share one parallel region and one accumulator a thread: with the
+    classes in two calls, NCE's step on MNIST paid two regions' start-up and two
+    reductions (256 + 256 rows: 2 × 180 µs, against 300 µs for 512 rows in one call).
+
+    Parameters
+    ----------
+    X, x_rows, Y, y_rows
+        Each class's samples, ``X[x_rows]`` (every row when ``x_rows`` is empty); a class
+        may have no rows.
+    x_offsets, y_offsets : ndarray of float64
+        One offset a selected row.
 
     Returns
     -------
     loss : float
-        ``Σ_n ℓ_n``.
+        ``Σ_n ℓ_n`` over both classes.
     weight : float
         ``Σ_n w_n``.
     moments : ndarray, shape (n_terms, D)
         ``Σ_n w_n x_np x_n,p+δ_k`` (partners past D contribute zero; the caller zeroes
         the pairs that wrap around a grid row).
     """
-    n = rows.size if rows.size else X.shape[0]
-    d = X.shape[1]
+    n_x = x_rows.size if x_rows.size else X.shape[0]
+    n_y = y_rows.size if y_rows.size else Y.shape[0]
+    n = n_x + n_y
+    d = fields.shape[1]
     n_terms = shifts.size
     pad = _padding(shifts)
     unsigned = shifts.astype(np.uint64)
@@ -399,9 +413,16 @@ def logistic_pattern_moments(X, rows, fields, shifts, multiplicity, offsets, lab
                     w[b] = 0.0
                     continue
                 row = y[b]
-                _center_into(row, _row_of(X, rows, i), zero_center, d)
+                if i < n_x:
+                    _center_into(row, _row_of(X, x_rows, i), zero_center, d)
+                    label = 1.0
+                    offset = x_offsets[i]
+                else:
+                    _center_into(row, _row_of(Y, y_rows, i - n_x), zero_center, d)
+                    label = -1.0
+                    offset = y_offsets[i - n_x]
                 q = _stencil_form(row, scaled, unsigned, d)
-                z = -label * (-0.5 * q - offsets[i])
+                z = -label * (-0.5 * q - offset)
                 loss += _softplus(z)
                 w[b] = -label * _sigmoid(z)
                 weight += w[b]
@@ -1509,6 +1530,28 @@ def first_non_finite_row(X, n_chunks):
 def default_chunks(n_samples):
     """Number of parallel accumulators for :func:`pattern_moments`."""
     return max(1, min(numba.get_num_threads(), n_samples))
+
+
+@njit(cache=True, error_model="numpy")
+def adam_step(grad, first, second, beta1, beta2, bias1, bias2, rate):
+    """One Adam step (Kingma & Ba 2015): the moment estimates updated in place,
+
+        m ← β₁ m + (1 − β₁) g,   v ← β₂ v + (1 − β₂) g²,
+
+    and the step ``−rate · (m / b₁) / (√(v / b₂) + 10⁻⁸)`` returned (a new array), with
+    the bias corrections ``b₁ = 1 − β₁ᵗ`` and ``b₂ = 1 − β₂ᵗ`` from the caller (Python's
+    power, which Numba's differs from in the last bit), each entry computed as NumPy's
+    expressions compute it. ``error_model="numpy"`` (IEEE division, no zero test) lets
+    LLVM vectorize the divisions: 17 → 7 µs for 2,297 parameters, against 25–30 µs for
+    the NumPy expressions."""
+    step = np.empty_like(grad)
+    for j in range(grad.size):
+        i = np.uint64(j)
+        g = grad[i]
+        first[i] = beta1 * first[i] + (1.0 - beta1) * g
+        second[i] = beta2 * second[i] + (1.0 - beta2) * g * g
+        step[i] = -rate * (first[i] / bias1) / (np.sqrt(second[i] / bias2) + 1e-8)
+    return step
 
 
 # -- standard normal variates ----------------------------------------------------------

@@ -51,6 +51,7 @@ from collections import deque
 import numpy as np
 from scipy.optimize import OptimizeResult
 
+from . import _kernels
 from ._blas import one_blas_thread
 from .exceptions import NotPositiveDefiniteError, SparseGaussError
 
@@ -655,13 +656,15 @@ def _stochastic(fun, x, method, tol, maxiter, callback, learning_rate, schedule,
             second = beta2 * second + (1 - beta2) * grad * grad
             step = -rate * grad / (np.sqrt(second) + 1e-8)
         else:
-            first = beta1 * first + (1 - beta1) * grad
-            second = beta2 * second + (1 - beta2) * grad * grad
-            corrected = np.sqrt(second / (1 - beta2 ** iteration)) + 1e-8
-            step = -rate * (first / (1 - beta1 ** iteration)) / corrected
+            # One compiled loop over the moments in place: the eight NumPy expressions
+            # it replaces cost 25 µs a step on 2,297 parameters, a tenth of NCE's step
+            # on MNIST (same results: the same operations in the same order).
+            step = _kernels.adam_step(grad, first, second, beta1, beta2,
+                                      1 - beta1 ** iteration, 1 - beta2 ** iteration, rate)
         for _ in range(_MAX_BACKTRACKS):
+            trial = x + step
             try:
-                new_loss, new_grad = _checked(fun, x + step, iteration)
+                new_loss, new_grad = _checked(fun, trial, iteration)
                 nfev += 1
                 break
             except NotPositiveDefiniteError:
@@ -670,7 +673,7 @@ def _stochastic(fun, x, method, tol, maxiter, callback, learning_rate, schedule,
         else:
             message = f"no step stayed in the objective's domain at iteration {iteration}"
             break
-        x, loss, grad = x + step, new_loss, new_grad
+        x, loss, grad = trial, new_loss, new_grad
         if iteration > first_averaged:
             tail += x
             n_tail += 1

@@ -83,7 +83,9 @@ def _samples(X):
     """``(array, rows)`` for the kernels: a selection's array and rows, read in place, or
     ``X`` as a float array and every row."""
     if isinstance(X, RowSelection):
-        return X.array, X.rows
+        # The kernels read an empty ``rows`` as "every row": a selection of none is an
+        # array of none.
+        return (X.array, X.rows) if X.rows.size else (X.array[:0], _ALL_ROWS)
     return as_float_array(X), _ALL_ROWS
 
 
@@ -203,40 +205,46 @@ def moment_sums(X, center, weights, shifts, *, with_sums=False, rows=_ALL_ROWS):
     return (out, sums) if with_sums else out
 
 
-def logistic_moments(X, grid, fields, offsets, label):
-    """One class of a logistic classifier on ``a_n = −½ x_nᵀ Λ x_n − offsets_n``, from
-    one read of X (:func:`sparsegauss._kernels.logistic_pattern_moments`).
+def logistic_moments(X, Y, grid, fields, x_offsets, y_offsets):
+    """NCE's logistic classifier of X (label +1) against Y (label −1) on
+    ``a_n = −½ x_nᵀ Λ x_n − offsets_n``, from one read of both
+    (:func:`sparsegauss._kernels.logistic_pattern_moments`).
 
     Parameters
     ----------
-    X : ndarray or RowSelection, shape (n_samples, D)
+    X, Y : ndarray or RowSelection, shapes (n_x, D) and (n_y, D)
+        The two classes' samples; either may have no rows.
     grid : GridParameterization
     fields : ndarray, shape (n_terms, D)
         Stencil layout of Λ (``grid.fields(theta)``), zero on pairs off the grid.
-    offsets : ndarray, shape (n_samples,)
-    label : {1, -1}
-        The class: loss ``softplus(−label · a_n)``.
+    x_offsets, y_offsets : ndarray, shapes (n_x,) and (n_y,)
 
     Returns
     -------
     loss : float
-        ``Σ_n softplus(−y a_n)``.
+        ``Σ_n softplus(−y_n a_n)`` over both classes (``y_n`` the row's label).
     weight : float
-        ``Σ_n w_n`` with ``w_n = ∂ loss_n / ∂ a_n = −y σ(−y a_n)``.
+        ``Σ_n w_n`` with ``w_n = ∂ loss_n / ∂ a_n = −y_n σ(−y_n a_n)``.
     moments : ndarray, shape (n_terms, D)
         ``Σ_n w_n x_np x_n,p+δ_k`` on valid pairs, zero on pairs that leave the grid (as
         :func:`pattern_moments` with these weights).
     """
-    X, rows = _samples(X)
-    n = rows.size if rows.size else X.shape[0]
-    offsets = np.ascontiguousarray(offsets, dtype=np.float64)
-    if offsets.shape != (n,):               # the kernel reads one offset a row, unchecked
-        raise ValueError(f"offsets has shape {offsets.shape}; expected ({n},), one value "
-                         "per row of X.")
+    operands = []
+    for name, samples, offsets in (("X", X, x_offsets), ("Y", Y, y_offsets)):
+        samples, rows = _samples(samples)
+        n = rows.size if rows.size else samples.shape[0]
+        offsets = np.ascontiguousarray(offsets, dtype=np.float64)
+        if offsets.shape != (n,):           # the kernel reads one offset a row, unchecked
+            raise ValueError(f"The offsets of {name} have shape {offsets.shape}; expected "
+                             f"({n},), one value per row of {name}.")
+        if samples.shape[1] != grid.n_pixels:
+            raise ValueError(f"{name} has {samples.shape[1]} columns; the grid has "
+                             f"{grid.n_pixels} pixels.")
+        operands += [samples, rows, offsets]
+    n_rows = operands[2].size + operands[5].size
     loss, weight, moments = _kernels.logistic_pattern_moments(
-        X, rows, np.ascontiguousarray(fields, dtype=np.float64), grid.shifts,
-        grid.multiplicity, offsets, float(label),
-        _kernels.default_chunks(n))
+        *operands, np.ascontiguousarray(fields, dtype=np.float64), grid.shifts,
+        grid.multiplicity, _kernels.default_chunks(max(n_rows, 1)))
     moments[~grid.valid] = 0.0
     return float(loss), float(weight), moments
 

@@ -75,12 +75,14 @@ def test_passes_read_a_row_selection_in_place(stencil, dtype, rng):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("stencil", [4, 8])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("label", [1.0, -1.0])
-def test_logistic_moments_match_dense(shape, stencil, dtype, label, rng):
-    """NCE's one-read pass for a class against dense NumPy: a_n = −½ xᵀΛx − o_n, the loss
-    Σ softplus(−y a), the weights w = −y σ(−y a) summed and on the pattern's products;
-    37 rows (not a multiple of the kernel's blocks of 4), offsets that saturate the
-    logistic both ways (no overflow, no NaN), a row selection read in place."""
+@pytest.mark.parametrize("n_x, n_y", [(37, 23), (37, 0), (0, 23)])
+def test_logistic_moments_match_dense(shape, stencil, dtype, n_x, n_y, rng):
+    """NCE's one-read pass of both classes against dense NumPy: a_n = −½ uᵀΛu − o_n, the
+    loss Σ softplus(−y a), the weights w = −y σ(−y a) summed and on the pattern's
+    products (y = +1 for X's rows, −1 for Y's); 37 + 23 rows (not a multiple of the
+    kernel's blocks of 4, a block straddling the classes), each class alone, offsets that
+    saturate the logistic both ways (no overflow, no NaN), a row selection read in place
+    beside a contiguous array."""
     from scipy.special import expit
 
     from sparsegauss.stats import RowSelection, logistic_moments
@@ -88,30 +90,39 @@ def test_logistic_moments_match_dense(shape, stencil, dtype, label, rng):
     grid = GridParameterization(shape, stencil)
     theta = rng.normal(size=grid.n_params)
     X = rng.normal(size=(60, grid.n_pixels)).astype(dtype)
-    rows = rng.choice(60, 37, replace=False)
-    offsets = rng.normal(scale=3.0, size=37)
+    rows = rng.choice(60, n_x, replace=False)
+    Y = rng.normal(size=(n_y, grid.n_pixels)).astype(dtype)
+    offsets = rng.normal(scale=3.0, size=n_x + n_y)
     offsets[:3] = [800.0, -800.0, 0.0]
-    loss, weight, moments = logistic_moments(RowSelection(X, rows), grid, grid.fields(theta),
-                                             offsets, label)
-    Y = X[rows].astype(np.float64)
-    a = -0.5 * np.einsum("ni,ij,nj->n", Y, dense_precision(grid, theta), Y) - offsets
-    w = -label * expit(-label * a)
-    np.testing.assert_allclose(loss, np.sum(np.logaddexp(0.0, -label * a)), rtol=1e-11)
+    x_offsets, y_offsets = offsets[:n_x], offsets[n_x:]
+    loss, weight, moments = logistic_moments(RowSelection(X, rows), Y, grid,
+                                             grid.fields(theta), x_offsets, y_offsets)
+    U = np.vstack([X[rows], Y]).astype(np.float64)
+    labels = np.repeat([1.0, -1.0], [n_x, n_y])
+    a = -0.5 * np.einsum("ni,ij,nj->n", U, dense_precision(grid, theta), U) - offsets
+    w = -labels * expit(-labels * a)
+    np.testing.assert_allclose(loss, np.sum(np.logaddexp(0.0, -labels * a)), rtol=1e-11)
     np.testing.assert_allclose(weight, np.sum(w), rtol=1e-11, atol=1e-14)
-    dense = (Y * w[:, None]).T @ Y
+    dense = (U * w[:, None]).T @ U
     pairs = grid.pair_indices()
     np.testing.assert_allclose(moments[grid.valid], dense[pairs], rtol=1e-10, atol=1e-10)
     assert np.all(moments[~grid.valid] == 0)
-    same = logistic_moments(X[rows], grid, grid.fields(theta), offsets, label)
+    same = logistic_moments(X[rows], Y, grid, grid.fields(theta), x_offsets, y_offsets)
     np.testing.assert_allclose(same[2], moments, rtol=1e-13, atol=1e-13)
-    with pytest.raises(ValueError, match="one value per row"):
-        logistic_moments(X[rows], grid, grid.fields(theta), offsets[:-1], label)
+    with pytest.raises(ValueError, match="one value per row of X"):
+        logistic_moments(X[rows], Y, grid, grid.fields(theta), x_offsets[:-1] if n_x
+                         else [0.0], y_offsets)
+    with pytest.raises(ValueError, match="one value per row of Y"):
+        logistic_moments(X[rows], Y, grid, grid.fields(theta), x_offsets,
+                         np.append(y_offsets, 0.0))
+    with pytest.raises(ValueError, match="columns"):
+        logistic_moments(X[rows], Y[:, 1:], grid, grid.fields(theta), x_offsets, y_offsets)
 
 
 @pytest.mark.parametrize("stencil", [4, 8])
 def test_grid_gaussian_logistic_terms_match_the_generic_ones(stencil, rng):
-    """The grid Gaussian's one-pass logistic_terms give the generic two-pass ones (from
-    log_density_vjp), which NCE used before."""
+    """The grid Gaussian's one-pass logistic_terms give the generic ones (two passes a
+    class, from log_density_vjp), which NCE used before."""
     from sparsegauss.models import GridGaussianEnergy
     from sparsegauss.models.base import EnergyModel
 
@@ -119,13 +130,14 @@ def test_grid_gaussian_logistic_terms_match_the_generic_ones(stencil, rng):
     theta = rng.normal(size=grid.n_params)
     model = GridGaussianEnergy(grid)
     X = rng.normal(size=(41, grid.n_pixels))
-    offsets = rng.normal(scale=5.0, size=41)
-    for label in (1.0, -1.0):
-        fused = model.logistic_terms(theta, X, offsets, label)
-        generic = EnergyModel.logistic_terms(model, theta, X, offsets, label)
-        np.testing.assert_allclose(fused[0], generic[0], rtol=1e-12)
-        np.testing.assert_allclose(fused[1], generic[1], rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(fused[2], generic[2], rtol=1e-12)
+    Y = rng.normal(size=(19, grid.n_pixels))
+    x_offsets = rng.normal(scale=5.0, size=41)
+    y_offsets = rng.normal(scale=5.0, size=19)
+    fused = model.logistic_terms(theta, X, x_offsets, Y, y_offsets)
+    generic = EnergyModel.logistic_terms(model, theta, X, x_offsets, Y, y_offsets)
+    np.testing.assert_allclose(fused[0], generic[0], rtol=1e-12)
+    np.testing.assert_allclose(fused[1], generic[1], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(fused[2], generic[2], rtol=1e-12)
 
 
 def test_trace_identity(rng):

@@ -130,15 +130,13 @@ def nce_loss_grad(model, params, data, noise, log_noise_data, log_noise_noise, *
         theta = params
         zeta, grad_log_z = model.log_partition(theta)
     # With a = G − log ν: −log σ(a) = softplus(−a) at the data (label +1) and
-    # −log(1 − σ(a)) = softplus(a) at the noise (label −1); the model returns each class's
-    # loss, Σ (∂loss/∂a) ∇_θ f and Σ ∂loss/∂a, and ∂a/∂ζ = −1.
-    loss_data, grad_data, weight_data = model.logistic_terms(
-        theta, data, zeta + log_noise_data + log_nu, 1.0)
-    loss_noise, grad_noise, weight_noise = model.logistic_terms(
-        theta, noise, zeta + log_noise_noise + log_nu, -1.0)
-    loss = (loss_data + loss_noise) / n_data
-    grad_theta = (grad_data + grad_noise) / n_data
-    grad_zeta = -(weight_data + weight_noise) / n_data
+    # −log(1 − σ(a)) = softplus(a) at the noise (label −1); the model returns both
+    # classes' loss, Σ (∂loss/∂a) ∇_θ f and Σ ∂loss/∂a, and ∂a/∂ζ = −1.
+    loss, grad_theta, weight = model.logistic_terms(
+        theta, data, zeta + log_noise_data + log_nu, noise, zeta + log_noise_noise + log_nu)
+    loss = loss / n_data
+    grad_theta = grad_theta / n_data
+    grad_zeta = -weight / n_data
     if normalization == "learned":
         return float(loss), np.append(grad_theta, grad_zeta)
     return float(loss), grad_theta + grad_zeta * grad_log_z

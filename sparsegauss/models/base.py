@@ -13,7 +13,7 @@ method                    value                                       used by
 ``log_density``           ``f_θ(x_n)`` for every row                  all
 ``log_density_grad``      ``Σ_n w_n ∇_θ f_θ(x_n)`` (no n × p array)    NCE, RNCE, CNCE, CD
 ``log_density_vjp``       both on the same rows, one forward pass      NCE, RNCE, CNCE, CD
-``logistic_terms``        one class's loss, ``Σ w ∇_θ f``, ``Σ w``     NCE
+``logistic_terms``        two classes' loss, ``Σ w ∇_θ f``, ``Σ w``   NCE
 ``score``                 ``ψ_θ(x_n) = ∇_x f_θ(x_n)``                  score matching
 ``laplacian``             ``Δf_θ(x_n) = Σ_i ∂²f_θ/∂x_i²``              score matching
 ``laplacian_grad``        ``Σ_n w_n ∇_θ Δf_θ(x_n)``                    score matching
@@ -94,18 +94,25 @@ class EnergyModel(abc.ABC):
         return (self.log_density(theta, X),
                 lambda weights: self.log_density_grad(theta, X, weights))
 
-    def logistic_terms(self, theta, X, offsets, label):
-        """One class of a logistic classifier on ``a_n = f_θ(x_n) − offsets_n`` (NCE's).
+    def logistic_terms(self, theta, X, x_offsets, Y, y_offsets):
+        """NCE's logistic classifier of the rows of X (label +1) against those of Y
+        (label −1), on ``a_n = f_θ(u_n) − offsets_n``.
 
-        Returns ``Σ_n ℓ_n`` with ``ℓ_n = softplus(−y a_n)`` (``y = label``, +1 or −1),
-        ``Σ_n w_n ∇_θ f_θ(x_n)`` and ``Σ_n w_n`` with ``w_n = ∂ℓ_n/∂a_n = −y σ(−y a_n)``.
-        By default from :meth:`log_density_vjp`; a model can compute all three in one
-        pass over the rows (the grid Gaussian does).
+        Returns ``Σ_n ℓ_n`` with ``ℓ_n = softplus(−y_n a_n)`` (``y_n`` the row's label),
+        ``Σ_n w_n ∇_θ f_θ(u_n)`` and ``Σ_n w_n`` with ``w_n = ∂ℓ_n/∂a_n = −y_n σ(−y_n a_n)``,
+        each summed over both classes. By default class by class from
+        :meth:`log_density_vjp`; a model can compute all three in one pass over the rows
+        of both (the grid Gaussian does).
         """
-        f, vjp = self.log_density_vjp(theta, X)
-        z = -label * (f - offsets)
-        weights = -label * expit(z)
-        return float(np.sum(np.logaddexp(0.0, z))), vjp(weights), float(np.sum(weights))
+        loss, grad, weight = 0.0, 0.0, 0.0
+        for rows, offsets, label in ((X, x_offsets, 1.0), (Y, y_offsets, -1.0)):
+            f, vjp = self.log_density_vjp(theta, rows)
+            z = -label * (f - offsets)
+            weights = -label * expit(z)
+            loss += float(np.sum(np.logaddexp(0.0, z)))
+            grad = grad + vjp(weights)
+            weight += float(np.sum(weights))
+        return loss, grad, weight
 
     def log_density_and_score(self, theta, X):
         """``f_θ(x_n)`` and ``∇_x f_θ(x_n)`` together (an MCMC step needs both)."""

@@ -146,11 +146,12 @@ class GridGaussianEnergy(EnergyModel):
         moments = pattern_moments(X, self.grid, weights=np.asarray(weights, dtype=np.float64))
         return -0.5 * self.grid.adjoint(self.grid.multiplicity[:, None] * moments)
 
-    def logistic_terms(self, theta, X, offsets, label):
-        # One read of the rows for the quadratic forms, the weights and the weighted
-        # pattern products, where log_density_vjp reads them twice (NCE's second phase).
-        loss, weight, moments = logistic_moments(X, self.grid, self.grid.fields(theta),
-                                                 offsets, label)
+    def logistic_terms(self, theta, X, x_offsets, Y, y_offsets):
+        # One read of the rows of both classes for the quadratic forms, the weights and
+        # the weighted pattern products, in one kernel call, where log_density_vjp reads
+        # each class twice (NCE's second phase).
+        loss, weight, moments = logistic_moments(X, Y, self.grid, self.grid.fields(theta),
+                                                 x_offsets, y_offsets)
         return loss, -0.5 * self.grid.adjoint(self.grid.multiplicity[:, None] * moments), weight
 
     def score(self, theta, X):
