@@ -279,7 +279,7 @@ class SelectedInversion:
         self.time_factorize_and_selected_inverse(side)
 
     def time_factorize(self, side):
-        self.normalizer.analysis._factor.cholesky_inplace(self.matrix)
+        self.normalizer.analysis.cholmod.cholesky_inplace(self.matrix)
 
     def time_factorize_kernel(self, side):
         self.normalizer.analysis.factorize(self.matrix)

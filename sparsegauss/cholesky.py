@@ -3,7 +3,9 @@
 One :class:`SparseCholesky` holds the symbolic analysis (fill-reducing ordering and the
 factor's structure) of one sparsity pattern; :meth:`SparseCholesky.factorize` refactors
 it numerically for new values on the same pattern, which is what every iteration of a
-fit does. CHOLMOD chooses the fill-reducing ordering; the factor's structure
+fit does. The analysis itself is shared: every SparseCholesky of one pattern reads one
+copy of the structure (and of CHOLMOD's factor), and owns only its numeric factor and
+selected inverse (see :class:`_SymbolicAnalysis`). CHOLMOD chooses the fill-reducing ordering; the factor's structure
 (:func:`sparsegauss._kernels.symbolic_supernodal`: CHOLMOD's relaxed supernodes, the same
 structure, tested) and the numeric refactorization
 (:func:`sparsegauss._kernels.cholesky_supernodal`) are the library's own, writing into
@@ -32,7 +34,12 @@ scikit-sparse 0.4.x's simplicial LDLᵀ factorization "succeeds" on an indefinit
 (``logdet()`` is then nan), so every factorization's pivots are checked here.
 """
 
+import contextlib
+import hashlib
+import itertools
+import threading
 import warnings
+import weakref
 
 import numba
 import numpy as np
@@ -124,6 +131,74 @@ def solve_once(lower, b):
     return factor(np.asarray(b, dtype=np.float64))
 
 
+#: Serial numbers of SparseCholesky objects (ids can be reused after collection).
+_SERIALS = itertools.count()
+
+
+class _SymbolicAnalysis:
+    """The structure of one sparsity pattern's factor, shared by every
+    :class:`SparseCholesky` of that pattern while one exists: CHOLMOD's ordering and
+    symbolic analysis, the factor's supernodal structure and its two-thread schedule.
+
+    A fit builds several analyses of one pattern: the model's, its noise's (NCE), the
+    fitted distribution's, the likelihood check's. Each held its own copy of the
+    structure, and the row indices alone are 8 bytes a factor entry: at 2048×2048 (215
+    million entries) 1.7 GB each, beside CHOLMOD's own structure and numeric factor,
+    which this object holds once (the SparseCholesky that last needed CHOLMOD's values
+    is recorded in ``cholmod_holds``). Found by the pattern's structure and the mode;
+    kept alive only by the SparseCholesky objects that use it.
+    """
+
+    _cache = weakref.WeakValueDictionary()
+    _cache_lock = threading.Lock()
+
+    def __init__(self, pattern, mode):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.cholmod = analyze(pattern, mode=mode)
+        n = pattern.shape[0]
+        self.permutation = np.asarray(self.cholmod.P(), dtype=np.int64)
+        self.inverse_permutation = np.empty_like(self.permutation)
+        self.inverse_permutation[self.permutation] = np.arange(n)
+        # The factor's structure in relaxed supernodes (CHOLMOD's rule and defaults, so
+        # the same blocks as CHOLMOD's supernodal factor), from the permuted pattern with
+        # both triangles.
+        ones = pattern.copy()
+        ones.data[:] = 1.0                 # structure only: explicit zeros count, no cancelling
+        ones = ones + ones.T
+        permuted = ones[self.permutation][:, self.permutation].tocsc()
+        permuted.sort_indices()
+        nrelax, zrelax = _NO_RELAX if mode == "simplicial" else _RELAX
+        self.indptr, self.indices, self.starts = _kernels.symbolic_supernodal(
+            permuted.indptr.astype(np.int64), permuted.indices.astype(np.int64),
+            np.asarray(nrelax, dtype=np.int64), np.asarray(zrelax, dtype=np.float64))
+        # Two threads by subtrees (None: one thread, no parallel region to open).
+        self.schedule = None
+        if self.indices.size >= PARALLEL_MIN_ENTRIES:
+            schedule = _kernels.subtree_schedule(self.indptr, self.indices, self.starts)
+            if schedule[1][2] > 0:                       # a split exists
+                self.schedule = schedule
+        self.cholmod_holds = None          # (serial, generation) of CHOLMOD's values
+        self.lock = threading.RLock()
+
+    @classmethod
+    def of(cls, pattern, mode):
+        """The analysis of a CSC ``pattern`` (sorted indices) in ``mode``: the one that
+        exists for the same structure, else a new one."""
+        # A 128-bit digest of the structure as stored (no copy; the same structure in
+        # other index dtypes is another key, and analyzed again).
+        digest = hashlib.blake2b(digest_size=16)
+        for array in (pattern.indptr, pattern.indices):
+            digest.update(str(array.dtype).encode())
+            digest.update(np.ascontiguousarray(array))
+        key = (mode, pattern.shape[0], pattern.nnz, digest.hexdigest())
+        with cls._cache_lock:
+            found = cls._cache.get(key)
+            if found is None:
+                found = cls._cache[key] = cls(pattern, mode)
+            return found
+
+
 class SparseCholesky:
     """Symbolic Cholesky analysis of one symmetric sparsity pattern.
 
@@ -153,37 +228,20 @@ class SparseCholesky:
             raise ValueError(f"The pattern must be square. Got shape {pattern.shape} instead.")
         pattern.sort_indices()
         self.n = pattern.shape[0]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self._factor = analyze(pattern, mode=mode)
-        self.permutation = np.asarray(self._factor.P(), dtype=np.int64)
-        self.inverse_permutation = np.empty_like(self.permutation)
-        self.inverse_permutation[self.permutation] = np.arange(self.n)
-        # The factor's structure in relaxed supernodes (CHOLMOD's rule and defaults, so
-        # the same blocks as CHOLMOD's supernodal factor), from the permuted pattern with
-        # both triangles.
-        ones = pattern.copy()
-        ones.data[:] = 1.0                 # structure only: explicit zeros count, no cancelling
-        ones = ones + ones.T
-        permuted = ones[self.permutation][:, self.permutation].tocsc()
-        permuted.sort_indices()
-        nrelax, zrelax = _NO_RELAX if mode == "simplicial" else _RELAX
-        self.indptr, self.indices, self.starts = _kernels.symbolic_supernodal(
-            permuted.indptr.astype(np.int64), permuted.indices.astype(np.int64),
-            np.asarray(nrelax, dtype=np.int64), np.asarray(zrelax, dtype=np.float64))
-        # Two threads by subtrees (None: one thread, no parallel region to open).
-        self._schedule = None
-        if self.indices.size >= PARALLEL_MIN_ENTRIES:
-            schedule = _kernels.subtree_schedule(self.indptr, self.indices, self.starts)
-            if schedule[1][2] > 0:                       # a split exists
-                self._schedule = schedule
+        self._symbolic = _SymbolicAnalysis.of(pattern, mode)
+        # The structure, shared with every other SparseCholesky of the same pattern; the
+        # numeric state below is this object's own.
+        self.permutation = self._symbolic.permutation
+        self.inverse_permutation = self._symbolic.inverse_permutation
+        self.indptr, self.indices = self._symbolic.indptr, self._symbolic.indices
+        self.starts, self._schedule = self._symbolic.starts, self._symbolic.schedule
         self._values = np.empty(self.indices.size)       # the numeric factor, reused
         self._inverse = None                             # the selected inverse, reused
         self._inverse_generation = None                  # whose inverse it holds
         self._matrix_lookup = None
         self._lookup = None
         self._generation = 0
-        self._cholmod_generation = None                  # CHOLMOD holds no values yet
+        self._serial = next(_SERIALS)                    # names this object to CHOLMOD's
 
     def factorize(self, matrix):
         """Refactor numerically for a matrix on the analyzed pattern.
@@ -348,16 +406,31 @@ class SparseCholesky:
             f"{column}): its Cholesky factorization has a pivot <= 0. The parameters lie "
             "outside the cone of valid Gaussian models.", column=column)
 
+    @property
+    def cholmod(self):
+        """CHOLMOD's own factor object for this pattern (scikit-sparse's ``Factor``), for
+        callers that time or use CHOLMOD directly (the benchmarks). Whatever they
+        factorize into it, the library's solves afterwards refactor it first."""
+        self._symbolic.cholmod_holds = None
+        return self._symbolic.cholmod
+
+    @contextlib.contextmanager
     def _cholmod_for(self, factor):
-        """CHOLMOD's numeric factor of ``factor``'s matrix, refactored only when the
-        last one CHOLMOD holds is another's."""
-        if self._cholmod_generation != factor._generation:
-            try:
-                self._factor.cholesky_inplace(factor._matrix)
-            except CholmodNotPositiveDefiniteError as exc:   # rare: ours passed (rounding)
-                raise NotPositiveDefiniteError(str(exc)) from exc
-            self._cholmod_generation = factor._generation
-        return self._factor
+        """A context holding CHOLMOD's numeric factor of ``factor``'s matrix, refactored
+        only when the last one CHOLMOD holds is another's. CHOLMOD's factor belongs to
+        the shared analysis: the context holds its lock, so that another SparseCholesky
+        of the pattern (on another thread) cannot refactor it while it is used."""
+        symbolic = self._symbolic
+        with symbolic.lock:
+            holder = (self._serial, factor._generation)
+            if symbolic.cholmod_holds != holder:
+                symbolic.cholmod_holds = None
+                try:
+                    symbolic.cholmod.cholesky_inplace(factor._matrix)
+                except CholmodNotPositiveDefiniteError as exc:   # rare: ours passed
+                    raise NotPositiveDefiniteError(str(exc)) from exc
+                symbolic.cholmod_holds = holder
+            yield symbolic.cholmod
 
     def _check_current(self, factor):
         if factor._generation != self._generation:
@@ -387,6 +460,13 @@ class SparseCholesky:
                              "the selected inverse covers only the analyzed pattern.")
         self._lookup = (rows, cols, positions)
         return positions
+
+    def release_inverse(self):
+        """Free the selected inverse's buffer (a factor's size: 1.7 GB at 2048×2048),
+        kept between calls for the fits that invert at every step; the next selected
+        inversion allocates it again."""
+        self._inverse = None
+        self._inverse_generation = None
 
     def _selected_inverse_on_factor(self):
         """Takahashi's recursion on the factor's full pattern, into a buffer kept for
@@ -450,8 +530,9 @@ class CholeskyFactor:
 
     def solve(self, b):
         """Solve ``A x = b`` for a vector or a (D, k) array."""
-        cholmod = self._analysis._cholmod_for(self)
-        return cholmod.solve_A(np.asarray(b, dtype=np.float64))
+        b = np.asarray(b, dtype=np.float64)
+        with self._analysis._cholmod_for(self) as cholmod:
+            return cholmod.solve_A(b)
 
     def sample(self, n_samples, random_state=None, out=None):
         """Exact draws from ``N(0, A⁻¹)``.
@@ -525,8 +606,8 @@ class CholeskyFactor:
         """The inverse of :meth:`whiten`, ``x = Pᵀ L⁻ᵀ z`` for every row of ``Z``
         (written into ``out`` when given)."""
         Z = np.asarray(Z, dtype=np.float64)
-        cholmod = self._analysis._cholmod_for(self)
-        permuted = cholmod.solve_Lt(Z.T, use_LDLt_decomposition=False)
+        with self._analysis._cholmod_for(self) as cholmod:
+            permuted = cholmod.solve_Lt(Z.T, use_LDLt_decomposition=False)
         if out is None:
             out = np.empty(Z.shape)
         out[:, self._analysis.permutation] = permuted.T

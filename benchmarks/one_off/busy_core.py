@@ -34,7 +34,7 @@ def main(side, repeats=5):
         "refactorization": lambda: normalizer.analysis.factorize(matrix),
         "refactorization + selected inversion":
             lambda: normalizer.covariance_fields(normalizer.factorize(theta)),
-        "CHOLMOD's factorization": lambda: normalizer.analysis._factor.cholesky_inplace(matrix),
+        "CHOLMOD's factorization": lambda: normalizer.analysis.cholmod.cholesky_inplace(matrix),
     }
     for function in cases.values():      # warm-up (JIT, BLAS threads)
         function()

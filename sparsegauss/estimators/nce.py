@@ -201,7 +201,10 @@ def fit_nce(model, X, noise, *, theta0, scale, options=NCEOptions(),
     x0, scale = np.asarray(theta0, dtype=np.float64), np.asarray(scale, dtype=np.float64)
     if learned:
         if model.has_log_partition:
-            zeta0 = model.log_partition(x0)[0]
+            # The value alone, from a frozen copy that is dropped at once: the model's
+            # own factor would be kept through a fit that needs no other (one factor's
+            # size, 1.7 GB at 2048×2048; its gradient another, for the inverse).
+            zeta0 = float(model.frozen(x0).log_partition)
         else:
             zeta0 = float(np.mean(model.log_density(x0, X[:1000]) - log_noise_X[:1000]))
         # ζ is in nats and its gradient is O(1): no rescaling.
