@@ -1821,18 +1821,25 @@ def lower_transposed_solve(indptr, indices, data, rhs):
 
 @njit(parallel=True, cache=True)
 def sample_transposed_solve(seed, first_row, indptr, indices, data, permutation, out,
-                            n_chunks, zx, zratio, zf):
+                            squared_norms, n_chunks, zx, zratio, zf):
     """Exact samples ``out[r] = Pᵀ L⁻ᵀ ε_r`` for the rows of ``out``, ``ε_r`` from stream
     ``first_row + r`` of ``seed``: :func:`standard_normal_rows` (transposed),
     :func:`lower_transposed_solve` and :func:`scatter_transposed` on ``n_chunks`` groups
     of rows at once, each on a thread of its own. The numbers depend on the seed and the
-    row alone, not on ``n_chunks``."""
+    row alone, not on ``n_chunks``. ``squared_norms`` (one entry a row, or empty)
+    receives ``ε_rᵀ ε_r``, which is ``out[r]ᵀ A out[r]`` for ``A = P L Lᵀ Pᵀ``."""
     k, d = out.shape
     for chunk in prange(n_chunks):
         lo = chunk * k // n_chunks
         hi = (chunk + 1) * k // n_chunks
         columns = np.empty((d, hi - lo))
         standard_normal_rows(seed, columns, zx, zratio, zf, first_row + lo, True)
+        if squared_norms.size:
+            for c in range(hi - lo):
+                squared_norms[lo + c] = 0.0
+            for j in range(d):
+                for c in range(hi - lo):
+                    squared_norms[lo + c] += columns[j, c] * columns[j, c]
         lower_transposed_solve(indptr, indices, data, columns)
         scatter_transposed(columns, permutation, out[lo:hi])
 

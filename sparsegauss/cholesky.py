@@ -534,7 +534,7 @@ class CholeskyFactor:
         with self._analysis._cholmod_for(self) as cholmod:
             return cholmod.solve_A(b)
 
-    def sample(self, n_samples, random_state=None, out=None):
+    def sample(self, n_samples, random_state=None, out=None, squared_norms=None):
         """Exact draws from ``N(0, A⁻¹)``.
 
         ``x = Pᵀ L⁻ᵀ ε`` with ``ε ~ N(0, I)``: then ``Cov(P x) = (L Lᵀ)⁻¹ = (P A Pᵀ)⁻¹``.
@@ -545,6 +545,9 @@ class CholeskyFactor:
         random_state : None, int or numpy.random.Generator
         out : ndarray, shape (n_samples, D), float64, C-contiguous, optional
             Written in place and returned (a noise pool of gigabytes is then not copied).
+        squared_norms : ndarray, shape (n_samples,), float64, optional
+            Receives ``εᵀε`` of every sample, which is its ``xᵀ A x``: a sample's
+            log-density without a pass over it.
 
         Returns
         -------
@@ -553,6 +556,12 @@ class CholeskyFactor:
         rng = np.random.default_rng(random_state)
         n = self._analysis.n
         out = _sample_buffer(out, n_samples, n)
+        if squared_norms is None:
+            squared_norms = np.empty(0)
+        elif squared_norms.shape != (n_samples,) or squared_norms.dtype != np.float64:
+            raise ValueError(f"squared_norms must be a float64 array of shape "
+                             f"({n_samples},); got {squared_norms.dtype} "
+                             f"{squared_norms.shape}.")
         # The normals come from the library's ziggurat (sparsegauss._random), 2–3× faster
         # than Generator.standard_normal here; one seed per call and one stream per
         # sample, so neither the path nor the block changes a sample.
@@ -576,7 +585,7 @@ class CholeskyFactor:
             lower = self.lower()
             _kernels.sample_transposed_solve(seed, 0, lower.indptr, lower.indices,
                                              lower.data, self._analysis.permutation, out,
-                                             n_chunks, *_kernels.ZIGGURAT)
+                                             squared_norms, n_chunks, *_kernels.ZIGGURAT)
             return out
         block = int(max(1, min(_SAMPLE_BLOCK, _SAMPLE_BLOCK_VALUES // n, n_samples)))
         normals = np.empty((block, n))
@@ -584,6 +593,8 @@ class CholeskyFactor:
             stop = min(start + block, n_samples)
             eps = standard_normal(rng, (stop - start, n), out=normals[:stop - start],
                                   seed=seed, first_row=start)
+            if squared_norms.size:
+                squared_norms[start:stop] = np.einsum("ij,ij->i", eps, eps)
             self.unwhiten(eps, out=out[start:stop])
         return out
 

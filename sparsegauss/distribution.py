@@ -149,8 +149,28 @@ class GridGaussianDistribution:
         """``n_samples`` exact samples, shape (n_samples, D), float64 (written into
         ``out`` when given: C-contiguous float64 of that shape)."""
         samples = self.factor().sample(int(n_samples), random_state, out=out)
-        samples += self.mean          # in place: the samples may be gigabytes
+        if np.any(self.mean):         # fresh-noise NCE draws 2,000 times from mean zero
+            samples += self.mean      # in place: the samples may be gigabytes
         return samples
+
+    def sample_and_score(self, n_samples, random_state=None, out=None):
+        """:meth:`sample` and the samples' log-densities (:meth:`score_samples`), the
+        latter without a pass over the samples: ``x = μ + Pᵀ L⁻ᵀ ε`` has
+        ``(x − μ)ᵀ Λ (x − μ) = εᵀε``. The same samples as :meth:`sample` for the same
+        ``random_state``; the log-densities agree with :meth:`score_samples` of them up
+        to the rounding of the triangular solve.
+
+        Returns
+        -------
+        samples : ndarray, shape (n_samples, D)
+        log_density : ndarray, shape (n_samples,)
+        """
+        squared_norms = np.empty(int(n_samples))
+        samples = self.factor().sample(int(n_samples), random_state, out=out,
+                                       squared_norms=squared_norms)
+        if np.any(self.mean):
+            samples += self.mean
+        return samples, -0.5 * squared_norms - self.log_partition
 
     def whiten(self, X):
         """``z = Lᵀ P (x − μ)`` for every row: N(0, I) exactly when x follows this

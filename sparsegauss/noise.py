@@ -118,6 +118,10 @@ class GridNoise:
     def sample(self, n_samples, random_state=None, out=None):
         return self.distribution.sample(n_samples, random_state=random_state, out=out)
 
+    def sample_and_score(self, n_samples, random_state=None, out=None):
+        return self.distribution.sample_and_score(n_samples, random_state=random_state,
+                                                  out=out)
+
     def score_samples(self, X):
         return self.distribution.score_samples(X)
 

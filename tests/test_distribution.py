@@ -118,3 +118,41 @@ def test_no_module_imports_one_that_imports_it_back():
         if module not in state:
             visit(module, [module])
     assert not cycle, f"import cycles: {cycle}"
+
+
+@pytest.mark.parametrize("shape", [(9, 7), (70, 70)])     # our solve; CHOLMOD's (> 4096 px)
+def test_sample_and_score_gives_the_samples_and_their_log_densities(shape, rng):
+    """sample_and_score: the samples of sample() for the same seed, and log-densities
+    from εᵀε equal to score_samples of those samples (a pass over them), with a mean."""
+    grid = GridParameterization(shape, 8)
+    mean = rng.normal(size=grid.n_pixels)
+    p = GridGaussianDistribution(grid, random_spd_theta(grid, rng), mean)
+    samples, log_density = p.sample_and_score(37, random_state=5)
+    np.testing.assert_array_equal(samples, p.sample(37, random_state=5))
+    np.testing.assert_allclose(log_density, p.score_samples(samples), rtol=1e-11)
+    out = np.empty((37, grid.n_pixels))
+    assert p.sample_and_score(37, random_state=5, out=out)[0] is out
+
+
+def test_draw_noise_scores_grid_noise_from_its_normals(rng):
+    """NCE's draw of a grid noise takes the log-densities that come with the samples
+    (float64), and scores the stored samples itself otherwise (float32: the rounded
+    samples' own densities); a sample_and_score that breaks its contract is named."""
+    from sparsegauss.estimators._driver import draw_noise
+    from sparsegauss.noise import GridNoise
+
+    grid = GridParameterization((6, 5), 4)
+    noise = GridNoise(GridGaussianDistribution(grid, random_spd_theta(grid, rng)))
+    samples, log_density = draw_noise(noise, 11, grid.n_pixels, np.random.default_rng(3))
+    np.testing.assert_allclose(log_density, noise.score_samples(samples), rtol=1e-11)
+    single, log_single = draw_noise(noise, 11, grid.n_pixels, np.random.default_rng(3),
+                                    np.float32)
+    assert single.dtype == np.float32
+    np.testing.assert_allclose(log_single, noise.score_samples(single), rtol=1e-12)
+
+    class Broken(GridNoise):
+        def sample_and_score(self, n_samples, random_state=None, out=None):
+            return np.zeros((n_samples, grid.n_pixels)), np.zeros(n_samples)
+
+    with pytest.raises(ValueError, match="must return the array it was given"):
+        draw_noise(Broken(noise.distribution), 4, grid.n_pixels, np.random.default_rng(0))

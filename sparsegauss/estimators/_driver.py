@@ -136,7 +136,21 @@ def draw_samples(distribution, n_samples, n_pixels, rng, dtype=np.float64):
 def draw_noise(noise_model, n_samples, n_pixels, rng, dtype=np.float64):
     """``n_samples`` noise samples in ``dtype`` (see :func:`draw_samples`), and their
     noise log-densities: those of the stored (rounded) samples, so that data and noise
-    enter the classifier on the same footing."""
+    enter the classifier on the same footing.
+
+    A float64 draw from a noise with ``sample_and_score`` (the library's grid Gaussians)
+    gets its log-densities with the samples, without a pass over them: fresh-noise NCE
+    on MNIST spent 0.2 s of its 4 s scoring 256 new samples at each of 2,000 steps.
+    """
+    sample_and_score = getattr(noise_model, "sample_and_score", None)
+    if np.dtype(dtype) == np.float64 and sample_and_score is not None:
+        out = np.empty((n_samples, n_pixels))
+        drawn, log_density = sample_and_score(n_samples, rng, out=out)
+        if drawn is not out or np.shape(log_density) != (n_samples,):
+            raise ValueError(f"{type(noise_model).__name__}.sample_and_score(n, "
+                             "random_state, out=) must return the array it was given and "
+                             "one log-density a sample.")
+        return out, np.asarray(log_density, dtype=np.float64)
     out = draw_samples(noise_model, n_samples, n_pixels, rng, dtype)
     return out, np.asarray(noise_model.score_samples(out), dtype=np.float64)
 
