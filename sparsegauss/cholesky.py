@@ -5,7 +5,8 @@ factor's structure) of one sparsity pattern; :meth:`SparseCholesky.factorize` re
 it numerically for new values on the same pattern, which is what every iteration of a
 fit does. The analysis itself is shared: every SparseCholesky of one pattern reads one
 copy of the structure (and of CHOLMOD's factor), and owns only its numeric factor and
-selected inverse (see :class:`_SymbolicAnalysis`). CHOLMOD chooses the fill-reducing ordering; the factor's structure
+selected inverse (see :class:`_SymbolicAnalysis`). CHOLMOD chooses the fill-reducing
+ordering; the factor's structure
 (:func:`sparsegauss._kernels.symbolic_supernodal`: CHOLMOD's relaxed supernodes, the same
 structure, tested) and the numeric refactorization
 (:func:`sparsegauss._kernels.cholesky_supernodal`) are the library's own, writing into

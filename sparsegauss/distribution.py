@@ -148,7 +148,11 @@ class GridGaussianDistribution:
     def sample(self, n_samples, random_state=None, out=None):
         """``n_samples`` exact samples, shape (n_samples, D), float64 (written into
         ``out`` when given: C-contiguous float64 of that shape)."""
-        samples = self.factor().sample(int(n_samples), random_state, out=out)
+        return self._draw(n_samples, random_state, out, None)
+
+    def _draw(self, n_samples, random_state, out, squared_norms):
+        samples = self.factor().sample(int(n_samples), random_state, out=out,
+                                       squared_norms=squared_norms)
         if np.any(self.mean):         # fresh-noise NCE draws 2,000 times from mean zero
             samples += self.mean      # in place: the samples may be gigabytes
         return samples
@@ -166,10 +170,7 @@ class GridGaussianDistribution:
         log_density : ndarray, shape (n_samples,)
         """
         squared_norms = np.empty(int(n_samples))
-        samples = self.factor().sample(int(n_samples), random_state, out=out,
-                                       squared_norms=squared_norms)
-        if np.any(self.mean):
-            samples += self.mean
+        samples = self._draw(n_samples, random_state, out, squared_norms)
         return samples, -0.5 * squared_norms - self.log_partition
 
     def whiten(self, X):
