@@ -352,8 +352,8 @@ def _stencil_form(y, scaled, unsigned, d):
 
 
 @njit(parallel=True, fastmath=_REASSOC, cache=True)
-def logistic_pattern_moments(X, x_rows, x_offsets, Y, y_rows, y_offsets, fields, shifts,
-                             multiplicity, n_chunks):
+def logistic_pattern_moments(X, x_rows, x_center, x_offsets, Y, y_rows, y_center,
+                             y_offsets, fields, shifts, multiplicity, n_chunks):
     """NCE's logistic classifier of X's rows (label +1) against Y's (label −1) for a grid
     Gaussian, in one read of the rows of both.
 
@@ -370,9 +370,9 @@ def logistic_pattern_moments(X, x_rows, x_offsets, Y, y_rows, y_offsets, fields,
 
     Parameters
     ----------
-    X, x_rows, Y, y_rows
-        Each class's samples, ``X[x_rows]`` (every row when ``x_rows`` is empty); a class
-        may have no rows.
+    X, x_rows, x_center, Y, y_rows, y_center
+        Each class's samples, ``X[x_rows] − x_center`` (every row when ``x_rows`` is
+        empty); a class may have no rows.
     x_offsets, y_offsets : ndarray of float64
         One offset a selected row.
 
@@ -397,7 +397,6 @@ def logistic_pattern_moments(X, x_rows, x_offsets, Y, y_rows, y_offsets, fields,
     acc = np.zeros((n_chunks, n_terms, d))
     losses = np.zeros(n_chunks)
     weights = np.zeros(n_chunks)
-    zero_center = np.zeros(d)
     for chunk in prange(n_chunks):
         start = chunk * n // n_chunks
         stop = (chunk + 1) * n // n_chunks
@@ -414,11 +413,11 @@ def logistic_pattern_moments(X, x_rows, x_offsets, Y, y_rows, y_offsets, fields,
                     continue
                 row = y[b]
                 if i < n_x:
-                    _center_into(row, _row_of(X, x_rows, i), zero_center, d)
+                    _center_into(row, _row_of(X, x_rows, i), x_center, d)
                     label = 1.0
                     offset = x_offsets[i]
                 else:
-                    _center_into(row, _row_of(Y, y_rows, i - n_x), zero_center, d)
+                    _center_into(row, _row_of(Y, y_rows, i - n_x), y_center, d)
                     label = -1.0
                     offset = y_offsets[i - n_x]
                 q = _stencil_form(row, scaled, unsigned, d)

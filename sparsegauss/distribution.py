@@ -136,7 +136,8 @@ class GridGaussianDistribution:
 
     def unnormalized_log_density(self, X):
         """``−½ (x − μ)ᵀ Λ (x − μ)`` for every row (defined for any θ)."""
-        return -0.5 * quadratic_forms(as_float_array(X), self.grid,
+        # A RowSelection (centred data, a minibatch) is read in place.
+        return -0.5 * quadratic_forms(X, self.grid,
                                       self.grid.fields(self.theta), center=self.mean)
 
     def score_samples(self, X):

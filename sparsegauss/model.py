@@ -28,7 +28,7 @@ from .sources import as_source, check_finite, check_samples, is_out_of_core
 from .grid import STENCIL_OFFSETS, TYINGS, GridParameterization, check_grid_shape
 from .distribution import GridGaussianDistribution
 from .normalization import GridNormalizer
-from .stats import pattern_moments, pattern_moments_about_mean
+from .stats import RowSelection, pattern_moments, pattern_moments_about_mean
 
 __all__ = ["GridGaussian", "NotFittedError"]
 
@@ -535,9 +535,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
         else:
             normalizer = None
             tol, max_iter = self._stopping()
-            # In the data's own dtype, without a float64 temporary (at 512×512 with 500
-            # float32 samples that temporary alone was 1 GiB); centred data need no copy.
-            centred = X if self.assume_centered else np.subtract(X, location, dtype=X.dtype)
+            centred = X if self.assume_centered else self._centred(X, location)
             result = fit_estimator(
                 self.method, centred, grid, random_state=self.random_state,
                 optimizer=self.optimizer, tol=tol, max_iter=max_iter,
@@ -551,6 +549,18 @@ class GridGaussian(DensityMixin, BaseEstimator):
                 moments=moments)
         return self._finish_fit(grid, result, location, normalizer, moments[0],
                                 n_samples=X.shape[0], moments=moments)
+
+    @staticmethod
+    def _centred(X, location):
+        """``X − location`` for the iterative estimators: a
+        :class:`~sparsegauss.stats.RowSelection` whose rows the kernels centre as they
+        read them, for a C-contiguous float array (no copy of the data: the copy was as
+        large as the data, and on MNIST's default NCE fit it cost 0.5–0.9 s of writing
+        fresh memory); otherwise a copy in the data's own dtype (no float64 temporary:
+        at 512×512 with 500 float32 samples that temporary alone was 1 GiB)."""
+        if X.flags.c_contiguous and X.dtype in (np.float32, np.float64):
+            return RowSelection(X, center=location)
+        return np.subtract(X, location, dtype=X.dtype)
 
     def _is_runaway(self, factor, variances):
         """Whether a positive-definite Λ̂ is near-singular against the data (and warn).

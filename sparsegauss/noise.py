@@ -72,7 +72,9 @@ class DiagonalNoise:
         return rng.standard_normal((n_samples, self.variances.size)) * np.sqrt(self.variances)
 
     def score_samples(self, X):
-        # One pass, no (n_samples, D) temporary.
+        # One pass, no (n_samples, D) temporary (but for a RowSelection's rows, centred
+        # once here rather than once for each operand of einsum).
+        X = np.asarray(X)
         return -0.5 * (np.einsum("ij,ij,j->i", X, X, 1.0 / self.variances)
                        + np.sum(np.log(self.variances)) + self.variances.size * _LOG_2PI)
 
@@ -142,7 +144,7 @@ def make_noise(noise, X, shape, *, stencil=4):
     noise : {"auto", "isotropic", "diagonal", "empirical", "grid", "grid-untied"} or object
         An object with ``sample(n, random_state)`` and ``score_samples(X)`` is returned
         as it is.
-    X : ndarray, shape (n_samples, D)
+    X : ndarray or RowSelection, shape (n_samples, D)
         Centred data.
     shape : tuple of int
         Grid shape, for ``"grid"``.
@@ -170,6 +172,10 @@ def make_noise(noise, X, shape, *, stencil=4):
         # A fixed noise for a model that is not the grid Gaussian itself (GridGaussian's
         # NCE maps "auto" to the adaptive schedule before it gets here).
         noise = "grid-untied"
+    if noise in ("grid", "grid-untied"):
+        return fit_grid_noise(X, shape, stencil=stencil,
+                              tying="tied" if noise == "grid" else "untied")
+    X = np.asarray(X)       # centred data not yet centred (a RowSelection): centred once
     variances = np.einsum("ij,ij->j", X, X) / len(X)
     if noise == "isotropic":
         return IsotropicNoise(variances.mean(), n_pixels)
@@ -184,5 +190,3 @@ def make_noise(noise, X, shape, *, stencil=4):
         # A tiny ridge keeps the Cholesky factor defined when n_samples < D.
         covariance[np.diag_indices(n_pixels)] += 1e-10 * np.mean(variances)
         return EmpiricalNoise(covariance)
-    return fit_grid_noise(X, shape, stencil=stencil,
-                          tying="tied" if noise == "grid" else "untied")

@@ -28,34 +28,55 @@ _ALL_ROWS = np.empty(0, dtype=np.int64)
 
 
 class RowSelection:
-    """The rows ``rows`` of a 2-D array, not gathered: a minibatch that the passes of
-    this module read in place.
+    """The rows ``rows`` of a 2-D array less a centre, ``X[rows] − c``, neither gathered
+    nor centred: a minibatch, or centred data, that the passes of this module read in
+    place.
 
     Gathering 256 random rows of MNIST (``X[rows]``, 1.6 MB) cost 0.2–0.6 ms, more than
     the pass over them that followed: each row is a random place in memory, read by one
     thread, and the copy was then read again. The kernels read the selected rows
     directly, on all threads (a quadratic-form pass over a selection: 0.15–0.17 ms
-    against 0.29–0.31 ms for gather and pass; scratch timings, 2026-12-02). Anything
-    else sees the gathered rows through ``np.asarray``.
+    against 0.29–0.31 ms for gather and pass; scratch timings, 2026-12-02).
+
+    The centre spares the stochastic fits a centred copy of the data: the kernels
+    subtract it from each row they read. That copy was as large as the data (376 MB for
+    MNIST's training set, 2 GB for the 2048² benchmark's samples), and on a virtual
+    machine that returns freed memory to its host, writing fresh memory cost more than
+    the copy itself: NCE's default MNIST fit spent 1.2–1.9 s in the kernel, zeroing the
+    pages of its two 376 MB arrays, when the process had not just freed as much (after
+    a dense fit, or 8 s of sleep), against 0.05–0.09 s right after another NCE fit
+    (``resource.getrusage``, ``perf``: ``clear_page_erms``; 2026-12-02).
+
+    Anything else sees the selected rows, gathered and centred in the array's dtype,
+    through ``np.asarray``.
 
     Parameters
     ----------
     array : ndarray, shape (N, D), float32 or float64, C-contiguous
-    rows : array of int, shape (n,)
+    rows : array of int, shape (n,), optional
+        Row indices in ``[0, N)`` (the kernels read them unchecked); default every row.
+    center : array of float, shape (D,), optional
+        Subtracted from every row (default: nothing).
     """
 
-    __slots__ = ("array", "rows")
+    __slots__ = ("array", "rows", "center")
 
-    def __init__(self, array, rows):
+    def __init__(self, array, rows=None, *, center=None):
         if not (isinstance(array, np.ndarray) and array.ndim == 2
                 and array.dtype in (np.float32, np.float64) and array.flags.c_contiguous):
             raise TypeError("RowSelection needs a C-contiguous float32 or float64 2-D array.")
         self.array = array
-        self.rows = np.ascontiguousarray(rows, dtype=np.int64)
+        self.rows = None if rows is None else np.ascontiguousarray(rows, dtype=np.int64)
+        if center is not None:
+            center = np.ascontiguousarray(center, dtype=np.float64)
+            if center.shape != (array.shape[1],):
+                raise ValueError(f"center has shape {center.shape}; expected "
+                                 f"({array.shape[1]},), one value per column.")
+        self.center = center
 
     @property
     def shape(self):
-        return (self.rows.size, self.array.shape[1])
+        return (len(self), self.array.shape[1])
 
     @property
     def dtype(self):
@@ -64,11 +85,42 @@ class RowSelection:
     ndim = 2
 
     def __len__(self):
-        return self.rows.size
+        return self.array.shape[0] if self.rows is None else self.rows.size
+
+    def __getitem__(self, key):
+        """The rows ``key`` (a slice, or an array of integer or boolean row indices) of
+        this selection, as a selection of the same array with the same centre."""
+        n = len(self)
+        if isinstance(key, slice):
+            selected = np.arange(*key.indices(n))
+        elif isinstance(key, tuple):
+            raise TypeError("A RowSelection is indexed by rows only: a slice or a 1-D "
+                            f"array of row indices (got the tuple {key!r}).")
+        else:
+            key = np.asarray(key)
+            if key.dtype == bool:
+                if key.shape != (n,):
+                    raise IndexError(f"A boolean row mask needs shape ({n},); got "
+                                     f"{key.shape}.")
+                selected = np.flatnonzero(key)
+            elif key.ndim == 1 and np.issubdtype(key.dtype, np.integer):
+                if key.size and (key.min() < -n or key.max() >= n):
+                    raise IndexError(f"Row index out of range for {n} rows.")
+                selected = np.where(key < 0, key + n, key)
+            else:
+                raise TypeError("A RowSelection is indexed by rows only: a slice or a "
+                                f"1-D array of row indices (got {type(key).__name__} "
+                                f"with shape {np.shape(key)}).")
+        rows = selected if self.rows is None else self.rows[selected]
+        return RowSelection(self.array, rows, center=self.center)
 
     def __array__(self, dtype=None, copy=None):
-        gathered = self.array[self.rows]
-        return gathered if dtype is None else gathered.astype(dtype, copy=False)
+        selected = self.array if self.rows is None else self.array[self.rows]
+        if self.center is not None:
+            selected = np.subtract(selected, self.center, dtype=self.array.dtype)
+        elif self.rows is None and copy:
+            selected = selected.copy()
+        return selected if dtype is None else selected.astype(dtype, copy=False)
 
 
 def as_float_array(X):
@@ -79,14 +131,30 @@ def as_float_array(X):
     return np.ascontiguousarray(X)
 
 
-def _samples(X):
-    """``(array, rows)`` for the kernels: a selection's array and rows, read in place, or
-    ``X`` as a float array and every row."""
+def _samples(X, center=None):
+    """``(array, rows, center)`` for the kernels: a selection's array and rows, read in
+    place, or ``X`` as a float array and every row; the centre is the selection's plus
+    ``center`` (float64, zero when neither is given)."""
     if isinstance(X, RowSelection):
-        # The kernels read an empty ``rows`` as "every row": a selection of none is an
-        # array of none.
-        return (X.array, X.rows) if X.rows.size else (X.array[:0], _ALL_ROWS)
-    return as_float_array(X), _ALL_ROWS
+        if X.rows is None:
+            array, rows = X.array, _ALL_ROWS
+        elif X.rows.size:
+            array, rows = X.array, X.rows
+        else:
+            # The kernels read an empty ``rows`` as "every row": a selection of none is
+            # an array of none.
+            array, rows = X.array[:0], _ALL_ROWS
+        own = X.center
+    else:
+        array, rows, own = as_float_array(X), _ALL_ROWS, None
+    if center is not None:
+        center = np.asarray(center, dtype=np.float64)
+        if center.shape != (array.shape[1],):
+            raise ValueError(f"center has shape {center.shape}; expected "
+                             f"({array.shape[1]},), one value per pixel.")
+        own = center if own is None else own + center
+    total = np.zeros(array.shape[1]) if own is None else np.ascontiguousarray(own)
+    return array, rows, total
 
 
 def pattern_moments(X, grid, *, center=None, weights=None):
@@ -128,10 +196,8 @@ def moment_operands(X, grid, *, center=None, weights=None):
         When ``weights`` has not one value per sample (the kernels read one a row,
         unchecked).
     """
-    X, rows = _samples(X)
+    X, rows, center = _samples(X, center)
     n_samples = rows.size if rows.size else X.shape[0]
-    center = (np.zeros(grid.n_pixels) if center is None
-              else np.ascontiguousarray(center, dtype=np.float64))
     weights = (np.ones(n_samples) if weights is None
                else np.ascontiguousarray(weights, dtype=np.float64))
     if weights.shape != (n_samples,):
@@ -207,7 +273,7 @@ def moment_sums(X, center, weights, shifts, *, with_sums=False, rows=_ALL_ROWS):
 
 def logistic_moments(X, Y, grid, fields, x_offsets, y_offsets):
     """NCE's logistic classifier of X (label +1) against Y (label −1) on
-    ``a_n = −½ x_nᵀ Λ x_n − offsets_n``, from one read of both
+    ``a_n = −½ x_nᵀ Λ x_n − offsets_n`` (a selection's rows less its centre), from one read of both
     (:func:`sparsegauss._kernels.logistic_pattern_moments`).
 
     Parameters
@@ -231,7 +297,7 @@ def logistic_moments(X, Y, grid, fields, x_offsets, y_offsets):
     """
     operands = []
     for name, samples, offsets in (("X", X, x_offsets), ("Y", Y, y_offsets)):
-        samples, rows = _samples(samples)
+        samples, rows, center = _samples(samples)
         n = rows.size if rows.size else samples.shape[0]
         offsets = np.ascontiguousarray(offsets, dtype=np.float64)
         if offsets.shape != (n,):           # the kernel reads one offset a row, unchecked
@@ -240,8 +306,8 @@ def logistic_moments(X, Y, grid, fields, x_offsets, y_offsets):
         if samples.shape[1] != grid.n_pixels:
             raise ValueError(f"{name} has {samples.shape[1]} columns; the grid has "
                              f"{grid.n_pixels} pixels.")
-        operands += [samples, rows, offsets]
-    n_rows = operands[2].size + operands[5].size
+        operands += [samples, rows, center, offsets]
+    n_rows = operands[3].size + operands[7].size
     loss, weight, moments = _kernels.logistic_pattern_moments(
         *operands, np.ascontiguousarray(fields, dtype=np.float64), grid.shifts,
         grid.multiplicity, _kernels.default_chunks(max(n_rows, 1)))
@@ -264,9 +330,7 @@ def quadratic_forms(X, grid, fields, *, center=None):
     -------
     ndarray, shape (n_samples,)
     """
-    X, rows = _samples(X)
-    center = (np.zeros(grid.n_pixels) if center is None
-              else np.ascontiguousarray(center, dtype=np.float64))
+    X, rows, center = _samples(X, center)
     return _kernels.quadratic_forms(X, rows, center,
                                     np.ascontiguousarray(fields, dtype=np.float64),
                                     grid.shifts, grid.multiplicity,

@@ -71,6 +71,91 @@ def test_passes_read_a_row_selection_in_place(stencil, dtype, rng):
         RowSelection(X.astype(np.int64), rows)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_centred_selection_reads_as_its_centred_rows(dtype, rng):
+    """RowSelection(X, rows, center=c) is X[rows] − c to every pass (quadratic forms with
+    a centre of their own on top, moments, NCE's two-class pass with a centre for each
+    class) and to NumPy; indexing it selects among its rows (slices, negative and boolean
+    indices) and keeps the centre; the grid Gaussian's minibatch of it is such an index."""
+    from sparsegauss.models import GridGaussianEnergy
+    from sparsegauss.stats import RowSelection, logistic_moments
+
+    grid = GridParameterization((5, 6), 8)
+    X = (rng.normal(size=(40, grid.n_pixels)) + 5.0).astype(dtype)
+    Y = (rng.normal(size=(30, grid.n_pixels)) - 3.0).astype(dtype)
+    c_x, c_y = rng.normal(size=grid.n_pixels) + 5.0, rng.normal(size=grid.n_pixels) - 3.0
+    extra = rng.normal(size=grid.n_pixels)
+    theta = rng.normal(size=grid.n_params)
+    fields = grid.fields(theta)
+    whole = RowSelection(X, center=c_x)
+    assert whole.shape == X.shape and len(whole) == 40 and whole.dtype == dtype
+    rows = np.array([3, 3, 39, 0, 17, -1, -40])
+    for selection, expected_rows in ((whole, np.arange(40)), (whole[rows], rows % 40),
+                                     (whole[5:29:3], np.arange(5, 29, 3)),
+                                     (whole[rows][1:4], (rows % 40)[1:4]),
+                                     (whole[np.arange(40) % 3 == 0], np.arange(0, 40, 3))):
+        dense = X[expected_rows].astype(np.float64) - c_x
+        gathered = np.asarray(selection)
+        assert gathered.dtype == dtype and selection.shape == dense.shape
+        np.testing.assert_allclose(gathered, dense, rtol=0,
+                                   atol=16 * np.finfo(dtype).eps * 8)
+        u = dense - extra
+        np.testing.assert_allclose(
+            quadratic_forms(selection, grid, fields, center=extra),
+            np.einsum("ni,ij,nj->n", u, dense_precision(grid, theta), u), rtol=1e-10)
+        np.testing.assert_allclose(
+            pattern_moments(selection, grid)[grid.valid],
+            (dense.T @ dense)[grid.pair_indices()], rtol=1e-10, atol=1e-10)
+        offsets = rng.normal(size=len(dense) + len(Y))
+        centred_y = RowSelection(Y, center=c_y)
+        got = logistic_moments(selection, centred_y, grid, fields, offsets[:len(dense)],
+                               offsets[len(dense):])
+        want = logistic_moments(dense, Y.astype(np.float64) - c_y, grid, fields,
+                                offsets[:len(dense)], offsets[len(dense):])
+        np.testing.assert_allclose(got[:2], want[:2], rtol=1e-10)
+        np.testing.assert_allclose(got[2], want[2], rtol=1e-10, atol=1e-10)
+    batch = GridGaussianEnergy(grid).minibatch(whole, rows)
+    assert isinstance(batch, RowSelection) and batch.center is whole.center
+    np.testing.assert_array_equal(batch.rows, rows % 40)
+    # X itself is never written: the centre is subtracted as the rows are read.
+    assert np.asarray(RowSelection(X), dtype=None) is X
+    with pytest.raises(IndexError, match="out of range"):
+        whole[np.array([40])]
+    with pytest.raises(IndexError, match="boolean row mask"):
+        whole[np.ones(39, dtype=bool)]
+    with pytest.raises(TypeError, match="indexed by rows only"):
+        whole[0, 1]
+    with pytest.raises(ValueError, match="one value per column"):
+        RowSelection(X, center=c_x[:-1])
+    with pytest.raises(ValueError, match="one value per pixel"):
+        quadratic_forms(whole, grid, fields, center=extra[:-1])
+
+
+def test_iterative_fits_do_not_copy_the_data(rng):
+    """GridGaussian's iterative estimators read the data centred on the fly: a CD fit
+    (no noise pool) allocates far less than the data (a centred copy would be all of
+    it), and its estimate equals the one from data that are not C-contiguous, which are
+    centred by a copy."""
+    import tracemalloc
+    import warnings
+
+    from sparsegauss import GridGaussian
+
+    X = rng.normal(size=(20_000, 64)) + 3.0
+    fortran = np.asfortranarray(X)
+    fits = []
+    for data in (X, fortran):
+        tracemalloc.start()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fits.append(GridGaussian((8, 8), method="cd", max_iter=5, random_state=0)
+                        .fit(data))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        if data is X:
+            assert peak < 0.25 * X.nbytes, (peak, X.nbytes)
+    np.testing.assert_allclose(fits[0].theta_, fits[1].theta_, rtol=1e-12, atol=1e-14)
+
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("stencil", [4, 8])

@@ -79,6 +79,13 @@ class Batches:
 _NOISE_BLOCK_VALUES = 1 << 22
 
 
+def whole_data(X):
+    """The data for a full-batch objective that reads it through NumPy at every
+    evaluation: a lazily centred :class:`~sparsegauss.stats.RowSelection` is centred
+    here, once, instead of at every evaluation (an array is returned as it is)."""
+    return np.asarray(X)
+
+
 def _writes_into(sample):
     """Whether a ``sample`` method takes an ``out`` array to write into (asked once per
     function: ``inspect.signature`` took 0.1 ms, at every step of fresh-noise NCE)."""

@@ -59,7 +59,7 @@ from scipy.special import expit
 
 from .._kernels import antithetic_pairs
 from ..noise import DiagonalNoise
-from ._driver import OptimizerOptions, _writes_into, draw_samples, run
+from ._driver import OptimizerOptions, _writes_into, draw_samples, run, whole_data
 
 __all__ = ["CNCEOptions", "PerturbationPool", "ScaledPerturbation",
            "cnce_loss_grad", "default_n_perturbations", "fit_cnce",
@@ -233,7 +233,7 @@ def fit_cnce(model, X, *, theta0, scale, perturbation, options=CNCEOptions(),
     pool = PerturbationPool(perturbation, size, n_features, rng, dtype)
 
     def draw(rows):
-        batch = X if rows is None else model.minibatch(X, rows)
+        batch = whole_data(X) if rows is None else model.minibatch(X, rows)
         return batch, (pool.pairs(batch, k),)
 
     def objective(theta, batch, drawn):

@@ -110,7 +110,9 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
                   n_noise=10, perturbation_std=None, cd_steps=1, sampler="exact",
                   persistent=False, sm_solver="closed-form", noise_stencil=4,
                   moments=None):
-    """Fit θ (and NCE's log Z) of a grid Gaussian to centred data ``X``.
+    """Fit θ (and NCE's log Z) of a grid Gaussian to centred data ``X`` (an array, or a
+    :class:`~sparsegauss.stats.RowSelection` whose centre the passes subtract as they
+    read the rows: :class:`~sparsegauss.GridGaussian` passes its data so, uncopied).
 
     Parameters are those of :class:`sparsegauss.GridGaussian` (validated there);
     ``moments`` are X's second moments on the pattern (stencil layout, divided by

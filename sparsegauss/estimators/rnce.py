@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import logsumexp, softmax
 
-from ._driver import NoisePool, OptimizerOptions, draw_noise, run
+from ._driver import NoisePool, OptimizerOptions, draw_noise, run, whole_data
 from .nce import noise_points_needed, separated
 
 __all__ = ["RNCEOptions", "fit_rnce", "rnce_loss_grad"]
@@ -95,7 +95,7 @@ def fit_rnce(model, X, noise, *, theta0, scale, options=RNCEOptions(),
                          rng, X.dtype)
 
     def draw(rows):
-        batch = X if rows is None else model.minibatch(X, rows)
+        batch = whole_data(X) if rows is None else model.minibatch(X, rows)
         if pool is not None:
             samples, log_noise_samples = pool.next()
         else:

@@ -29,7 +29,7 @@ from ..grid import STENCIL_OFFSETS
 from ..normalization import GridNormalizer
 from ..optimize import minimize
 from ..stats import as_float_array, moment_sums
-from ._driver import OptimizerOptions, run
+from ._driver import OptimizerOptions, run, whole_data
 from .mle import hessian_diagonal
 
 __all__ = ["extended_moment_sums", "extended_offset_index", "fit_score_matching",
@@ -225,7 +225,7 @@ def fit_sm_gradient(model, X, *, theta0, scale, optimizer=OptimizerOptions(), rn
     rng = np.random.default_rng(rng)
 
     def draw(rows):
-        return (X if rows is None else X[rows]), ()
+        return (whole_data(X) if rows is None else X[rows]), ()
 
     def objective(theta, batch, _drawn):
         return sm_loss_grad(model, theta, batch)

@@ -133,7 +133,10 @@ class GridGaussianEnergy(EnergyModel):
 
     def minibatch(self, X, rows):
         """A :class:`~sparsegauss.stats.RowSelection`: the data passes read the rows in
-        place (a float32/float64 C-contiguous array; anything else is gathered)."""
+        place (of a float32/float64 C-contiguous array, or of a selection, with its
+        centre; anything else is gathered)."""
+        if isinstance(X, RowSelection):
+            return X[rows]
         if (isinstance(X, np.ndarray) and X.ndim == 2 and X.flags.c_contiguous
                 and X.dtype in (np.float32, np.float64)):
             return RowSelection(X, rows)
