@@ -1527,8 +1527,12 @@ def first_non_finite_row(X, n_chunks):
 
 
 def default_chunks(n_samples):
-    """Number of parallel accumulators for :func:`pattern_moments`."""
-    return max(1, min(numba.get_num_threads(), n_samples))
+    """Number of parallel accumulators for :func:`pattern_moments` and the other passes:
+    one per thread the process may run (``numba.config.NUMBA_NUM_THREADS``), not per
+    thread in use, so that a fit's numbers do not depend on the count in use
+    (:mod:`sparsegauss._threads` changes it during a fit); fewer threads run the chunks
+    in turn."""
+    return max(1, min(numba.config.NUMBA_NUM_THREADS, n_samples))
 
 
 @njit(cache=True, error_model="numpy")

@@ -53,6 +53,7 @@ from scipy.optimize import OptimizeResult
 
 from . import _kernels
 from ._blas import one_blas_thread
+from ._threads import ThreadChooser
 from .exceptions import NotPositiveDefiniteError, SparseGaussError
 
 __all__ = ["minimize", "METHODS", "truncated_cg", "forward_difference_hessp"]
@@ -629,6 +630,15 @@ def _learning_rate_factor(schedule, step, maxiter):
 
 def _stochastic(fun, x, method, tol, maxiter, callback, learning_rate, schedule, momentum,
                 betas, window, average=0.0):
+    # Thousands of short steps: each on the Numba thread count its last probe found
+    # faster (all, or one when another process holds a core; see _threads).
+    with ThreadChooser() as chooser:
+        return _stochastic_steps(fun, x, method, tol, maxiter, callback, learning_rate,
+                                 schedule, momentum, betas, window, average, chooser)
+
+
+def _stochastic_steps(fun, x, method, tol, maxiter, callback, learning_rate, schedule,
+                      momentum, betas, window, average, chooser):
     start = time.perf_counter()
     try:
         loss, grad = _checked(fun, x, 0)
@@ -664,7 +674,7 @@ def _stochastic(fun, x, method, tol, maxiter, callback, learning_rate, schedule,
         for _ in range(_MAX_BACKTRACKS):
             trial = x + step
             try:
-                new_loss, new_grad = _checked(fun, trial, iteration)
+                new_loss, new_grad = chooser.run(_checked, fun, trial, iteration)
                 nfev += 1
                 break
             except NotPositiveDefiniteError:
@@ -719,4 +729,4 @@ def _stochastic(fun, x, method, tol, maxiter, callback, learning_rate, schedule,
         message += f"; returned the mean of the last {window} iterates (the plateau's)"
     return OptimizeResult(x=x, fun=loss, jac=grad, nit=iteration, nfev=nfev,
                           success=success, message=message, residual=residual,
-                          history=history)
+                          history=history, thread_choices=chooser.choices)

@@ -355,3 +355,74 @@ def test_adam_step_kernel_is_numpy_adam_to_the_bit():
         np.testing.assert_array_equal(first, m)
         np.testing.assert_array_equal(second, v)
         np.testing.assert_array_equal(step, expected)
+
+
+def test_thread_chooser_runs_the_faster_count_and_follows_a_change():
+    """ThreadChooser runs the chosen count (all threads at first) but for the last
+    steps of each period, which run on the other; a step that is slow on two threads
+    (as beside a busy process) moves the loop to one; a choice that stands doubles the
+    next period; when two become faster, the next probe goes back and the period
+    resets; on exit the count in use is restored."""
+    import time
+
+    import numba
+
+    from sparsegauss._threads import ThreadChooser
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs a machine with two or more cores")
+    numba.set_num_threads(2)
+    slow_on = {"count": 2}
+    seen = []
+
+    def step():
+        count = numba.get_num_threads()
+        seen.append(count)
+        time.sleep(0.01 if count == slow_on["count"] else 0.001)
+
+    with ThreadChooser(period=10, probe_steps=3, max_period=20) as chooser:
+        for _ in range(30):
+            chooser.run(step)
+        slow_on["count"] = 1
+        for _ in range(40):
+            chooser.run(step)
+    assert numba.get_num_threads() == 2
+    # Period 0–9 on two threads, its last 3 steps on one: one is faster.
+    assert seen[:10] == [2] * 7 + [1] * 3
+    # The choice changed: the next period has 10 steps again (10–19), and it stands.
+    assert seen[10:20] == [1] * 7 + [2] * 3
+    # So the next period doubles (20–39). At step 30 two threads became the faster
+    # count, and the probe at 37–39 finds it.
+    assert seen[20:40] == [1] * 17 + [2] * 3
+    assert seen[40:50] == [2] * 7 + [1] * 3
+    assert seen[50:70] == [2] * 17 + [1] * 3                # stood: doubled again
+    assert chooser.choices == [(10, 1), (20, 1), (40, 2), (50, 2), (70, 2)]
+    with pytest.raises(ValueError, match="shorter than half its period"):
+        ThreadChooser(period=6, probe_steps=3)
+
+
+def test_stochastic_fits_do_not_depend_on_the_thread_count(rng):
+    """The passes split their work by the process's thread limit, not the count in use,
+    so that ThreadChooser's switches change no number: NCE at its defaults (data passes,
+    noise draws, the first phase's factorization beside the moments) on one Numba
+    thread and on two gives the same estimate to the bit."""
+    import warnings
+
+    import numba
+
+    from sparsegauss import GridGaussian
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs a machine with two or more cores")
+    X = rng.normal(size=(3000, 36)) @ np.triu(np.ones((36, 36))) / 6.0
+    estimates = []
+    try:
+        for count in (1, 2):
+            numba.set_num_threads(count)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                estimates.append(GridGaussian((6, 6), method="nce", max_iter=200,
+                                              random_state=0).fit(X).theta_)
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    np.testing.assert_array_equal(estimates[0], estimates[1])

@@ -1,0 +1,134 @@
+"""The Numba thread count of a loop of short parallel steps, chosen by timing.
+
+A stochastic fit of a small grid is thousands of short parallel regions (NCE's default
+fit on MNIST: 4,000 Adam steps of 0.4–0.9 ms). Each region waits for its slowest
+thread, and when another CPU-bound process shares the machine, a thread that has lost
+its core waits milliseconds for its next turn: that fit took 3.4–3.8× its idle time
+beside one busy process on 2 cores, and 1.17× with one Numba thread
+(``NUMBA_NUM_THREADS=1``; ``benchmarks.one_off.busy_core_nce``, 2026-12-02/03). No
+fixed count is right for both cases: one thread is 1.4–1.5× slower on an idle machine.
+So :class:`ThreadChooser` runs the loop on the count its last comparison found faster
+and, at the end of every period (:data:`PROBE_PERIOD` steps, doubled up to
+:data:`MAX_PERIOD` while the choice stands), times a short block on the other count
+against the steps of that period.
+
+What is compared is the mean, not the median: beside a busy process the median step on
+two threads is as fast as on an idle machine (0.5–0.9 ms); the loss is a tail of steps
+that wait 5–40 ms for the scheduler, which lifts the mean to 1.5–10 ms. Medians of
+probes chose two threads in 31 of 32 probes of a fit that ran 3.4× its idle time.
+
+The count changes no result: every kernel splits its work by the process's thread
+limit (``numba.config.NUMBA_NUM_THREADS``, fixed at start-up; see
+:func:`sparsegauss._kernels.default_chunks`), not by the count in use, and a parallel
+loop over k chunks on fewer threads runs them in turn.
+"""
+
+import time
+
+import numba
+import numpy as np
+
+#: Steps from the start of one period to the next; its last PROBE_STEPS run on the
+#: other thread count.
+PROBE_PERIOD = 250
+#: Steps each period runs on the count not chosen: 4 % of the steps, which on an idle
+#: machine (one thread 1.4× slower) costs about 1.6 % of the loop's time.
+PROBE_STEPS = 10
+#: Longest period: a choice that stood doubles the next period. Beside a busy process a
+#: probe on two threads costs 2–10 ms a step (16 fixed periods: about 0.8 s of a 5 s fit).
+MAX_PERIOD = 2000
+
+
+class ThreadChooser:
+    """Runs each step of a loop on the Numba thread count found faster: all threads
+    in use when it was made, or one.
+
+    Use it as a context (the thread count in use is restored on exit) and call
+    :meth:`run` for every step::
+
+        with ThreadChooser() as chooser:
+            for ...:
+                loss, grad = chooser.run(fun, x)
+
+    Each period runs its steps on the chosen count but for its last ``probe_steps``,
+    which run on the other; at its end the count with the smaller mean step time is
+    chosen. The first period has ``period`` steps; a choice that stood doubles the next
+    period's length up to ``max_period``, a change resets it. The first step after a switch is not
+    counted: it pays for the switch (waking a sleeping worker, or sharing the core
+    with one that still spins).
+
+    Parameters
+    ----------
+    period : int, default=PROBE_PERIOD
+        Steps in the first period.
+    probe_steps : int, default=PROBE_STEPS
+        Steps of each period run on the count not chosen.
+    max_period : int, default=MAX_PERIOD
+        Longest period.
+
+    Attributes
+    ----------
+    choices : list of (int, int)
+        ``(step, count)`` for every period: the step after which it chose ``count``.
+    """
+
+    def __init__(self, period=PROBE_PERIOD, probe_steps=PROBE_STEPS,
+                 max_period=MAX_PERIOD):
+        if not 2 <= probe_steps < period // 2 or max_period < period:
+            raise ValueError(f"A probe of {probe_steps} steps must be at least 2 steps "
+                             f"and shorter than half its period of {period} steps, "
+                             f"and the longest period ({max_period}) at least as long.")
+        self.period = int(period)
+        self.probe_steps = int(probe_steps)
+        self.max_period = int(max_period)
+        self._length = self.period
+        self._phase = 0
+        most = numba.get_num_threads()
+        self.counts = (most, 1) if most > 1 else (most,)
+        self.chosen = most
+        self.choices = []
+        self._step = 0
+        self._times = {count: [] for count in self.counts}
+        self._before = most
+
+    def __enter__(self):
+        self._before = numba.get_num_threads()
+        return self
+
+    def __exit__(self, *exc_info):
+        numba.set_num_threads(self._before)
+
+    def run(self, function, *args):
+        """``function(*args)``, on the thread count chosen for this step."""
+        if len(self.counts) == 1:
+            return function(*args)
+        phase = self._phase
+        probe_start = self._length - self.probe_steps
+        count = self._other() if phase >= probe_start else self.chosen
+        numba.set_num_threads(count)
+        start = time.perf_counter()
+        try:
+            return function(*args)
+        finally:
+            elapsed = time.perf_counter() - start
+            self._step += 1
+            self._phase += 1
+            if phase not in (0, probe_start):
+                self._times[count].append(elapsed)
+            if self._phase == self._length:
+                self._choose()
+
+    def _other(self):
+        return self.counts[1] if self.chosen == self.counts[0] else self.counts[0]
+
+    def _choose(self):
+        other = self._other()
+        if np.mean(self._times[other]) < np.mean(self._times[self.chosen]):
+            self.chosen = other
+            self._length = self.period
+        else:
+            self._length = min(2 * self._length, self.max_period)
+        self._phase = 0
+        self.choices.append((self._step, self.chosen))
+        for times in self._times.values():
+            times.clear()
