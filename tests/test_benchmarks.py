@@ -143,3 +143,22 @@ def test_dense_newton_peer_reaches_the_sparse_optimum(stencil):
     reference = fit_mle(moments, grid)
     np.testing.assert_allclose(theta, reference.x, rtol=1e-6, atol=1e-8)
     assert loss == pytest.approx(reference.fun, rel=1e-12) and n_iter <= 15
+
+
+def test_scaling_figure_reads_every_row_of_the_readme_table(tmp_path):
+    """The README's scaling figure is drawn from its large-grid table: every size from
+    64² to 2048² for each of the three methods, marked rows (†, ‡) included."""
+    from benchmarks.one_off.scaling_figure import table_results
+
+    records = table_results()
+    times = {r["params"]: r["median"] for r in records
+             if r["benchmark"] == "LargeGridFit.time_fit"}
+    expected = {f"side={side}, method={method}" for side in (64, 128, 256, 512, 1024, 2048)
+                for method in ("mle", "sm", "nce")}
+    assert set(times) == expected
+    assert all(value > 0 for value in times.values())
+    readme = tmp_path / "README.md"
+    readme.write_text("| 2048×2048 ‡ | 4,194,304 | 3 | nce | 12.5 ‡ | 100 | 42 | 1.0 |\n")
+    (row_time, row_memory) = table_results(readme)
+    assert row_time["params"] == "side=2048, method=nce" and row_time["median"] == 12.5
+    assert row_memory["median"] == 42 * 2**20
