@@ -15,7 +15,7 @@ against the steps of that period.
 What is compared is the mean, not the median: beside a busy process the median step on
 two threads is as fast as on an idle machine (0.5–0.9 ms); the loss is a tail of steps
 that wait 5–40 ms for the scheduler, which lifts the mean to 1.5–10 ms. Medians of
-probes chose two threads in 31 of 32 probes of a fit that ran 3.4× its idle time.
+probes chose two threads in 15 of 16 probes of a fit that ran 3.4× its idle time.
 
 The count changes no result: every kernel splits its work by the process's thread
 limit (``numba.config.NUMBA_NUM_THREADS``, fixed at start-up; see
