@@ -401,28 +401,44 @@ def test_thread_chooser_runs_the_faster_count_and_follows_a_change():
         ThreadChooser(period=6, probe_steps=3)
 
 
-def test_stochastic_fits_do_not_depend_on_the_thread_count(rng):
+def test_stochastic_fits_do_not_depend_on_the_thread_count(rng, monkeypatch):
     """The passes split their work by the process's thread limit, not the count in use,
     so that ThreadChooser's switches change no number: NCE at its defaults (data passes,
     noise draws, the first phase's factorization beside the moments) on one Numba
-    thread and on two gives the same estimate to the bit."""
+    thread, on two, and switching between them at every step gives the same estimate to
+    the bit."""
     import warnings
 
     import numba
 
-    from sparsegauss import GridGaussian
+    from sparsegauss import GridGaussian, optimize
+    from sparsegauss._threads import ThreadChooser
 
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs a machine with two or more cores")
+
+    class Alternating(ThreadChooser):
+        def run(self, function, *args):
+            self._step += 1
+            numba.set_num_threads(1 + self._step % 2)
+            return function(*args)
+
     X = rng.normal(size=(3000, 36)) @ np.triu(np.ones((36, 36))) / 6.0
+
+    def fit():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return GridGaussian((6, 6), method="nce", max_iter=200,
+                                random_state=0).fit(X).theta_
+
     estimates = []
     try:
         for count in (1, 2):
             numba.set_num_threads(count)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                estimates.append(GridGaussian((6, 6), method="nce", max_iter=200,
-                                              random_state=0).fit(X).theta_)
+            estimates.append(fit())
+        monkeypatch.setattr(optimize, "ThreadChooser", Alternating)
+        estimates.append(fit())
     finally:
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     np.testing.assert_array_equal(estimates[0], estimates[1])
+    np.testing.assert_array_equal(estimates[0], estimates[2])
