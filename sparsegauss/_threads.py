@@ -52,7 +52,8 @@ class ThreadChooser:
 
     Each period runs its steps on the chosen count but for its last ``probe_steps``,
     which run on the other; at its end the count with the smaller mean step time is
-    chosen. The first period has ``period`` steps; a choice that stood doubles the next
+    chosen. A probe that has already cost more than its whole length would on the
+    chosen count ends the period at once. The first period has ``period`` steps; a choice that stood doubles the next
     period's length up to ``max_period``, a change resets it. The first step after a switch is not
     counted: it pays for the switch (waking a sleeping worker, or sharing the core
     with one that still spins).
@@ -115,8 +116,16 @@ class ThreadChooser:
             self._phase += 1
             if phase not in (0, probe_start):
                 self._times[count].append(elapsed)
-            if self._phase == self._length:
+            if self._phase == self._length or (phase > probe_start and self._lost()):
                 self._choose()
+
+    def _lost(self):
+        # The probe has already taken longer than its whole length would on the chosen
+        # count, so its mean cannot win: end it. Beside a busy process a probe step on
+        # two threads can wait tens of milliseconds for the scheduler (NCE's steps:
+        # 0.5–0.9 ms at the median, up to 40 ms).
+        chosen = self._times[self.chosen]
+        return sum(self._times[self._other()]) > (self.probe_steps - 1) * np.mean(chosen)
 
     def _other(self):
         return self.counts[1] if self.chosen == self.counts[0] else self.counts[0]

@@ -360,9 +360,10 @@ def test_adam_step_kernel_is_numpy_adam_to_the_bit():
 def test_thread_chooser_runs_the_faster_count_and_follows_a_change():
     """ThreadChooser runs the chosen count (all threads at first) but for the last
     steps of each period, which run on the other; a step that is slow on two threads
-    (as beside a busy process) moves the loop to one; a choice that stands doubles the
-    next period; when two become faster, the next probe goes back and the period
-    resets; on exit the count in use is restored."""
+    (as beside a busy process) moves the loop to one; a probe that cannot win any more
+    ends early; a choice that stands doubles the next period; when two become faster,
+    the next probe goes back and the period resets; on exit the count in use is
+    restored."""
     import time
 
     import numba
@@ -378,7 +379,7 @@ def test_thread_chooser_runs_the_faster_count_and_follows_a_change():
     def step():
         count = numba.get_num_threads()
         seen.append(count)
-        time.sleep(0.01 if count == slow_on["count"] else 0.001)
+        time.sleep(0.02 if count == slow_on["count"] else 0.001)
 
     with ThreadChooser(period=10, probe_steps=3, max_period=20) as chooser:
         for _ in range(30):
@@ -389,14 +390,16 @@ def test_thread_chooser_runs_the_faster_count_and_follows_a_change():
     assert numba.get_num_threads() == 2
     # Period 0–9 on two threads, its last 3 steps on one: one is faster.
     assert seen[:10] == [2] * 7 + [1] * 3
-    # The choice changed: the next period has 10 steps again (10–19), and it stands.
-    assert seen[10:20] == [1] * 7 + [2] * 3
-    # So the next period doubles (20–39). At step 30 two threads became the faster
-    # count, and the probe at 37–39 finds it.
-    assert seen[20:40] == [1] * 17 + [2] * 3
-    assert seen[40:50] == [2] * 7 + [1] * 3
-    assert seen[50:70] == [2] * 17 + [1] * 3                # stood: doubled again
-    assert chooser.choices == [(10, 1), (20, 1), (40, 2), (50, 2), (70, 2)]
+    # The choice changed: the next period has 10 steps again (10–19). Its probe on two
+    # threads (17–19) has lost after its first counted step (18: 20 ms against 1 ms a
+    # step), so the period ends there, one step early, and the choice stands.
+    assert seen[10:19] == [1] * 7 + [2] * 2
+    # So the next period doubles (19–38). At step 30 two threads became the faster
+    # count, and the probe at 36–38 finds it.
+    assert seen[19:39] == [1] * 17 + [2] * 3
+    assert seen[39:48] == [2] * 7 + [1] * 2                 # a lost probe again
+    assert seen[48:67] == [2] * 17 + [1] * 2                # stood: doubled
+    assert chooser.choices == [(10, 1), (19, 1), (39, 2), (48, 2), (67, 2)]
     with pytest.raises(ValueError, match="shorter than half its period"):
         ThreadChooser(period=6, probe_steps=3)
 
