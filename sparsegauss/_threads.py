@@ -3,10 +3,11 @@
 A stochastic fit of a small grid is thousands of short parallel regions (NCE's default
 fit on MNIST: 4,000 Adam steps of 0.4–0.9 ms). Each region waits for its slowest
 thread, and when another CPU-bound process shares the machine, a thread that has lost
-its core waits milliseconds for its next turn: that fit took 3.4–3.8× its idle time
-beside one busy process on 2 cores, and 1.17× with one Numba thread
+its core waits milliseconds for its next turn: that fit took 3.4–4.2× its idle time
+beside one busy process on 2 cores, and 1.08–1.17× with one Numba thread
 (``NUMBA_NUM_THREADS=1``; ``benchmarks.one_off.busy_core_nce``, 2026-12-02/03). No
-fixed count is right for both cases: one thread is 1.4–1.5× slower on an idle machine.
+fixed count is right for both cases: on an idle machine one thread takes 1.4–1.6× as
+long a step (the probes' means) and the whole fit 1.5–2.2× as long.
 So :class:`ThreadChooser` runs the loop on the count its last comparison found faster
 and, at the end of every period (:data:`PROBE_PERIOD` steps, doubled up to
 :data:`MAX_PERIOD` while the choice stands), times a short block on the other count
@@ -26,16 +27,16 @@ loop over k chunks on fewer threads runs them in turn.
 import time
 
 import numba
-import numpy as np
 
 #: Steps from the start of one period to the next; its last PROBE_STEPS run on the
 #: other thread count.
 PROBE_PERIOD = 250
-#: Steps each period runs on the count not chosen: 4 % of the steps, which on an idle
-#: machine (one thread 1.4× slower) costs about 1.6 % of the loop's time.
+#: Steps each period runs on the count not chosen: at most 4 % of the steps, which on an
+#: idle machine (one thread 1.4–1.6× slower a step) costs at most about 2 % of the time.
 PROBE_STEPS = 10
 #: Longest period: a choice that stood doubles the next period. Beside a busy process a
-#: probe on two threads costs 2–10 ms a step (16 fixed periods: about 0.8 s of a 5 s fit).
+#: probe step on two threads averaged 1.5–10 ms against about 1 ms on one thread, so
+#: fewer probes in a long steady stretch are worth their slower reaction to a change.
 MAX_PERIOD = 2000
 
 
@@ -53,10 +54,10 @@ class ThreadChooser:
     Each period runs its steps on the chosen count but for its last ``probe_steps``,
     which run on the other; at its end the count with the smaller mean step time is
     chosen. A probe that has already cost more than its whole length would on the
-    chosen count ends the period at once. The first period has ``period`` steps; a choice that stood doubles the next
-    period's length up to ``max_period``, a change resets it. The first step after a switch is not
-    counted: it pays for the switch (waking a sleeping worker, or sharing the core
-    with one that still spins).
+    chosen count ends the period at once. The first period has ``period`` steps; a
+    choice that stood doubles the next period's length up to ``max_period``, a change
+    resets it. The first step after a switch is not counted: it pays for the switch
+    (waking a sleeping worker, or sharing the core with one that still spins).
 
     Parameters
     ----------
@@ -89,8 +90,9 @@ class ThreadChooser:
         self.chosen = most
         self.choices = []
         self._step = 0
-        self._times = {count: [] for count in self.counts}
-        self._before = most
+        # Per count: the summed time and number of the period's counted steps.
+        self._seconds = dict.fromkeys(self.counts, 0.0)
+        self._steps = dict.fromkeys(self.counts, 0)
 
     def __enter__(self):
         self._before = numba.get_num_threads()
@@ -115,7 +117,8 @@ class ThreadChooser:
             self._step += 1
             self._phase += 1
             if phase not in (0, probe_start):
-                self._times[count].append(elapsed)
+                self._seconds[count] += elapsed
+                self._steps[count] += 1
             if self._phase == self._length or (phase > probe_start and self._lost()):
                 self._choose()
 
@@ -124,20 +127,23 @@ class ThreadChooser:
         # count, so its mean cannot win: end it. Beside a busy process a probe step on
         # two threads can wait tens of milliseconds for the scheduler (NCE's steps:
         # 0.5–0.9 ms at the median, up to 40 ms).
-        chosen = self._times[self.chosen]
-        return sum(self._times[self._other()]) > (self.probe_steps - 1) * np.mean(chosen)
+        return (self._seconds[self._other()]
+                > (self.probe_steps - 1) * self._mean(self.chosen))
+
+    def _mean(self, count):
+        return self._seconds[count] / self._steps[count]
 
     def _other(self):
         return self.counts[1] if self.chosen == self.counts[0] else self.counts[0]
 
     def _choose(self):
         other = self._other()
-        if np.mean(self._times[other]) < np.mean(self._times[self.chosen]):
+        if self._mean(other) < self._mean(self.chosen):
             self.chosen = other
             self._length = self.period
         else:
             self._length = min(2 * self._length, self.max_period)
         self._phase = 0
         self.choices.append((self._step, self.chosen))
-        for times in self._times.values():
-            times.clear()
+        self._seconds = dict.fromkeys(self.counts, 0.0)
+        self._steps = dict.fromkeys(self.counts, 0)

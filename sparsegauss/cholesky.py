@@ -42,7 +42,6 @@ import threading
 import warnings
 import weakref
 
-import numba
 import numpy as np
 import scipy.sparse as sp
 from sksparse.cholmod import (CholmodNotPositiveDefiniteError, CholmodTypeConversionWarning,
@@ -581,9 +580,9 @@ class CholeskyFactor:
             # Groups of at most 256 samples, on all threads; at least one group per
             # thread once there are 64 samples a thread (256 samples of a 28×28 factor:
             # 1.47 ms on 2 threads against 1.74 ms on one, 2026-12-01). Counted by the
-            # threads the process may run, not those in use (see _threads).
+            # threads the process may run, not those in use (default_chunks, _threads).
             n_chunks = max(-(-n_samples // _KERNEL_SOLVE_BLOCK),
-                           min(numba.config.NUMBA_NUM_THREADS, n_samples // 64), 1)
+                           _kernels.default_chunks(n_samples // 64))
             lower = self.lower()
             _kernels.sample_transposed_solve(seed, 0, lower.indptr, lower.indices,
                                              lower.data, self._analysis.permutation, out,

@@ -3,7 +3,9 @@
 ``minimize(fun, x0, *, method, tol, maxiter, callback, convergence)`` follows
 ``scipy.optimize.minimize``: ``fun(x)`` returns ``(loss, gradient)``; the result is a
 :class:`scipy.optimize.OptimizeResult` with ``x, fun, jac, nit, nfev, success, message``
-and ``history`` (one dict per iteration: ``iteration, loss, time, residual``);
+and ``history`` (one dict per iteration: ``iteration, loss, time, residual``), and for
+the stochastic methods ``thread_choices`` (:attr:`sparsegauss._threads.ThreadChooser.
+choices`: the Numba thread count each of its steps ran on, chosen by timing);
 ``callback(intermediate_result)`` may raise ``StopIteration`` to stop early.
 
 ``"lbfgs"`` is a limited-memory BFGS with a backtracking line search that treats a
