@@ -178,11 +178,95 @@ def pattern_moments(X, rows, center, weights, shifts, n_chunks, sums):
     return out
 
 
+@njit(fastmath=_REASSOC, inline="always")
+def _rows_terms(x0, x1, x2, x3, center, w, r0, r1, r2, total, s1, s2, stop):
+    """``r_k[p] += Σ_b w_b (x_b[p] − c_p)(x_b[p + s_k] − c_{p+s_k})`` for ``p < stop``,
+    the diagonal (``s_0 = 0``) into ``r0`` and two shifted terms, read straight from four
+    rows (the caller keeps ``p + s_k`` inside the row); and the first moments
+    ``total[p] += Σ_b w_b (x_b[p] − c_p)`` (a scratch row when they are not wanted: a
+    test inside the loop stopped LLVM from vectorizing it, 2.5× slower).
+
+    Centring the rows into a buffer first (:func:`_center_into`) made the pass two
+    passes in time: a memory-bound copy (10 ms of float32 MNIST) and then the
+    arithmetic in L1 (5 ms), never overlapped. Here the loads of the rows and the
+    arithmetic on them share one loop, and the out-of-order core overlaps them; the
+    centring is recomputed for each partner, which costs less than the copy.
+    """
+    w0 = w[0]
+    w1 = w[1]
+    w2 = w[2]
+    w3 = w[3]
+    for p in range(stop):
+        q = np.uint64(p)
+        c0 = center[q]
+        c1 = center[q + s1]
+        c2 = center[q + s2]
+        u0 = x0[q] - c0
+        u1 = x1[q] - c0
+        u2 = x2[q] - c0
+        u3 = x3[q] - c0
+        v0 = w0 * u0
+        v1 = w1 * u1
+        v2 = w2 * u2
+        v3 = w3 * u3
+        r0[p] += v0 * u0 + v1 * u1 + v2 * u2 + v3 * u3
+        total[p] += v0 + v1 + v2 + v3
+        r1[p] += (v0 * (x0[q + s1] - c1) + v1 * (x1[q + s1] - c1)
+                  + v2 * (x2[q + s1] - c1) + v3 * (x3[q + s1] - c1))
+        r2[p] += (v0 * (x0[q + s2] - c2) + v1 * (x1[q + s2] - c2)
+                  + v2 * (x2[q + s2] - c2) + v3 * (x3[q + s2] - c2))
+
+
+@njit(fastmath=_REASSOC, inline="always")
+def _rows_pair(x0, x1, x2, x3, center, w, r1, r2, s1, s2, stop):
+    """:func:`_rows_terms` for two shifted terms without the diagonal (the rest of the
+    8-neighbour stencil's five)."""
+    w0 = w[0]
+    w1 = w[1]
+    w2 = w[2]
+    w3 = w[3]
+    for p in range(stop):
+        q = np.uint64(p)
+        c0 = center[q]
+        c1 = center[q + s1]
+        c2 = center[q + s2]
+        v0 = w0 * (x0[q] - c0)
+        v1 = w1 * (x1[q] - c0)
+        v2 = w2 * (x2[q] - c0)
+        v3 = w3 * (x3[q] - c0)
+        r1[p] += (v0 * (x0[q + s1] - c1) + v1 * (x1[q + s1] - c1)
+                  + v2 * (x2[q + s1] - c1) + v3 * (x3[q + s1] - c1))
+        r2[p] += (v0 * (x0[q + s2] - c2) + v1 * (x1[q + s2] - c2)
+                  + v2 * (x2[q + s2] - c2) + v3 * (x3[q + s2] - c2))
+
+
+@njit(inline="always")
+def _reads_in_place(shifts, d):
+    """Whether :func:`_moments_of_rows` can read full blocks straight from the rows: the
+    diagonal first, the other shifts positive and shorter than the row, and three or
+    five terms (the stencils)."""
+    if shifts.size != 3 and shifts.size != 5:
+        return False
+    if shifts[0] != 0:
+        return False
+    for k in range(1, shifts.size):
+        if shifts[k] <= 0 or shifts[k] >= d:
+            return False
+    return True
+
+
 @njit(fastmath=_REASSOC, cache=True, nogil=True)
 def _moments_of_rows(X, rows, start, stop, center, weights, shifts, acc, sums):
     """:func:`pattern_moments` of the samples ``start, …, stop − 1`` on this thread,
     added into ``acc`` (shape ``(n_terms, D)``) and, when ``sums`` has D entries (not
-    0), their first moments into ``sums``."""
+    0), their first moments into ``sums``.
+
+    For the stencils (:func:`_reads_in_place`) full blocks of rows are read in place
+    (:func:`_rows_terms`) on the pixels whose partners all lie inside the row, and only
+    the last ``max(shifts)`` pixels of each row (whose partners may lie past D, where
+    they count as zero) go through a centred, zero-padded buffer; a last partial block,
+    and any other set of shifts, goes through the buffer whole.
+    """
     d = X.shape[1]
     pad = _padding(shifts)
     # Unsigned offsets (see the module docstring); negative shifts take their own loop.
@@ -190,13 +274,44 @@ def _moments_of_rows(X, rows, start, stop, center, weights, shifts, acc, sums):
     y = np.zeros((_BLOCK, d + pad))      # zero padding: partners past D contribute 0
     w = np.zeros(_BLOCK)
     scratch = np.zeros((2, d))           # the unused accumulators of a short group
-    for first in range(start, stop, _BLOCK):
+    first = start
+    if _reads_in_place(shifts, d):
+        inner = d - pad                  # pixels whose partners are all inside the row
+        edge = np.zeros((_BLOCK, 2 * pad))
+        edge_acc = np.zeros((shifts.size, pad))
+        edge_sums = np.zeros(pad if sums.size else 0)
+        while first + _BLOCK <= stop:
+            for b in range(_BLOCK):
+                w[b] = weights[first + b]
+            x0 = _row_of(X, rows, first)
+            x1 = _row_of(X, rows, first + 1)
+            x2 = _row_of(X, rows, first + 2)
+            x3 = _row_of(X, rows, first + 3)
+            _rows_terms(x0, x1, x2, x3, center, w, acc[0], acc[1], acc[2],
+                        sums if sums.size else scratch[0], unsigned[1], unsigned[2], inner)
+            if shifts.size == 5:
+                _rows_pair(x0, x1, x2, x3, center, w, acc[3], acc[4],
+                           unsigned[3], unsigned[4], inner)
+            for b in range(_BLOCK):
+                _center_into(edge[b], _row_of(X, rows, first + b)[inner:], center[inner:],
+                             pad)
+            if sums.size:
+                _add_block(edge_sums, edge, w, pad)
+            _accumulate_block(edge, w, edge_acc, shifts, unsigned, scratch, pad)
+            first += _BLOCK
+        for k in range(shifts.size):
+            for p in range(pad):
+                acc[k, inner + p] += edge_acc[k, p]
+        for p in range(edge_sums.size):
+            sums[inner + p] += edge_sums[p]
+    for first in range(first, stop, _BLOCK):
         for b in range(_BLOCK):
             if first + b < stop:
                 w[b] = weights[first + b]
                 _center_into(y[b], _row_of(X, rows, first + b), center, d)
             else:
                 w[b] = 0.0
+                y[b, :d] = 0.0
         if sums.size:
             _add_block(sums, y, w, d)
         _accumulate_block(y, w, acc, shifts, unsigned, scratch, d)

@@ -254,7 +254,10 @@ def test_moment_kernel_any_shifts_against_numpy(dtype, rng):
     """The kernel groups non-negative shifts three to a loop and gives negative ones (score
     matching's extended offsets on grids one or two pixels wide) their own: every grouping
     and a shift past the row's end, against a direct NumPy sum (partners outside the row
-    count as zero). 37 samples: the last block of four is partial."""
+    count as zero). 37 samples: the last block of four is partial. Three and five terms
+    with the diagonal first and positive shifts shorter than the row are read from the
+    rows in place, their last ``max(shifts)`` pixels through a zero-padded buffer
+    (unsorted shifts, a shift of ``d − 1``); any other set goes through the buffer."""
     from sparsegauss import _kernels
 
     d = 11
@@ -262,7 +265,8 @@ def test_moment_kernel_any_shifts_against_numpy(dtype, rng):
     center = rng.normal(size=d)
     weights = rng.uniform(0, 2, size=37)
     Y = X.astype(np.float64) - center
-    for shifts in ([0], [0, 1], [0, 1, 3], [0, 1, 3, 4], [0, 2, -1, 1, 12, 5, -3]):
+    for shifts in ([0], [0, 1], [0, 1, 3], [0, 1, 3, 4], [0, 1, 3, 4, 5], [0, 10, 1],
+                   [0, 5, 2, 10, 9], [1, 0, 3], [0, 2, -1, 1, 12, 5, -3]):
         shifts = np.array(shifts, dtype=np.int64)
         sums = np.zeros((2, d))
         moments = _kernels.pattern_moments(X, np.empty(0, dtype=np.int64), center, weights, shifts, 2, sums)
