@@ -373,8 +373,11 @@ def quadratic_forms(X, rows, center, fields, shifts, multiplicity, n_chunks):
     """Batched quadratic forms ``q_n = (x_n − c)ᵀ Λ (x_n − c)`` from the stencil weights.
 
     ``q_n = Σ_k m_k Σ_p F[k, p] (x_np − c_p)(x_n,p+δ_k − c_{p+δ_k})``; ``fields`` must
-    be zero on pairs that leave the grid. All terms are summed in one fused pass over a
-    zero-padded, centred copy of the row (:func:`_stencil_form`).
+    be zero on pairs that leave the grid. For the stencils (:func:`_reads_in_place`)
+    blocks of four rows are read in place on the pixels whose partners lie inside the
+    row (:func:`_rows_forms`, one load of the weights for four rows) and their last
+    ``max(shifts)`` pixels through a zero-padded buffer; other rows and shift sets are
+    centred into a zero-padded copy of the row first (:func:`_stencil_form`).
     The samples are the rows ``X[rows]`` (all rows when ``rows`` is empty), as in
     :func:`pattern_moments`.
 
@@ -387,13 +390,86 @@ def quadratic_forms(X, rows, center, fields, shifts, multiplicity, n_chunks):
     pad = _padding(shifts)
     scaled = _scaled_fields(fields, multiplicity)
     unsigned = shifts.astype(np.uint64)
+    in_place = _reads_in_place(shifts, d)
+    inner = d - pad if in_place else d
+    edge_scaled = np.ascontiguousarray(scaled[:, inner:])
     out = np.empty(n)
     for chunk in prange(n_chunks):
         y = np.zeros(d + pad)
-        for i in range(chunk * n // n_chunks, (chunk + 1) * n // n_chunks):
+        edge = np.zeros(2 * pad)
+        i = chunk * n // n_chunks
+        stop = (chunk + 1) * n // n_chunks
+        while in_place and i + _BLOCK <= stop:
+            x0 = _row_of(X, rows, i)
+            x1 = _row_of(X, rows, i + 1)
+            x2 = _row_of(X, rows, i + 2)
+            x3 = _row_of(X, rows, i + 3)
+            q0, q1, q2, q3 = _rows_forms(x0, x1, x2, x3, center, scaled, unsigned, inner)
+            out[i] = q0
+            out[i + 1] = q1
+            out[i + 2] = q2
+            out[i + 3] = q3
+            for b in range(_BLOCK):
+                _center_into(edge, _row_of(X, rows, i + b)[inner:], center[inner:], pad)
+                out[i + b] += _stencil_form(edge, edge_scaled, unsigned, pad)
+            i += _BLOCK
+        for i in range(i, stop):
             _center_into(y, _row_of(X, rows, i), center, d)
             out[i] = _stencil_form(y, scaled, unsigned, d)
     return out
+
+
+@njit(fastmath=_REASSOC, inline="always")
+def _pixel_form(x, q, c0, g0, s1, c1, g1, s2, c2, g2):
+    """``u_p (G₀ u_p + G₁ u_{p+s₁} + G₂ u_{p+s₂})`` with ``u = x − c``, for one row."""
+    u = x[q] - c0
+    return u * (g0 * u + g1 * (x[q + s1] - c1) + g2 * (x[q + s2] - c2))
+
+
+@njit(fastmath=_REASSOC, inline="always")
+def _pixel_pair(x, q, c0, s3, c3, g3, s4, c4, g4):
+    """``u_p (G₃ u_{p+s₃} + G₄ u_{p+s₄})``: the 8-neighbour stencil's last two terms."""
+    return (x[q] - c0) * (g3 * (x[q + s3] - c3) + g4 * (x[q + s4] - c4))
+
+
+@njit(fastmath=_REASSOC, inline="always")
+def _rows_forms(x0, x1, x2, x3, center, scaled, unsigned, stop):
+    """:func:`_stencil_form` of four rows on pixels ``p < stop``, read in place (the
+    caller keeps ``p + δ_k`` inside the row): each weight ``G[k, p]`` and centre value
+    is loaded once for the four rows, and the loads of the rows overlap the arithmetic
+    (see :func:`_rows_terms`). Three or five terms, the diagonal first."""
+    g0, g1, g2 = scaled[0], scaled[1], scaled[2]
+    s1, s2 = unsigned[1], unsigned[2]
+    a0 = 0.0
+    a1 = 0.0
+    a2 = 0.0
+    a3 = 0.0
+    if unsigned.size == 3:
+        for p in range(stop):
+            q = np.uint64(p)
+            c0, c1, c2 = center[q], center[q + s1], center[q + s2]
+            h0, h1, h2 = g0[q], g1[q], g2[q]
+            a0 += _pixel_form(x0, q, c0, h0, s1, c1, h1, s2, c2, h2)
+            a1 += _pixel_form(x1, q, c0, h0, s1, c1, h1, s2, c2, h2)
+            a2 += _pixel_form(x2, q, c0, h0, s1, c1, h1, s2, c2, h2)
+            a3 += _pixel_form(x3, q, c0, h0, s1, c1, h1, s2, c2, h2)
+    else:
+        g3, g4 = scaled[3], scaled[4]
+        s3, s4 = unsigned[3], unsigned[4]
+        for p in range(stop):
+            q = np.uint64(p)
+            c0, c1, c2 = center[q], center[q + s1], center[q + s2]
+            c3, c4 = center[q + s3], center[q + s4]
+            h0, h1, h2, h3, h4 = g0[q], g1[q], g2[q], g3[q], g4[q]
+            a0 += (_pixel_form(x0, q, c0, h0, s1, c1, h1, s2, c2, h2)
+                   + _pixel_pair(x0, q, c0, s3, c3, h3, s4, c4, h4))
+            a1 += (_pixel_form(x1, q, c0, h0, s1, c1, h1, s2, c2, h2)
+                   + _pixel_pair(x1, q, c0, s3, c3, h3, s4, c4, h4))
+            a2 += (_pixel_form(x2, q, c0, h0, s1, c1, h1, s2, c2, h2)
+                   + _pixel_pair(x2, q, c0, s3, c3, h3, s4, c4, h4))
+            a3 += (_pixel_form(x3, q, c0, h0, s1, c1, h1, s2, c2, h2)
+                   + _pixel_pair(x3, q, c0, s3, c3, h3, s4, c4, h4))
+    return a0, a1, a2, a3
 
 
 @njit(inline="always")

@@ -22,10 +22,13 @@ def test_pattern_moments_match_dense_products(shape, stencil, dtype, rng):
     assert np.all(moments[~grid.valid] == 0)
 
 
+@pytest.mark.parametrize("shape", SHAPES + [(5, 4)])
 @pytest.mark.parametrize("stencil", [4, 8])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_quadratic_forms_match_dense(stencil, dtype, rng):
-    grid = GridParameterization((5, 4), stencil)
+def test_quadratic_forms_match_dense(shape, stencil, dtype, rng):
+    """23 rows: blocks of four read in place and a partial block through the buffer;
+    grids one pixel wide or tall, whose shifts reach past the row, through the buffer."""
+    grid = GridParameterization(shape, stencil)
     theta = rng.normal(size=grid.n_params)
     X = rng.normal(size=(23, grid.n_pixels)).astype(dtype)
     center = rng.normal(size=grid.n_pixels)
