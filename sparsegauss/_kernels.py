@@ -179,6 +179,12 @@ def pattern_moments(X, rows, center, weights, shifts, n_chunks, sums):
 
 
 @njit(fastmath=_REASSOC, inline="always")
+def _partner_sum(x0, x1, x2, x3, t, c, v0, v1, v2, v3):
+    """``Σ_b v_b (x_b[t] − c)`` over four rows: one term's products at one pixel."""
+    return v0 * (x0[t] - c) + v1 * (x1[t] - c) + v2 * (x2[t] - c) + v3 * (x3[t] - c)
+
+
+@njit(fastmath=_REASSOC, inline="always")
 def _rows_terms(x0, x1, x2, x3, center, w, r0, r1, r2, total, s1, s2, stop):
     """``r_k[p] += Σ_b w_b (x_b[p] − c_p)(x_b[p + s_k] − c_{p+s_k})`` for ``p < stop``,
     the diagonal (``s_0 = 0``) into ``r0`` and two shifted terms, read straight from four
@@ -199,8 +205,6 @@ def _rows_terms(x0, x1, x2, x3, center, w, r0, r1, r2, total, s1, s2, stop):
     for p in range(stop):
         q = np.uint64(p)
         c0 = center[q]
-        c1 = center[q + s1]
-        c2 = center[q + s2]
         u0 = x0[q] - c0
         u1 = x1[q] - c0
         u2 = x2[q] - c0
@@ -211,10 +215,8 @@ def _rows_terms(x0, x1, x2, x3, center, w, r0, r1, r2, total, s1, s2, stop):
         v3 = w3 * u3
         r0[p] += v0 * u0 + v1 * u1 + v2 * u2 + v3 * u3
         total[p] += v0 + v1 + v2 + v3
-        r1[p] += (v0 * (x0[q + s1] - c1) + v1 * (x1[q + s1] - c1)
-                  + v2 * (x2[q + s1] - c1) + v3 * (x3[q + s1] - c1))
-        r2[p] += (v0 * (x0[q + s2] - c2) + v1 * (x1[q + s2] - c2)
-                  + v2 * (x2[q + s2] - c2) + v3 * (x3[q + s2] - c2))
+        r1[p] += _partner_sum(x0, x1, x2, x3, q + s1, center[q + s1], v0, v1, v2, v3)
+        r2[p] += _partner_sum(x0, x1, x2, x3, q + s2, center[q + s2], v0, v1, v2, v3)
 
 
 @njit(fastmath=_REASSOC, inline="always")
@@ -228,16 +230,12 @@ def _rows_pair(x0, x1, x2, x3, center, w, r1, r2, s1, s2, stop):
     for p in range(stop):
         q = np.uint64(p)
         c0 = center[q]
-        c1 = center[q + s1]
-        c2 = center[q + s2]
         v0 = w0 * (x0[q] - c0)
         v1 = w1 * (x1[q] - c0)
         v2 = w2 * (x2[q] - c0)
         v3 = w3 * (x3[q] - c0)
-        r1[p] += (v0 * (x0[q + s1] - c1) + v1 * (x1[q + s1] - c1)
-                  + v2 * (x2[q + s1] - c1) + v3 * (x3[q + s1] - c1))
-        r2[p] += (v0 * (x0[q + s2] - c2) + v1 * (x1[q + s2] - c2)
-                  + v2 * (x2[q + s2] - c2) + v3 * (x3[q + s2] - c2))
+        r1[p] += _partner_sum(x0, x1, x2, x3, q + s1, center[q + s1], v0, v1, v2, v3)
+        r2[p] += _partner_sum(x0, x1, x2, x3, q + s2, center[q + s2], v0, v1, v2, v3)
 
 
 @njit(inline="always")
