@@ -549,10 +549,14 @@ def logistic_pattern_moments(X, x_rows, x_center, x_offsets, Y, y_rows, y_center
     For every row ``a_n = −½ x_nᵀ Λ x_n − offsets[n]`` (the quadratic form as in
     :func:`quadratic_forms`, ``fields`` zero on pairs off the grid), its loss
     ``ℓ_n = softplus(−y_n a_n)`` and weight ``w_n = ∂ℓ_n/∂a_n = −y_n σ(−y_n a_n)``, with
-    the class label ``y_n`` (+1 for X, −1 for Y). Each block of rows is centred into a
-    zero-padded buffer once; its quadratic forms, weights and weighted pattern products
-    (as :func:`pattern_moments`) are then computed while the block is in cache, where
-    :func:`quadratic_forms` and :func:`pattern_moments` in turn read the rows twice.
+    the class label ``y_n`` (+1 for X, −1 for Y). Blocks of four rows of one class are
+    read in place for the stencils (:func:`_logistic_block`): their quadratic forms,
+    weights and weighted pattern products (as :func:`pattern_moments`) are computed
+    while the block is in cache, where :func:`quadratic_forms` and
+    :func:`pattern_moments` in turn read the rows twice; a class's last rows and other
+    shift sets are centred into a zero-padded buffer first. (Centring every block into
+    the buffer cost a quarter of the call: 0.44 against 0.33 ms for NCE's 256 + 256
+    MNIST rows.)
     Both classes share one parallel region and one accumulator a thread: with the
     classes in two calls, NCE's step on MNIST paid two regions' start-up and two
     reductions (256 + 256 rows: 2 × 180 µs, against 300 µs for 512 rows in one call).
@@ -583,44 +587,101 @@ def logistic_pattern_moments(X, x_rows, x_center, x_offsets, Y, y_rows, y_center
     pad = _padding(shifts)
     unsigned = shifts.astype(np.uint64)
     scaled = _scaled_fields(fields, multiplicity)
+    in_place = _reads_in_place(shifts, d)
+    inner = d - pad if in_place else d
+    edge_scaled = np.ascontiguousarray(scaled[:, inner:])
     acc = np.zeros((n_chunks, n_terms, d))
     losses = np.zeros(n_chunks)
     weights = np.zeros(n_chunks)
     for chunk in prange(n_chunks):
-        start = chunk * n // n_chunks
         stop = (chunk + 1) * n // n_chunks
         y = np.zeros((_BLOCK, d + pad))
         w = np.zeros(_BLOCK)
         scratch = np.zeros((2, d))
+        edge = np.zeros((_BLOCK, 2 * pad))
+        edge_acc = np.zeros((n_terms, d - inner))
         loss = 0.0
         weight = 0.0
-        for first in range(start, stop, _BLOCK):
-            for b in range(_BLOCK):
-                i = first + b
-                if i >= stop:
-                    w[b] = 0.0
-                    continue
-                row = y[b]
+        i = chunk * n // n_chunks
+        while i < stop:
+            end = min(stop, n_x) if i < n_x else stop    # this class's rows in the chunk
+            while in_place and i + _BLOCK <= end:
                 if i < n_x:
-                    _center_into(row, _row_of(X, x_rows, i), x_center, d)
-                    label = 1.0
-                    offset = x_offsets[i]
+                    part = _logistic_block(X, x_rows, x_center, x_offsets, 1.0, i, scaled,
+                                           edge_scaled, shifts, unsigned, inner, edge, w,
+                                           acc[chunk], edge_acc, scratch)
                 else:
-                    _center_into(row, _row_of(Y, y_rows, i - n_x), y_center, d)
-                    label = -1.0
-                    offset = y_offsets[i - n_x]
-                q = _stencil_form(row, scaled, unsigned, d)
-                z = -label * (-0.5 * q - offset)
-                loss += _softplus(z)
-                w[b] = -label * _sigmoid(z)
-                weight += w[b]
-            _accumulate_block(y, w, acc[chunk], shifts, unsigned, scratch, d)
+                    part = _logistic_block(Y, y_rows, y_center, y_offsets, -1.0, i - n_x,
+                                           scaled, edge_scaled, shifts, unsigned, inner,
+                                           edge, w, acc[chunk], edge_acc, scratch)
+                loss += part[0]
+                weight += part[1]
+                i += _BLOCK
+            while i < end:       # fewer than four rows left, or shifts not read in place
+                for b in range(_BLOCK):
+                    j = i + b
+                    row = y[b]
+                    if j >= end:
+                        w[b] = 0.0
+                        row[:] = 0.0
+                        continue
+                    if j < n_x:
+                        _center_into(row, _row_of(X, x_rows, j), x_center, d)
+                        label = 1.0
+                        offset = x_offsets[j]
+                    else:
+                        _center_into(row, _row_of(Y, y_rows, j - n_x), y_center, d)
+                        label = -1.0
+                        offset = y_offsets[j - n_x]
+                    q = _stencil_form(row, scaled, unsigned, d)
+                    z = -label * (-0.5 * q - offset)
+                    loss += _softplus(z)
+                    w[b] = -label * _sigmoid(z)
+                    weight += w[b]
+                _accumulate_block(y, w, acc[chunk], shifts, unsigned, scratch, d)
+                i = min(i + _BLOCK, end)
+        for k in range(n_terms):
+            for p in range(d - inner):
+                acc[chunk, k, inner + p] += edge_acc[k, p]
         losses[chunk] = loss
         weights[chunk] = weight
     out = np.zeros((n_terms, d))
     for chunk in range(n_chunks):
         out += acc[chunk]
     return losses.sum(), weights.sum(), out
+
+
+@njit(fastmath=_REASSOC, inline="always")
+def _logistic_block(A, rows, center, offsets, label, first, scaled, edge_scaled, shifts,
+                    unsigned, inner, edge, w, acc, edge_acc, scratch):
+    """:func:`logistic_pattern_moments` of four rows of one class, ``first`` to
+    ``first + 3`` of ``A[rows]``, read in place: their quadratic forms
+    (:func:`_rows_forms`, the last ``D − inner`` pixels through the zero-padded
+    ``edge``), losses and weights ``w``, then their weighted pattern products
+    (:func:`_rows_terms` re-reads the rows from cache) into ``acc`` and, for the last
+    pixels, ``edge_acc``. Returns ``(Σ loss, Σ weight)`` of the four."""
+    x0 = _row_of(A, rows, first)
+    x1 = _row_of(A, rows, first + 1)
+    x2 = _row_of(A, rows, first + 2)
+    x3 = _row_of(A, rows, first + 3)
+    forms = _rows_forms(x0, x1, x2, x3, center, scaled, unsigned, inner)
+    pad = edge.shape[1] // 2
+    loss = 0.0
+    weight = 0.0
+    for b in range(_BLOCK):
+        _center_into(edge[b], _row_of(A, rows, first + b)[inner:], center[inner:], pad)
+        q = forms[b] + _stencil_form(edge[b], edge_scaled, unsigned, pad)
+        z = -label * (-0.5 * q - offsets[first + b])
+        loss += _softplus(z)
+        w[b] = -label * _sigmoid(z)
+        weight += w[b]
+    _rows_terms(x0, x1, x2, x3, center, w, acc[0], acc[1], acc[2], scratch[0],
+                unsigned[1], unsigned[2], inner)
+    if unsigned.size == 5:
+        _rows_pair(x0, x1, x2, x3, center, w, acc[3], acc[4], unsigned[3], unsigned[4],
+                   inner)
+    _accumulate_block(edge, w, edge_acc, shifts, unsigned, scratch, pad)
+    return loss, weight
 
 
 @njit(parallel=True, cache=True)
