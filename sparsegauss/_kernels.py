@@ -240,7 +240,8 @@ def _rows_pair(x0, x1, x2, x3, center, w, r1, r2, s1, s2, stop):
 
 @njit(inline="always")
 def _reads_in_place(shifts, d):
-    """Whether :func:`_moments_of_rows` can read full blocks straight from the rows: the
+    """Whether the passes (:func:`_moments_of_rows`, :func:`quadratic_forms`,
+    :func:`logistic_pattern_moments`) can read full blocks straight from the rows: the
     diagonal first, the other shifts positive and shorter than the row, and three or
     five terms (the stencils)."""
     if shifts.size != 3 and shifts.size != 5:
