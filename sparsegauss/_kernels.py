@@ -863,10 +863,18 @@ _dsyrk = _fortran_routine("cython_blas", "dsyrk", 10)
 _dpotrf = _fortran_routine("cython_lapack", "dpotrf", 5)
 _dpotri = _fortran_routine("cython_lapack", "dpotri", 5)
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _supernode_sizes(indptr, starts):
     """Supernode owning each column, and the largest block (columns × rows) and number
-    of rows below any supernode (to size the work arrays once)."""
+    of rows below any supernode (to size the work arrays once).
+
+    Called, not inlined: inlined into a ``parallel=True`` kernel, the slice assignment
+    ``owner[f:…] = sn`` became a parallel region of its own for every supernode (Numba
+    turns array expressions in a parallel function's serial code into parfors, and its
+    diagnostics do not list them): 119 regions a call of the two-thread factorization on
+    a 28×28 grid, 0.15–0.4 ms, more than the factorization (0.15 ms); on 256×256 the
+    split factorization took 42–46 ms instead of 27–34 (2026-12-03).
+    """
     n = indptr.size - 1
     max_block = 1
     max_below = 1

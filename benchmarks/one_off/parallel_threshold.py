@@ -39,7 +39,13 @@ def main(sides=SIDES):
             times = {"one thread": [], "two subtrees": []}
             for setting in 2 * list(times):
                 cholesky.PARALLEL_MIN_ENTRIES = (np.inf if setting == "one thread" else 0)
+                # A new analysis, not the shared one of the same pattern: the split is
+                # decided when an analysis is made (with the last normalizer alive, both
+                # settings timed whichever came first).
+                normalizer = None
+                cholesky._SymbolicAnalysis._cache.clear()
                 normalizer = GridNormalizer(grid)
+                assert normalizer.analysis.splits_over_threads == (setting != "one thread")
                 gradient = lambda: normalizer.covariance_fields(normalizer.factorize(theta))
                 gradient()                                   # warm-up: JIT, buffers
                 times[setting].append(_per_call(gradient, calls))
