@@ -10,6 +10,14 @@ pairing pixel ``p`` with ``p + shifts[k]``; ``shifts[0] == 0`` is the diagonal a
 other shift is positive. Kernels compute every pair (a partner past the end of the row
 counts as zero) and leave it to the caller to zero the pairs that wrap around a grid row.
 
+In a ``parallel=True`` kernel every array expression outside the ``prange`` loop
+(``np.zeros``, ``a += b``, ``a.sum()``, a slice assignment) becomes a parallel region of
+its own, which Numba's diagnostics do not always list: each costs a few microseconds with
+the worker threads awake, and far more when they have gone to sleep. Such kernels
+therefore keep their serial set-up and reductions in plain compiled helpers
+(:func:`_sum_chunks`, :func:`_stencil_setup`, :func:`_supernode_sizes`), which Numba calls
+as they are.
+
 Offsets into a row are added as unsigned integers (``y[q + s]`` with ``q = uint64(p)``).
 With a signed index Numba emits a negative-index wraparound test on every access, and
 that select stops LLVM from vectorizing the loop: a one-line ``row[p] += w*y[p]*y[p+s]``
@@ -168,14 +176,12 @@ def pattern_moments(X, rows, center, weights, shifts, n_chunks, sums):
     """
     n = rows.size if rows.size else X.shape[0]
     d = X.shape[1]
-    acc = np.zeros((n_chunks, shifts.size, d))
+    acc = np.empty((n_chunks, shifts.size, d))
     for chunk in prange(n_chunks):
+        acc[chunk] = 0.0
         _moments_of_rows(X, rows, chunk * n // n_chunks, (chunk + 1) * n // n_chunks,
                          center, weights, shifts, acc[chunk], sums[chunk])
-    out = np.zeros((shifts.size, d))
-    for chunk in range(n_chunks):
-        out += acc[chunk]
-    return out
+    return _sum_chunks(acc)
 
 
 @njit(fastmath=_REASSOC, inline="always")
@@ -252,6 +258,32 @@ def _reads_in_place(shifts, d):
         if shifts[k] <= 0 or shifts[k] >= d:
             return False
     return True
+
+
+@njit(cache=True, nogil=True)
+def _sum_chunks(acc):
+    """``Σ_c acc[c]``: the per-thread accumulators of a parallel pass added up (serial
+    code of a parallel kernel, see the module docstring)."""
+    out = np.zeros((acc.shape[1], acc.shape[2]))
+    for chunk in range(acc.shape[0]):
+        for k in range(acc.shape[1]):
+            for p in range(acc.shape[2]):
+                out[k, p] += acc[chunk, k, p]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _stencil_setup(fields, shifts, multiplicity, d):
+    """What the quadratic-form passes compute once a call: unsigned shifts, the fields
+    times their multiplicities, the first pixel whose partners may lie past the row
+    (``inner``) and the scaled fields from there on (serial code of a parallel kernel,
+    see the module docstring)."""
+    pad = _padding(shifts)
+    unsigned = shifts.astype(np.uint64)
+    scaled = _scaled_fields(fields, multiplicity)
+    inner = d - pad if _reads_in_place(shifts, d) else d
+    edge_scaled = np.ascontiguousarray(scaled[:, inner:])
+    return pad, unsigned, scaled, inner, edge_scaled
 
 
 @njit(fastmath=_REASSOC, cache=True, nogil=True)
@@ -386,12 +418,8 @@ def quadratic_forms(X, rows, center, fields, shifts, multiplicity, n_chunks):
     """
     n = rows.size if rows.size else X.shape[0]
     d = X.shape[1]
-    pad = _padding(shifts)
-    scaled = _scaled_fields(fields, multiplicity)
-    unsigned = shifts.astype(np.uint64)
-    in_place = _reads_in_place(shifts, d)
-    inner = d - pad if in_place else d
-    edge_scaled = np.ascontiguousarray(scaled[:, inner:])
+    pad, unsigned, scaled, inner, edge_scaled = _stencil_setup(fields, shifts,
+                                                               multiplicity, d)
     out = np.empty(n)
     for chunk in prange(n_chunks):      # the body on its own: see logistic_pattern_moments
         _forms_of_rows(X, rows, chunk * n // n_chunks, (chunk + 1) * n // n_chunks, center,
@@ -594,17 +622,12 @@ def logistic_pattern_moments(X, x_rows, x_center, x_offsets, Y, y_rows, y_center
     n_y = y_rows.size if y_rows.size else Y.shape[0]
     n = n_x + n_y
     d = fields.shape[1]
-    n_terms = shifts.size
-    pad = _padding(shifts)
-    unsigned = shifts.astype(np.uint64)
-    scaled = _scaled_fields(fields, multiplicity)
-    in_place = _reads_in_place(shifts, d)
-    inner = d - pad if in_place else d
-    edge_scaled = np.ascontiguousarray(scaled[:, inner:])
-    acc = np.zeros((n_chunks, n_terms, d))
-    losses = np.zeros(n_chunks)
-    weights = np.zeros(n_chunks)
+    _, unsigned, scaled, inner, edge_scaled = _stencil_setup(fields, shifts, multiplicity, d)
+    acc = np.empty((n_chunks, shifts.size, d))
+    losses = np.empty(n_chunks)
+    weights = np.empty(n_chunks)
     for chunk in prange(n_chunks):
+        acc[chunk] = 0.0
         # The body is a compiled function of its own, and so is _logistic_block (its
         # two call sites, one per class, would otherwise be optimized twice): all of
         # it inlined into the parallel region took Numba 55 s to compile a signature,
@@ -614,10 +637,12 @@ def logistic_pattern_moments(X, x_rows, x_center, x_offsets, Y, y_rows, y_center
             X, x_rows, x_center, x_offsets, Y, y_rows, y_center, y_offsets, n_x,
             chunk * n // n_chunks, (chunk + 1) * n // n_chunks, scaled, edge_scaled,
             shifts, unsigned, inner, acc[chunk])
-    out = np.zeros((n_terms, d))
+    loss = 0.0
+    weight = 0.0
     for chunk in range(n_chunks):
-        out += acc[chunk]
-    return losses.sum(), weights.sum(), out
+        loss += losses[chunk]
+        weight += weights[chunk]
+    return loss, weight, _sum_chunks(acc)
 
 
 @njit(fastmath=_REASSOC, cache=True, nogil=True)
