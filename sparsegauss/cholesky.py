@@ -28,8 +28,9 @@ above 4,096 pixels). From a factorization ``P A Pᵀ = L Lᵀ`` it gives
 Factors of :data:`PARALLEL_MIN_ENTRIES` entries or more run both kernels on two threads,
 one per group of independent subtrees of the elimination tree
 (:func:`sparsegauss._kernels.subtree_schedule`); smaller ones run both on one thread,
-outside any parallel region. On this 2-core virtual machine the split gains 1.3–1.5× from
-48² to 256² and 1.25–1.6× at 512² (see :data:`PARALLEL_MIN_ENTRIES`).
+outside any parallel region. On this 2-core virtual machine the split gains 1.25–1.6× at
+512² (and 1.3–1.5× from 48² to 256², where it is not used: see
+:data:`PARALLEL_MIN_ENTRIES`).
 
 scikit-sparse 0.4.x's simplicial LDLᵀ factorization "succeeds" on an indefinite matrix
 (``logdet()`` is then nan), so every factorization's pivots are checked here.
@@ -85,12 +86,18 @@ _NO_RELAX = ((0, 0, 0), (0.0, 0.0, 0.0))
 #: 2026-12-03): 28² (15,851 entries) 0.73, 0.58 / 0.64, 0.47 ms; 40² (37 k) 1.30, 1.15 /
 #: 1.34, 0.92 ms; 48² (58 k) 2.13, 2.08 / 1.52, 1.67 ms; 64² (115 k) 2.90, 3.50 / 3.04,
 #: 2.01 ms; 128² (590 k) 21.1, 20.8 / 15.3, 13.4 ms; 256² (2.8 M) 95, 106 / 75, 76 ms;
-#: 512² (13.4 M) 703, 638 / 550, 409 ms. The split pays from about 50,000 entries (a
-#: 45×45 grid). (Until 2026-12-03 it paid only from about a million: an inlined helper
-#: had opened a parallel region per supernode, see :func:`sparsegauss._kernels.
-#: _supernode_sizes`, and the same benchmark on that build, same day, gave 64² 3.61,
-#: 5.00 / 5.14, 7.32 ms, 256² 116, 125 / 121, 133 ms, 512² 670, 647 / 612, 609 ms.)
-PARALLEL_MIN_ENTRIES = 50_000
+#: 512² (13.4 M) 703, 638 / 550, 409 ms. Idle, the split pays from about 50,000 entries
+#: (a 45×45 grid). It stays for factors of a million entries (160²) and more because of
+#: what it costs beside another CPU-bound process (``python -m benchmarks.one_off.busy_core
+#: SIDE 5-7``, same day): a short split call waits for the scheduler, so at 128² the
+#: split refactorization + selected inversion took 33 ms busy, against the one-thread
+#: kernels' 21 ms idle (1.6× slower than not splitting at all), while at 512² it took
+#: 0.75 s busy against their 0.64–0.70 s idle (about level). (Until 2026-12-03 the split
+#: paid only from about a million entries even idle: an inlined helper opened a parallel
+#: region per supernode, see :func:`sparsegauss._kernels._supernode_sizes`; that build,
+#: same benchmark and day: 64² 3.61, 5.00 / 5.14, 7.32 ms, 256² 116, 125 / 121, 133 ms,
+#: 512² 670, 647 / 612, 609 ms.)
+PARALLEL_MIN_ENTRIES = 1_000_000
 
 
 def solve_once(lower, b):
