@@ -114,6 +114,22 @@ class RowSelection:
         rows = selected if self.rows is None else self.rows[selected]
         return RowSelection(self.array, rows, center=self.center)
 
+    def take(self, rows):
+        """The rows ``rows`` of this selection, unchecked: the optimizer's minibatches
+        (sorted int64 indices in ``[0, len(self))`` by construction).
+
+        :meth:`__getitem__`'s checks of the indices (their range, negative ones, a mask)
+        and the constructor's cost 20–25 µs a step, 0.1 s of NCE's 4,000 steps on MNIST;
+        the kernels read the rows unchecked either way, as for a plain array's
+        selection (``RowSelection(array, rows)``).
+        """
+        selection = RowSelection.__new__(RowSelection)
+        selection.array = self.array
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        selection.rows = rows if self.rows is None else self.rows[rows]
+        selection.center = self.center
+        return selection
+
     def __array__(self, dtype=None, copy=None):
         selected = self.array if self.rows is None else self.array[self.rows]
         if self.center is not None:

@@ -79,7 +79,8 @@ def test_a_centred_selection_reads_as_its_centred_rows(dtype, rng):
     """RowSelection(X, rows, center=c) is X[rows] − c to every pass (quadratic forms with
     a centre of their own on top, moments, NCE's two-class pass with a centre for each
     class) and to NumPy; indexing it selects among its rows (slices, negative and boolean
-    indices) and keeps the centre; the grid Gaussian's minibatch of it is such an index."""
+    indices) and keeps the centre; the grid Gaussian's minibatch of it is a take of valid
+    rows."""
     from sparsegauss.models import GridGaussianEnergy
     from sparsegauss.stats import RowSelection, logistic_moments
 
@@ -117,9 +118,16 @@ def test_a_centred_selection_reads_as_its_centred_rows(dtype, rng):
                                 offsets[:len(dense)], offsets[len(dense):])
         np.testing.assert_allclose(got[:2], want[:2], rtol=1e-10)
         np.testing.assert_allclose(got[2], want[2], rtol=1e-10, atol=1e-10)
-    batch = GridGaussianEnergy(grid).minibatch(whole, rows)
+    # The minibatch takes the optimizer's (valid) rows without __getitem__'s checks, and
+    # a take of a selection selects among its rows.
+    batch = GridGaussianEnergy(grid).minibatch(whole, rows % 40)
     assert isinstance(batch, RowSelection) and batch.center is whole.center
     np.testing.assert_array_equal(batch.rows, rows % 40)
+    some = np.array([0, 7, 2, 2])
+    taken = whole[5:29:3].take(some)
+    np.testing.assert_array_equal(taken.rows, np.arange(5, 29, 3)[some])
+    np.testing.assert_array_equal(np.asarray(taken), np.asarray(whole[5:29:3][some]))
+    assert taken.center is whole.center
     # X itself is never written: the centre is subtracted as the rows are read.
     assert np.asarray(RowSelection(X), dtype=None) is X
     with pytest.raises(IndexError, match="out of range"):

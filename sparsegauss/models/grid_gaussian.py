@@ -134,9 +134,10 @@ class GridGaussianEnergy(EnergyModel):
     def minibatch(self, X, rows):
         """A :class:`~sparsegauss.stats.RowSelection`: the data passes read the rows in
         place (of a float32/float64 C-contiguous array, or of a selection, with its
-        centre; anything else is gathered)."""
+        centre; anything else is gathered). ``rows`` are the optimizer's: valid indices,
+        not checked again (:meth:`RowSelection.take`)."""
         if isinstance(X, RowSelection):
-            return X[rows]
+            return X.take(rows)
         if (isinstance(X, np.ndarray) and X.ndim == 2 and X.flags.c_contiguous
                 and X.dtype in (np.float32, np.float64)):
             return RowSelection(X, rows)
