@@ -167,7 +167,7 @@ class GridParameterization:
         """Stencil layout of Λ(θ): array ``F`` of shape ``(n_terms, D)``, zero off-grid."""
         theta = self.check_theta(theta)
         out = np.zeros(self.n_terms * self.n_pixels)
-        out[self._valid_flat] = theta[self._param_of_valid]
+        out[self._valid_flat] = theta if self.tying == "untied" else theta[self._param_of_valid]
         return out.reshape(self.n_terms, self.n_pixels)
 
     def adjoint(self, fields):
@@ -183,7 +183,7 @@ class GridParameterization:
             ``out[j] = Σ_{(k, p) : param(k, p) = j} fields[k, p]``.
         """
         values = np.asarray(fields, dtype=np.float64).reshape(-1)[self._valid_flat]
-        return np.bincount(self._param_of_valid, weights=values, minlength=self.n_params)
+        return self.adjoint_pairs(values)
 
     def project(self, fields):
         """Least-squares θ whose :meth:`fields` are closest to ``fields`` (a mean per tie)."""
@@ -227,6 +227,10 @@ class GridParameterization:
 
     def adjoint_pairs(self, values):
         """:meth:`adjoint` of values given in :meth:`pair_indices` order."""
+        if self.tying == "untied":
+            # One parameter per pair, in this order: the sum is the values themselves
+            # (np.bincount took 5 µs of every stochastic step's 11 µs adjoint on MNIST).
+            return np.array(values, dtype=np.float64)
         return np.bincount(self._param_of_valid, weights=values, minlength=self.n_params)
 
     def pair_terms(self):
