@@ -809,9 +809,10 @@ def pattern_cross_moments(X, U, weights, shifts, n_chunks):
     """
     n, d = X.shape
     n_terms = shifts.size
-    acc = np.zeros((n_chunks, n_terms, d))
+    acc = np.empty((n_chunks, n_terms, d))
     for chunk in prange(n_chunks):
         rows = acc[chunk]
+        rows[:] = 0.0
         for i in range(chunk * n // n_chunks, (chunk + 1) * n // n_chunks):
             w = weights[i]
             x = X[i]
@@ -823,10 +824,7 @@ def pattern_cross_moments(X, U, weights, shifts, n_chunks):
                 for p in range(d - s):
                     q = np.uint64(p)
                     row[p] += w * (x[q] * u[q + offset] + u[q] * x[q + offset])
-    out = np.zeros((n_terms, d))
-    for chunk in range(n_chunks):
-        out += acc[chunk]
-    return out
+    return _sum_chunks(acc)
 
 
 @njit(parallel=True, cache=True)
@@ -1173,7 +1171,8 @@ def factor_invert_beside_moments(indptr, indices, ldata, starts, positions, valu
         :func:`cholesky_supernodal`'s result: −1, or the first column whose pivot
         failed (then ``z`` is not written).
     """
-    failed = np.full(1, -1, dtype=np.int64)
+    failed = np.empty(1, dtype=np.int64)     # not np.full: see the module docstring
+    failed[0] = -1
     for half in prange(2):
         if half == 0:
             failed[0] = cholesky_supernodal(indptr, indices, ldata, starts, positions,
@@ -1826,8 +1825,9 @@ def first_non_finite_row(X, n_chunks):
     alone does not let LLVM fold ``0·x`` to 0 (that needs "nnan" and "nsz").
     """
     n, d = X.shape
-    found = np.full(n_chunks, n, dtype=np.int64)
+    found = np.empty(n_chunks, dtype=np.int64)
     for chunk in prange(n_chunks):
+        found[chunk] = n
         for i in range(chunk * n // n_chunks, (chunk + 1) * n // n_chunks):
             total = 0.0
             row = X[i]
@@ -1836,7 +1836,10 @@ def first_non_finite_row(X, n_chunks):
             if total != total:
                 found[chunk] = i
                 break
-    return found.min()
+    first = n
+    for chunk in range(n_chunks):
+        first = min(first, found[chunk])
+    return first
 
 
 def default_chunks(n_samples):
