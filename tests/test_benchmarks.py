@@ -147,7 +147,7 @@ def test_dense_newton_peer_reaches_the_sparse_optimum(stencil):
 
 def test_scaling_figure_reads_every_row_of_the_readme_table(tmp_path):
     """The README's scaling figure is drawn from its large-grid table: every size from
-    64² to 2048² for each of the three methods, marked rows (†, ‡) included."""
+    64² to 2048² for each of the three methods, marked rows (†, ‡, §) included."""
     from benchmarks.one_off.scaling_figure import table_results
 
     records = table_results()
@@ -162,3 +162,6 @@ def test_scaling_figure_reads_every_row_of_the_readme_table(tmp_path):
     (row_time, row_memory) = table_results(readme)
     assert row_time["params"] == "side=2048, method=nce" and row_time["median"] == 12.5
     assert row_memory["median"] == 42 * 2**20
+    readme.write_text("| 512×512 | 262,144 | 785,408 | mle | 11.0 § | 1180 | 436 | 153.3 |\n")
+    (row_time, row_memory) = table_results(readme)
+    assert row_time["params"] == "side=512, method=mle" and row_time["median"] == 11.0

@@ -15,9 +15,9 @@ from pathlib import Path
 from benchmarks.bench_scale import plot
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-#: | 2048×2048 ‡ | pixels | parameters | method | time ‡ | peak | own | ...
-_ROW = re.compile(r"\| (\d+)×\d+(?: [†‡])? \| [\d,]+ \| [\d,]+ \| (mle|sm|nce) "
-                  r"\| ([\d.]+)(?: [†‡])? \| (\d+) \| (\d+) \|")
+#: | 2048×2048 ‡ | pixels | parameters | method | time ‡ | peak | own | ...  (marks: † ‡ §)
+_ROW = re.compile(r"\| (\d+)×\d+(?: [†‡§])? \| [\d,]+ \| [\d,]+ \| (mle|sm|nce) "
+                  r"\| ([\d.]+)(?: [†‡§])? \| (\d+) \| (\d+) \|")
 
 
 def table_results(readme=README):
