@@ -13,10 +13,13 @@ counts as zero) and leave it to the caller to zero the pairs that wrap around a 
 In a ``parallel=True`` kernel every array expression outside the ``prange`` loop
 (``np.zeros``, ``a += b``, ``a.sum()``, a slice assignment) becomes a parallel region of
 its own, which Numba's diagnostics do not always list: each costs a few microseconds with
-the worker threads awake, and far more when they have gone to sleep. Such kernels
-therefore keep their serial set-up and reductions in plain compiled helpers
-(:func:`_sum_chunks`, :func:`_stencil_setup`, :func:`_supernode_sizes`), which Numba calls
-as they are.
+the worker threads awake, and far more when they have gone to sleep. The kernels a
+stochastic fit calls at every step (the passes, the logistic pass, the factorization
+beside the moments) therefore keep their serial set-up and reductions in plain compiled
+helpers (:func:`_sum_chunks`, :func:`_stencil_setup`) or inside the ``prange``, and no
+parallel kernel inlines a helper that loops over such expressions
+(:func:`_supernode_sizes`). The large-factor split kernels keep a few single regions
+(``np.zeros``, ``np.arange``), which cost nothing next to their work.
 
 Offsets into a row are added as unsigned integers (``y[q + s]`` with ``q = uint64(p)``).
 With a signed index Numba emits a negative-index wraparound test on every access, and
@@ -622,7 +625,8 @@ def logistic_pattern_moments(X, x_rows, x_center, x_offsets, Y, y_rows, y_center
     n_y = y_rows.size if y_rows.size else Y.shape[0]
     n = n_x + n_y
     d = fields.shape[1]
-    _, unsigned, scaled, inner, edge_scaled = _stencil_setup(fields, shifts, multiplicity, d)
+    pad, unsigned, scaled, inner, edge_scaled = _stencil_setup(fields, shifts, multiplicity,
+                                                               d)
     acc = np.empty((n_chunks, shifts.size, d))
     losses = np.empty(n_chunks)
     weights = np.empty(n_chunks)
@@ -636,7 +640,7 @@ def logistic_pattern_moments(X, x_rows, x_center, x_offsets, Y, y_rows, y_center
         losses[chunk], weights[chunk] = _logistic_chunk(
             X, x_rows, x_center, x_offsets, Y, y_rows, y_center, y_offsets, n_x,
             chunk * n // n_chunks, (chunk + 1) * n // n_chunks, scaled, edge_scaled,
-            shifts, unsigned, inner, acc[chunk])
+            shifts, unsigned, pad, inner, acc[chunk])
     loss = 0.0
     weight = 0.0
     for chunk in range(n_chunks):
@@ -647,13 +651,12 @@ def logistic_pattern_moments(X, x_rows, x_center, x_offsets, Y, y_rows, y_center
 
 @njit(fastmath=_REASSOC, cache=True, nogil=True)
 def _logistic_chunk(X, x_rows, x_center, x_offsets, Y, y_rows, y_center, y_offsets, n_x,
-                    start, stop, scaled, edge_scaled, shifts, unsigned, inner, acc):
+                    start, stop, scaled, edge_scaled, shifts, unsigned, pad, inner, acc):
     """:func:`logistic_pattern_moments` of rows ``start, …, stop − 1`` of the two
     classes in turn (X's rows first) on this thread, added into ``acc``; returns
     ``(Σ loss, Σ weight)``."""
     d = scaled.shape[1]
     n_terms = shifts.size
-    pad = _padding(shifts)
     y = np.zeros((_BLOCK, d + pad))
     w = np.zeros(_BLOCK)
     scratch = np.zeros((2, d))

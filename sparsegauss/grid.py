@@ -229,7 +229,7 @@ class GridParameterization:
         """:meth:`adjoint` of values given in :meth:`pair_indices` order."""
         if self.tying == "untied":
             # One parameter per pair, in this order: the sum is the values themselves
-            # (np.bincount took 5 µs of every stochastic step's 11 µs adjoint on MNIST).
+            # (the bincount was about 3 µs of the 11.6 µs adjoint on MNIST's grid).
             return np.array(values, dtype=np.float64)
         return np.bincount(self._param_of_valid, weights=values, minlength=self.n_params)
 

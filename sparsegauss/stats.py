@@ -111,12 +111,12 @@ class RowSelection:
                 raise TypeError("A RowSelection is indexed by rows only: a slice or a "
                                 f"1-D array of row indices (got {type(key).__name__} "
                                 f"with shape {np.shape(key)}).")
-        rows = selected if self.rows is None else self.rows[selected]
-        return RowSelection(self.array, rows, center=self.center)
+        return self.take(selected)
 
     def take(self, rows):
-        """The rows ``rows`` of this selection, unchecked: the optimizer's minibatches
-        (sorted int64 indices in ``[0, len(self))`` by construction).
+        """The rows ``rows`` (integer indices in ``[0, len(self))``) of this selection,
+        unchecked: the optimizer's minibatches, valid by construction, and
+        :meth:`__getitem__`'s indices once it has checked them.
 
         :meth:`__getitem__`'s checks of the indices (their range, negative ones, a mask)
         and the constructor's cost 20–25 µs a step, 0.1 s of NCE's 4,000 steps on MNIST;
