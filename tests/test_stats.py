@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 
@@ -26,16 +28,24 @@ def test_pattern_moments_match_dense_products(shape, stencil, dtype, rng):
 @pytest.mark.parametrize("stencil", [4, 8])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_quadratic_forms_match_dense(shape, stencil, dtype, rng):
-    """23 rows: blocks of four read in place and a partial block through the buffer;
+    """23 rows, and the kernel on one to three chunks of them (23, 11 + 12, 7 + 8 + 8
+    rows): blocks of eight read in place and the rest row by row through the buffer;
     grids one pixel wide or tall, whose shifts reach past the row, through the buffer."""
+    from sparsegauss import _kernels
+
     grid = GridParameterization(shape, stencil)
     theta = rng.normal(size=grid.n_params)
     X = rng.normal(size=(23, grid.n_pixels)).astype(dtype)
     center = rng.normal(size=grid.n_pixels)
     quad = quadratic_forms(X, grid, grid.fields(theta), center=center)
     Y = X.astype(np.float64) - center
-    np.testing.assert_allclose(quad, np.einsum("ni,ij,nj->n", Y, dense_precision(grid, theta), Y),
-                               rtol=1e-10, atol=1e-10)
+    expected = np.einsum("ni,ij,nj->n", Y, dense_precision(grid, theta), Y)
+    np.testing.assert_allclose(quad, expected, rtol=1e-10, atol=1e-10)
+    for n_chunks in (1, 2, 3):
+        np.testing.assert_allclose(
+            _kernels.quadratic_forms(X, np.empty(0, dtype=np.int64), center,
+                                     grid.fields(theta), grid.shifts, grid.multiplicity,
+                                     n_chunks), expected, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("stencil", [4, 8])
@@ -181,9 +191,9 @@ def test_logistic_moments_match_dense(shape, stencil, dtype, n_x, n_y, rng):
     """NCE's one-read pass of both classes against dense NumPy: a_n = −½ uᵀΛu − o_n, the
     loss Σ softplus(−y a), the weights w = −y σ(−y a) summed and on the pattern's
     products (y = +1 for X's rows, −1 for Y's); 37 + 23 rows (not a multiple of the
-    kernel's blocks of 4, a block straddling the classes), each class alone, offsets that
-    saturate the logistic both ways (no overflow, no NaN), a row selection read in place
-    beside a contiguous array."""
+    kernel's blocks of eight, a block straddling the classes), each class alone,
+    offsets that saturate the logistic both ways (no overflow, no NaN), a row selection
+    read in place beside a contiguous array."""
     from scipy.special import expit
 
     from sparsegauss.stats import RowSelection, logistic_moments
@@ -265,10 +275,11 @@ def test_moment_kernel_any_shifts_against_numpy(dtype, rng):
     """The kernel groups non-negative shifts three to a loop and gives negative ones (score
     matching's extended offsets on grids one or two pixels wide) their own: every grouping
     and a shift past the row's end, against a direct NumPy sum (partners outside the row
-    count as zero). 37 samples: the last block of four is partial. Three and five terms
-    with the diagonal first and positive shifts shorter than the row are read from the
-    rows in place, their last ``max(shifts)`` pixels through a zero-padded buffer
-    (unsorted shifts, a shift of ``d − 1``); any other set goes through the buffer."""
+    count as zero). 37 samples in one, two and three chunks: last blocks of four partial
+    (one to three rows) or full. Three and five terms with the diagonal first and positive shifts shorter than the row are read
+    from the rows in place, their last ``max(shifts)`` pixels through a zero-padded
+    buffer (unsorted shifts, a shift of ``d − 1``); any other set goes through the
+    buffer."""
     from sparsegauss import _kernels
 
     d = 11
@@ -276,14 +287,19 @@ def test_moment_kernel_any_shifts_against_numpy(dtype, rng):
     center = rng.normal(size=d)
     weights = rng.uniform(0, 2, size=37)
     Y = X.astype(np.float64) - center
-    for shifts in ([0], [0, 1], [0, 1, 3], [0, 1, 3, 4], [0, 1, 3, 4, 5], [0, 10, 1],
-                   [0, 5, 2, 10, 9], [1, 0, 3], [0, 2, -1, 1, 12, 5, -3]):
+    every_row = np.empty(0, dtype=np.int64)
+    for shifts, n_chunks in itertools.product(
+            ([0], [0, 1], [0, 1, 3], [0, 1, 3, 4], [0, 1, 3, 4, 5], [0, 10, 1],
+             [0, 5, 2, 10, 9], [1, 0, 3], [0, 2, -1, 1, 12, 5, -3]), (1, 2, 3)):
         shifts = np.array(shifts, dtype=np.int64)
-        sums = np.zeros((2, d))
-        moments = _kernels.pattern_moments(X, np.empty(0, dtype=np.int64), center, weights, shifts, 2, sums)
+        sums = np.zeros((n_chunks, d))
+        moments = _kernels.pattern_moments(X, every_row, center, weights, shifts, n_chunks,
+                                           sums)
         np.testing.assert_allclose(sums.sum(axis=0), weights @ Y, rtol=1e-10, atol=1e-10)
-        np.testing.assert_allclose(_kernels.pattern_moments(X, np.empty(0, dtype=np.int64), center, weights, shifts, 2,
-                                                            np.zeros((2, 0))), moments)
+        np.testing.assert_allclose(_kernels.pattern_moments(X, every_row, center, weights,
+                                                            shifts, n_chunks,
+                                                            np.zeros((n_chunks, 0))),
+                                   moments)
         for k, s in enumerate(shifts):
             expected = np.zeros(d)
             for p in range(d):
