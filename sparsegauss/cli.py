@@ -714,11 +714,16 @@ def _run_natural(args):
     else:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            images = load_images(args.images, max_side=max_side,
-                                 on_error="skip" if args.skip_unreadable else "raise")
+            images, paths = load_images(args.images, max_side=max_side,
+                                        on_error="skip" if args.skip_unreadable else "raise",
+                                        return_paths=True)
         for warning in caught:
             say(f"warning: {warning.message}")
-        names, licences = [f"photo {i + 1}" for i in range(len(images))], None
+        # The report names the user's files; by path where two share a name.
+        names = [p.name for p in paths]
+        if len(set(names)) < len(names):
+            names = [str(p) for p in paths]
+        licences = None
         say(f"Read {len(images)} photographs from {args.images}")
     settings = StudySettings(n_patches=args.n_patches, n_test=args.n_test,
                              patch_shape=(args.patch_size, args.patch_size),

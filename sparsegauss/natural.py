@@ -216,12 +216,27 @@ def run_study(images, *, image_names=None, licences=None, settings=StudySettings
     rng = np.random.default_rng(settings.seed)
     names = list(image_names) if image_names is not None else [f"image {i + 1}"
                                                                  for i in range(len(images))]
+    shape = tuple(settings.patch_shape)
+    # A photograph smaller than a patch gives no patch: leave it out of the split (else
+    # it could be the only held-out photograph), and say so.
+    small = [i for i, image in enumerate(images)
+             if image.shape[0] < shape[0] or image.shape[1] < shape[1]]
+    too_small = [names[i] for i in small]
+    if small:
+        warnings.warn(f"{', '.join(too_small)} {'is' if len(small) == 1 else 'are'} smaller "
+                      f"than the {shape[0]}×{shape[1]} patches and left out of the study.",
+                      UserWarning, stacklevel=2)
+        kept = [i for i in range(len(images)) if i not in small]
+        images = [images[i] for i in kept]
+        names = [names[i] for i in kept]
+        licences = [licences[i] for i in kept] if licences is not None else None
     if len(images) < 2:
-        raise ValueError("The study holds out whole photographs, so it needs at least two; "
-                         f"got {len(images)}.")
+        raise ValueError("The study holds out whole photographs, so it needs at least two "
+                         f"of at least {shape[0]}×{shape[1]} pixels; got {len(images)}"
+                         + (f" ({', '.join(too_small)} too small)" if too_small else "")
+                         + ".")
     order = np.arange(len(images))
     train_idx, test_idx = split_images(order, settings.test_fraction, random_state=rng)
-    shape = tuple(settings.patch_shape)
     start = time.perf_counter()
     X = extract_patches([images[i] for i in train_idx], settings.n_patches, shape,
                         random_state=rng)
@@ -332,6 +347,7 @@ def run_study(images, *, image_names=None, licences=None, settings=StudySettings
     summary = dict(
         settings=asdict(settings),
         images=dict(names=names, licences=list(licences) if licences else None,
+                    too_small=too_small,
                     train=[names[i] for i in train_idx], test=[names[i] for i in test_idx],
                     n_patches=len(X), n_test=len(X_test), patch_shape=list(shape),
                     patch_seconds=patch_seconds, mean=float(X.mean()), std=float(X.std())),

@@ -179,7 +179,7 @@ def _read_image(path):
             from exc
 
 
-def load_images(path, *, max_side=None, on_error="raise"):
+def load_images(path, *, max_side=None, on_error="raise", return_paths=False):
     """A user's photographs as greyscale float images in [0, 1].
 
     Parameters
@@ -192,26 +192,31 @@ def load_images(path, *, max_side=None, on_error="raise"):
     on_error : {"raise", "skip"}, default="raise"
         A file that cannot be read as an image raises :class:`ImageError` naming it, or
         is skipped with a warning.
+    return_paths : bool, default=False
+        Also return the path of each image read (skipped files left out), to name them.
 
     Returns
     -------
-    list of ndarray, each of shape (H, W), float64
+    images : list of ndarray, each of shape (H, W), float64
+    paths : list of pathlib.Path
+        Only with ``return_paths=True``.
     """
     _check_max_side(max_side)
     if on_error not in ("raise", "skip"):
         raise ValueError(f"The 'on_error' parameter must be 'raise' or 'skip'. Got "
                          f"{on_error!r} instead.")
-    images = []
+    images, paths = [], []
     for file in _image_paths(path):
         try:
             images.append(_downsample(_read_image(file), max_side))
+            paths.append(Path(file))
         except ImageError as exc:
             if on_error == "raise":
                 raise
             warnings.warn(f"Skipped {exc}", UserWarning, stacklevel=2)
     if not images:
         raise ImageError(f"None of the files at {path} could be read as an image.")
-    return images
+    return (images, paths) if return_paths else images
 
 
 def split_images(images, test_fraction=0.2, *, random_state=None):

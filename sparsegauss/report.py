@@ -337,7 +337,9 @@ def render_natural(summary):
         f"Run time {summary['seconds']:.0f} s. Every number below was measured in this run.",
         "",
         "## Patches", "",
-        f"Photographs: {listed}.", "",
+        f"Photographs: {listed}." + (
+            f" Left out, smaller than a patch: {', '.join(images['too_small'])}."
+            if images.get("too_small") else ""), "",
         f"{images['n_patches']:,} training patches of {shape} pixels from "
         f"{', '.join(images['train'])}; {images['n_test']:,} held-out patches from "
         f"{', '.join(images['test'])} (split by photograph, so no held-out patch comes from a "

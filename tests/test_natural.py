@@ -32,9 +32,13 @@ def folder_run(tmp_path_factory):
     for i in range(4):
         Image.fromarray(smooth_photo(rng)).save(photos / f"photo{i}.png")
     (photos / "readme.txt").write_text("not a photograph")
+    # Narrower than a patch: no patch can come from it, so it is left out of the split
+    # (were it the only held-out photograph, the held-out patches could not be cut).
+    Image.fromarray(smooth_photo(rng, (6, 40))).save(photos / "strip.png")
     out = tmp_path_factory.mktemp("natural")
-    code = main(["natural", "--images", str(photos), "--skip-unreadable", "--patch-size", "8",
-                 "--out", str(out)] + TINY)
+    with pytest.warns(UserWarning, match="strip.png is smaller than the 8×8 patches"):
+        code = main(["natural", "--images", str(photos), "--skip-unreadable",
+                     "--patch-size", "8", "--out", str(out)] + TINY)
     return code, out
 
 
@@ -43,8 +47,10 @@ def test_study_on_a_folder_writes_report_summary_and_figures(folder_run):
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"]["n_patches"] == 1500 and summary["images"]["n_test"] == 300
-    assert len(summary["images"]["train"]) + len(summary["images"]["test"]) == 4
-    assert not set(summary["images"]["train"]) & set(summary["images"]["test"])
+    # The report names the user's files.
+    assert sorted(summary["images"]["train"] + summary["images"]["test"]) == [
+        f"photo{i}.png" for i in range(4)]
+    assert summary["images"]["too_small"] == ["strip.png"]
     assert {r["model"] for r in summary["dem"]} == set(StudySettings.dem_configs)
     for row in summary["dem"]:
         for key in ("log_z_ais", "log_z_importance", "test_loglik", "train_loglik",
@@ -72,6 +78,8 @@ def test_study_on_a_folder_writes_report_summary_and_figures(folder_run):
                     "## The deep energy model", "## Can the models tell", "## Modes"):
         assert heading in report
     assert "Does the DEM beat the Gaussian" in report and "not scored" in report
+    assert "Left out, smaller than a patch: strip.png." in report
+    assert "photo0.png" in report
     for name in summary["figures"]:
         with Image.open(out / name) as image:
             assert image.size[0] > 100
@@ -121,6 +129,15 @@ def test_study_errors(tmp_path, capsys):
     assert main(["natural", "--images", str(tmp_path / "missing"),
                  "--out", str(tmp_path / "o")] + TINY) == 1
     assert "missing" in capsys.readouterr().err
+    few = tmp_path / "few"
+    few.mkdir()
+    Image.fromarray(smooth_photo(rng)).save(few / "big.png")
+    Image.fromarray(smooth_photo(rng, (20, 20))).save(few / "tiny.png")
+    with pytest.warns(UserWarning, match="tiny.png is smaller"):
+        assert main(["natural", "--images", str(few), "--out", str(tmp_path / "o")]
+                    + TINY) == 1
+    assert "at least two of at least 28×28 pixels; got 1 (tiny.png too small)" in \
+        capsys.readouterr().err
 
 
 def test_report_says_on_which_side_of_the_gaussian_the_other_fits_lie():
