@@ -728,8 +728,13 @@ def _run_natural(args):
     settings = StudySettings(n_patches=args.n_patches, n_test=args.n_test,
                              patch_shape=(args.patch_size, args.patch_size),
                              dem_steps=args.steps, seed=args.seed)
-    summary, figures = run_study(images, image_names=names, licences=licences,
-                                 settings=settings, say=say)
+    with warnings.catch_warnings():
+        # The study's own warnings (a photograph too small for a patch) as one line on
+        # stderr when they happen, like the reader's above, not Python's two-line form.
+        warnings.showwarning = lambda message, *_: print(f"warning: {message}",
+                                                          file=sys.stderr)
+        summary, figures = run_study(images, image_names=names, licences=licences,
+                                     settings=settings, say=say)
     _write_study(out, summary, figures)
     say(f"Wrote {out / 'report.md'}, {len(figures)} figures and summary.json "
         f"({summary['seconds']:.0f} s).")

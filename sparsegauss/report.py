@@ -259,9 +259,9 @@ def _other_dems_verdict(others, gaussian_train_loglik, gaussian_test_loglik):
            "its softplus terms are bounded, so it cannot hold the strong correlations of "
            "neighbouring pixels; on whitened patches σ = 0.1 is ten times narrower than "
            "the data.")
-    if best["test_gain"] < 0:
-        return (f"{why} These fits lie {-best['test_gain']:.0f} ({best['model']}) to "
-                f"{-worst['test_gain']:.0f} ({worst['model']}) nats per patch below the "
+    if best["test_gain"] <= 0:          # none above the Gaussian (a tie reads as below)
+        return (f"{why} These fits lie {abs(best['test_gain']):.0f} ({best['model']}) to "
+                f"{abs(worst['test_gain']):.0f} ({worst['model']}) nats per patch below the "
                 "Gaussian on held-out patches. Whitening with the grid Gaussian is what "
                 "lets the DEM spend its units on what the Gaussian misses.")
     above = [r["model"] for r in others if r["test_gain"] > 0]

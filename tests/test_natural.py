@@ -1,6 +1,8 @@
 """The natural-image study end to end (``sparsegauss natural``) on tiny settings: what it
 writes, that every number it reports is finite and measured, and its errors."""
 
+import contextlib
+import io
 import json
 
 import numpy as np
@@ -36,9 +38,11 @@ def folder_run(tmp_path_factory):
     # (were it the only held-out photograph, the held-out patches could not be cut).
     Image.fromarray(smooth_photo(rng, (6, 40))).save(photos / "strip.png")
     out = tmp_path_factory.mktemp("natural")
-    with pytest.warns(UserWarning, match="strip.png is smaller than the 8×8 patches"):
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
         code = main(["natural", "--images", str(photos), "--skip-unreadable",
                      "--patch-size", "8", "--out", str(out)] + TINY)
+    assert "warning: strip.png is smaller than the 8×8 patches" in stderr.getvalue()
     return code, out
 
 
@@ -133,11 +137,16 @@ def test_study_errors(tmp_path, capsys):
     few.mkdir()
     Image.fromarray(smooth_photo(rng)).save(few / "big.png")
     Image.fromarray(smooth_photo(rng, (20, 20))).save(few / "tiny.png")
-    with pytest.warns(UserWarning, match="tiny.png is smaller"):
-        assert main(["natural", "--images", str(few), "--out", str(tmp_path / "o")]
-                    + TINY) == 1
-    assert "at least two of at least 28×28 pixels; got 1 (tiny.png too small)" in \
-        capsys.readouterr().err
+    assert main(["natural", "--images", str(few), "--out", str(tmp_path / "o")]
+                + TINY) == 1
+    err = capsys.readouterr().err
+    assert "warning: tiny.png is smaller than the 28×28 patches" in err
+    assert "at least two of at least 28×28 pixels; got 1 (tiny.png too small)" in err
+    # From the library, the same as a UserWarning before the error.
+    with pytest.warns(UserWarning, match="tiny is smaller than the 28×28 patches"), \
+            pytest.raises(ValueError, match=r"got 1 \(tiny too small\)"):
+        run_study([smooth_photo(rng) / 255.0, np.zeros((20, 20))],
+                  image_names=["big", "tiny"], say=lambda *a: None)
 
 
 def test_report_says_on_which_side_of_the_gaussian_the_other_fits_lie():
@@ -159,3 +168,7 @@ def test_report_says_on_which_side_of_the_gaussian_the_other_fits_lie():
     assert "range from -5042980 (nce whitened σ=0.1) to +46534 (nce raw σ=1)" in text
     assert "nce raw σ=1 lies above it" in text
     assert "3298 nats per patch on its training patches and -47268 on the held-out" in text
+    # A tie with the Gaussian is not "above it" (no empty list of fits above).
+    text = _other_dems_verdict([dict(model="nce raw σ=1", test_gain=0.0)], 530.0, 512.0)
+    assert "lie 0 (nce raw σ=1) to 0 (nce raw σ=1) nats per patch below" in text
+    assert "above it" not in text
