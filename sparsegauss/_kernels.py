@@ -56,11 +56,11 @@ _BLOCK = 4
 # Rows a block of the quadratic forms read in place (:func:`_rows_forms`, in
 # :func:`quadratic_forms` and the logistic pass): each field and centre value is loaded
 # once for eight rows, whose eight sums stay in registers. The 4-neighbour form pass over
-# MNIST on 2 threads of an Intel Xeon, alternated with blocks of four: float32 13.5
-# against 13.9–15.6 ms, float64 15.7 against 16.6 ms; minibatches of 256 rows 63–73
-# against 77–82 µs. The moment products (:func:`_rows_terms`) stay four rows a block:
-# they store their accumulators at every pixel, and with eight rows the float32 moment
-# pass slowed from 13.6 to 15.5 ms.
+# MNIST on 2 threads of an Intel Xeon, alternated five times with blocks of four: float32
+# 13.5–14.4 against 13.9–15.6 ms, float64 15.7–16.2 against 16.6–17.4 ms; minibatches of
+# 256 rows 71–75 against 83–87 µs (README, Performance). The moment products
+# (:func:`_rows_terms`) stay four rows a block: they store their accumulators at every
+# pixel, and with eight rows the float32 moment pass took 15.0–16.3 ms against 13.3–13.9.
 _WIDE = 8
 
 
