@@ -47,5 +47,5 @@ def standard_normal(rng, shape, out=None, *, seed=None, first_row=0):
         out = np.empty(shape)
     rows = out.reshape(1, -1) if out.ndim == 1 else out.reshape(out.shape[0], -1)
     seed = draw_seed(rng) if seed is None else seed
-    _kernels.standard_normal_rows(seed, rows, *_kernels.ZIGGURAT, first_row)
+    _kernels.standard_normal_rows(seed, rows, first_row)
     return out

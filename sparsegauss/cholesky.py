@@ -597,7 +597,7 @@ class CholeskyFactor:
             lower = self.lower()
             _kernels.sample_transposed_solve(seed, 0, lower.indptr, lower.indices,
                                              lower.data, self._analysis.permutation, out,
-                                             squared_norms, n_chunks, *_kernels.ZIGGURAT)
+                                             squared_norms, n_chunks)
             return out
         block = int(max(1, min(_SAMPLE_BLOCK, _SAMPLE_BLOCK_VALUES // n, n_samples)))
         normals = np.empty((block, n))

@@ -320,8 +320,7 @@ def mala_step(x, f_x, psi_x, target, eps, rng, carried=(), proposal=None):
     accept : ndarray of bool
     """
     proposal = np.empty_like(x) if proposal is None else proposal
-    forward = _kernels.mala_propose(draw_seed(rng), x, psi_x, eps, proposal,
-                                    *_kernels.ZIGGURAT)
+    forward = _kernels.mala_propose(draw_seed(rng), x, psi_x, eps, proposal)
     f_p, psi_p, *extra = target(proposal)
     backward = _kernels.mala_reverse(x, proposal, psi_p, eps)
     accept = np.log(rng.random(len(x))) < f_p - f_x + backward - forward
