@@ -2031,12 +2031,30 @@ def _standard_normal(state):
 
 
 @njit(inline="always")
+def _try_bits(start, j):
+    """The 64 bits of variate ``j``'s first try on the row stream that starts at
+    ``start`` (output ``j + 1`` of the counter-based stream)."""
+    return _mix64(start + np.uint64(j + 1) * _GOLDEN)
+
+
+@njit(inline="always")
+def _first_try_of(bits):
+    """The ziggurat try made of ``bits``: ``(value, outside)``. Not outside (~99 %) means
+    inside the layer's rectangle, and the value is a N(0, 1) variate; otherwise
+    :func:`_retry` finishes it.
+
+    The kernels mix a row's bits in one loop and make the tries in a second: the mixing
+    loop (64-bit multiplies) then unrolls on its own, and the tries vectorize as gathers
+    (first tries of 128 × 784 in 0.08 against 0.10 ms as one loop; scratch, Intel Xeon)."""
+    i, u = _layer_and_abscissa(bits)
+    return u * _ZIGGURAT_X[i], abs(u) >= _ZIGGURAT_RATIO[i]
+
+
+@njit(inline="always")
 def _first_try(start, j):
     """The first ziggurat try of variate ``j`` on the row stream that starts at
-    ``start``: ``(value, outside)``. Not outside (~99 %) means inside the layer's
-    rectangle, and the value is a N(0, 1) variate; otherwise :func:`_retry` finishes it."""
-    i, u = _layer_and_abscissa(_mix64(start + np.uint64(j + 1) * _GOLDEN))
-    return u * _ZIGGURAT_X[i], abs(u) >= _ZIGGURAT_RATIO[i]
+    ``start`` (:func:`_first_try_of` of :func:`_try_bits`)."""
+    return _first_try_of(_try_bits(start, j))
 
 
 @njit(inline="always")
@@ -2044,7 +2062,7 @@ def _retry(state, start, j):
     """Variate ``j`` whose first try (:func:`_first_try`) fell outside its rectangle: the
     ziggurat goes on from that try, the tail or wedge test and any further tries drawing
     from the row's second stream ``state``. Returns ``(state, value)``."""
-    i, u = _layer_and_abscissa(_mix64(start + np.uint64(j + 1) * _GOLDEN))
+    i, u = _layer_and_abscissa(_try_bits(start, j))
     state, z, accepted = _tail_or_wedge(state, i, u)
     if accepted:
         return state, z
@@ -2074,11 +2092,14 @@ def standard_normal_rows(seed, out, first_row=0, transposed=False):
     n, d = out.shape
     outside = _flags(d)
     words = outside.view(np.uint64)
+    bits = np.empty(d, dtype=np.uint64)
     for r in range(n):
         start = _row_stream(seed, first_row + r)
         row = out[r]
         for j in range(d):
-            row[j], outside[j] = _first_try(start, j)
+            bits[j] = _try_bits(start, j)
+        for j in range(d):
+            row[j], outside[j] = _first_try_of(bits[j])
         state = _mix64(start ^ _RETRY)
         for w in range(words.size):
             if words[w]:
@@ -2102,10 +2123,13 @@ def _normal_columns(seed, out, first_row):
         states[c] = _mix64(starts[c] ^ _RETRY)
     outside = _flags(n)
     words = outside.view(np.uint64)
+    bits = np.empty(n, dtype=np.uint64)
     for j in range(d):
         row = out[j]
         for c in range(n):
-            row[c], outside[c] = _first_try(starts[c], j)
+            bits[c] = _try_bits(starts[c], j)
+        for c in range(n):
+            row[c], outside[c] = _first_try_of(bits[c])
         for w in range(words.size):
             if words[w]:
                 for c in range(8 * w, min(8 * w + 8, n)):
@@ -2128,11 +2152,14 @@ def mala_propose(seed, x, psi, eps, proposal):
     forward = np.empty(n)
     outside = _flags(d)
     words = outside.view(np.uint64)
+    bits = np.empty(d, dtype=np.uint64)
     for row in range(n):
         start = _row_stream(seed, row)
         total = 0.0
         for j in range(d):
-            z, outside[j] = _first_try(start, j)
+            bits[j] = _try_bits(start, j)
+        for j in range(d):
+            z, outside[j] = _first_try_of(bits[j])
             total += z * z
             proposal[row, j] = x[row, j] + eps * psi[row, j] + scale * z
         # The rare first tries outside their rectangle: replace them by the finished
