@@ -9,6 +9,7 @@ import os
 import numpy as np
 from numba import njit, prange
 
+from sparsegauss._random import standard_normal
 from sparsegauss.estimators.mle import dense_hessian, fit_mle, kkt_residual
 from sparsegauss.exceptions import NotPositiveDefiniteError
 from sparsegauss.grid import GridParameterization
@@ -292,6 +293,57 @@ class SelectedInversion:
         return self.normalizer.factorize(self.theta).lower().nnz
 
 
+class ExactSampling:
+    """256 exact samples of a 28×28 grid Gaussian (a step of fresh-noise NCE, or of CD
+    with exact samples) and their squared norms, against the same draw made of NumPy's
+    normals and CHOLMOD's solve (``GridGaussianDistribution``'s path for large grids:
+    ``Generator.standard_normal`` and scikit-sparse's ``solve_Lt``, OpenBLAS's default
+    threads). ``time_normals`` / ``time_numpy_normals``: the 200,704 normals alone, the
+    library's ziggurat against NumPy's. Each call makes :attr:`draws` draws (one takes
+    under a millisecond); :func:`summarize` reports the time of one."""
+
+    params = [[4, 8]]
+    param_names = ["stencil"]
+    quick_params = [[4]]
+    n_samples = 256
+    draws = 20
+
+    def setup(self, stencil):
+        rng = np.random.default_rng(0)
+        grid = GridParameterization((28, 28), stencil)
+        fields = np.zeros((grid.n_terms, grid.n_pixels))
+        # Couplings of either sign and a diagonal that dominates them: positive definite.
+        fields[1:] = rng.uniform(-0.4, 0.4, (grid.n_terms - 1, grid.n_pixels))
+        fields[0] = 1.0 + 2.0 * (grid.n_terms - 1) * 0.4
+        self.factor = GridNormalizer(grid).factorize(grid.project(fields * grid.valid))
+        self.out = np.empty((self.n_samples, grid.n_pixels))
+        self.normals = np.empty_like(self.out)
+        self.squared_norms = np.empty(self.n_samples)
+        self.rng = np.random.default_rng(1)
+        self.time_sample(stencil)
+        self.time_numpy_and_cholmod(stencil)
+        self.time_normals(stencil)
+
+    def time_sample(self, stencil):
+        for seed in range(self.draws):
+            self.factor.sample(self.n_samples, seed, out=self.out,
+                               squared_norms=self.squared_norms)
+
+    def time_numpy_and_cholmod(self, stencil):
+        for _ in range(self.draws):
+            self.rng.standard_normal(out=self.normals)
+            np.einsum("ij,ij->i", self.normals, self.normals, out=self.squared_norms)
+            self.factor.unwhiten(self.normals, out=self.out)
+
+    def time_normals(self, stencil):
+        for seed in range(self.draws):
+            standard_normal(None, self.normals.shape, out=self.normals, seed=seed)
+
+    def time_numpy_normals(self, stencil):
+        for _ in range(self.draws):
+            self.rng.standard_normal(out=self.normals)
+
+
 def summarize(results):
     """Ratios the README quotes, from one run's medians."""
     lines = []
@@ -330,6 +382,18 @@ def summarize(results):
             lines.append(f"- {side}x{side} grid: CHOLMOD's factorization {fac:.3f} s{kernel}, "
                          f"refactorization + selected inversion {both:.3f} s: "
                          f"**{both / fac:.2f}x** CHOLMOD's factorization")
+    for stencil in (4, 8):
+        own = med.get(("ExactSampling.time_sample", f"stencil={stencil}"))
+        peer = med.get(("ExactSampling.time_numpy_and_cholmod", f"stencil={stencil}"))
+        normals = med.get(("ExactSampling.time_normals", f"stencil={stencil}"))
+        numpy_normals = med.get(("ExactSampling.time_numpy_normals", f"stencil={stencil}"))
+        if own and peer and normals and numpy_normals:
+            per_draw = 1e3 / ExactSampling.draws
+            lines.append(f"- 256 exact samples, {stencil}-neighbour 28x28 grid: "
+                         f"{own * per_draw:.2f} ms; NumPy's normals + CHOLMOD's solve "
+                         f"{peer * per_draw:.2f} ms (**{peer / own:.1f}x**); the normals "
+                         f"alone {normals * per_draw:.2f} ms against NumPy's "
+                         f"{numpy_normals * per_draw:.2f} ms")
     for dtype in ("float64", "float32"):
         read = med.get(("DataPasses.time_read", f"dtype={dtype}"))
         for name in ("pattern_moments", "quadratic_forms"):
