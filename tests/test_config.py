@@ -38,4 +38,22 @@ def test_info_command(capsys):
     assert main(["info", "--json"]) == 0
     assert set(json.loads(capsys.readouterr().out)) == {"versions", "cholmod_blas",
                                                          "threadpools", "threads",
-                                                         "allocator"}
+                                                         "allocator", "cpu"}
+
+
+def test_cpu_and_its_vectors_match_proc_cpuinfo(monkeypatch):
+    """The vector extension Numba may use, against the flags the kernel reports for the
+    processor (an independent reading); NUMBA_CPU_FEATURES, when set, decides instead."""
+    cpu = config()["cpu"]
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next(line for line in cpuinfo if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo flags on this platform")
+    expected = ("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags
+                else "SSE2" if "sse2" in flags else "other")
+    assert cpu["vectors"] == expected
+    assert cpu["model"] and cpu["numba_target"]
+    import numba
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", "+sse2,+avx,+avx2,-avx512f")
+    assert _config._cpu()["vectors"] == "AVX2"
