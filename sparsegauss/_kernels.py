@@ -1927,9 +1927,10 @@ def adam_step(grad, first, second, beta1, beta2, bias1, bias2, rate):
 # The tables are module constants, not arguments: Numba bakes a global array into the
 # compiled code as read-only data, so LLVM knows the kernels' stores cannot change it and
 # vectorizes the table lookups as gathers. Passed as arguments they might alias the output,
-# and the first tries stayed scalar: 128 columns of 784 variates took 0.28–0.30 ms, and
-# 0.17 ms with the constant tables and the second tries moved out of the loop (scratch,
-# medians of 7 × 300 calls, Intel Xeon with AVX-512, 2026-12-03).
+# and the first tries stayed scalar: 128 columns of 784 variates took 0.25–0.30 ms, and
+# 0.135 ms with the constant tables, the second tries moved out of the loop and the
+# mixing in a loop of its own (scratch, medians of 7 × 300 calls, Intel Xeon with
+# AVX-512, 2026-12-03; compiled for AVX2 alone the tries stay scalar, 0.20–0.23 ms).
 _ZIGGURAT_R = 3.6541528853610088     # right edge of the base strip
 _ZIGGURAT_V = 0.00492867323399       # area of every layer (for f(x) = exp(−x²/2))
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -2145,8 +2146,9 @@ def mala_propose(seed, x, psi, eps, proposal):
     (ξ is not stored: :func:`mala_reverse` needs only ``p − x``. Writing it too, this
     kernel took 2.0–2.1 ms a call on 256 × 784 chains inside a CD fit; without, 1.0 ms.)
     ``reassoc`` lets the sum of ``ξ²`` run in vector lanes, so that the loop vectorizes
-    with the ziggurat's first tries (0.69 → 0.43 ms for 256 × 784, 2026-12-03); it changes
-    that sum in its last bits, not the proposals."""
+    with the ziggurat's first tries (0.62–0.69 → 0.34 ms for 256 × 784 with the changes
+    of :func:`standard_normal_rows`, 2026-12-03); it changes that sum in its last bits,
+    not the proposals."""
     n, d = x.shape
     scale = np.sqrt(2.0 * eps)
     forward = np.empty(n)
