@@ -307,8 +307,18 @@ def _moments_of_rows(X, rows, start, stop, center, weights, shifts, acc, sums):
     For the stencils (:func:`_reads_in_place`) full blocks of rows are read in place
     (:func:`_rows_terms`) on the pixels whose partners all lie inside the row, and only
     the last ``max(shifts)`` pixels of each row (whose partners may lie past D, where
-    they count as zero) go through a centred, zero-padded buffer; a last partial block,
-    and any other set of shifts, goes through the buffer whole.
+    they count as zero) go through a centred, zero-padded buffer; the last rows (fewer
+    than a block), and any other set of shifts, go through the buffer whole.
+
+    A block takes rows spaced ``m = (stop − start) // 4`` apart (``first``,
+    ``first + m``, …), not four neighbours: each of its four cursors then walks on to the
+    next row, which follows in memory, so the thread reads four long sequential streams
+    in pages of their own instead of four short ones crossing the same pages, and the
+    hardware prefetcher keeps up (Intel's L2 streamer follows one stream a 4 KiB page).
+    Eight rows summed a block over float32 MNIST (scratch ``/tmp/exp24/streams.py``, 2
+    threads of an Intel Xeon): 6.9–7.9 ms for neighbouring rows, 5.3–5.4 ms spaced; the
+    4-neighbour moment pass 13.3–14.5 → 10.4–11.8 ms in float32, 16.2–17.9 → 14.8–16.0 ms
+    in float64 (README, Performance). The sums change only by rounding.
     """
     d = X.shape[1]
     pad = _padding(shifts)
@@ -323,25 +333,27 @@ def _moments_of_rows(X, rows, start, stop, center, weights, shifts, acc, sums):
         edge = np.zeros((_BLOCK, 2 * pad))
         edge_acc = np.zeros((shifts.size, pad))
         edge_sums = np.zeros(pad if sums.size else 0)
-        while first + _BLOCK <= stop:
+        # Row b of a block is first + b·m: four long streams (see the docstring).
+        m = (stop - start) // _BLOCK
+        for first in range(start, start + m):
             for b in range(_BLOCK):
-                w[b] = weights[first + b]
+                w[b] = weights[first + b * m]
             x0 = _row_of(X, rows, first)
-            x1 = _row_of(X, rows, first + 1)
-            x2 = _row_of(X, rows, first + 2)
-            x3 = _row_of(X, rows, first + 3)
+            x1 = _row_of(X, rows, first + m)
+            x2 = _row_of(X, rows, first + 2 * m)
+            x3 = _row_of(X, rows, first + 3 * m)
             _rows_terms(x0, x1, x2, x3, center, w, acc[0], acc[1], acc[2],
                         sums if sums.size else scratch[0], unsigned[1], unsigned[2], inner)
             if shifts.size == 5:
                 _rows_pair(x0, x1, x2, x3, center, w, acc[3], acc[4],
                            unsigned[3], unsigned[4], inner)
             for b in range(_BLOCK):
-                _center_into(edge[b], _row_of(X, rows, first + b)[inner:], center[inner:],
-                             pad)
+                _center_into(edge[b], _row_of(X, rows, first + b * m)[inner:],
+                             center[inner:], pad)
             if sums.size:
                 _add_block(edge_sums, edge, w, pad)
             _accumulate_block(edge, w, edge_acc, shifts, unsigned, scratch, pad)
-            first += _BLOCK
+        first = start + _BLOCK * m
         for k in range(shifts.size):
             for p in range(pad):
                 acc[k, inner + p] += edge_acc[k, p]
@@ -417,7 +429,7 @@ def quadratic_forms(X, rows, center, fields, shifts, multiplicity, n_chunks):
 
     ``q_n = Σ_k m_k Σ_p F[k, p] (x_np − c_p)(x_n,p+δ_k − c_{p+δ_k})``; ``fields`` must
     be zero on pairs that leave the grid. For the stencils (:func:`_reads_in_place`)
-    blocks of eight rows are read in place on the pixels whose partners lie inside the
+    blocks of eight rows (spaced apart, see :func:`_forms_of_rows`) are read in place on the pixels whose partners lie inside the
     row (:func:`_rows_forms`, one load of the weights for eight rows) and their last
     ``max(shifts)`` pixels through a zero-padded buffer; the last rows (fewer than
     eight) and other shift sets are centred into a zero-padded copy of the row first
@@ -445,21 +457,27 @@ def _forms_of_rows(X, rows, start, stop, center, scaled, edge_scaled, unsigned, 
                    out):
     """:func:`quadratic_forms` of the samples ``start, …, stop − 1`` into ``out`` on this
     thread (``pad`` zeros past a row's end); blocks of eight read in place when
-    ``inner < D``, the rest row by row through the buffer."""
+    ``inner < D``, the rest row by row through the buffer.
+
+    A block's rows are spaced ``m = (stop − start) // 8`` apart, eight sequential
+    streams as in :func:`_moments_of_rows`: the 4-neighbour pass over float32 MNIST
+    13.6–14.7 → 8.9–9.2 ms, float64 14.7–16.7 → 13.8–14.6 ms (each row's form is summed
+    as before, to the bit)."""
     d = X.shape[1]
     y = np.zeros(d + pad)
     edge = np.zeros(2 * pad)
-    i = start
-    while inner < d and i + _WIDE <= stop:
-        forms = _rows_forms(_row_of(X, rows, i), _row_of(X, rows, i + 1),
-                            _row_of(X, rows, i + 2), _row_of(X, rows, i + 3),
-                            _row_of(X, rows, i + 4), _row_of(X, rows, i + 5),
-                            _row_of(X, rows, i + 6), _row_of(X, rows, i + 7),
+    # Row b of a block is i + b·m, not i + b: eight long streams (see the docstring).
+    m = (stop - start) // _WIDE if inner < d else 0
+    for i in range(start, start + m):
+        forms = _rows_forms(_row_of(X, rows, i), _row_of(X, rows, i + m),
+                            _row_of(X, rows, i + 2 * m), _row_of(X, rows, i + 3 * m),
+                            _row_of(X, rows, i + 4 * m), _row_of(X, rows, i + 5 * m),
+                            _row_of(X, rows, i + 6 * m), _row_of(X, rows, i + 7 * m),
                             center, scaled, unsigned, inner)
         for b in range(_WIDE):
-            _center_into(edge, _row_of(X, rows, i + b)[inner:], center[inner:], pad)
-            out[i + b] = forms[b] + _stencil_form(edge, edge_scaled, unsigned, pad)
-        i += _WIDE
+            _center_into(edge, _row_of(X, rows, i + b * m)[inner:], center[inner:], pad)
+            out[i + b * m] = forms[b] + _stencil_form(edge, edge_scaled, unsigned, pad)
+    i = start + _WIDE * m
     for i in range(i, stop):
         _center_into(y, _row_of(X, rows, i), center, d)
         out[i] = _stencil_form(y, scaled, unsigned, d)
