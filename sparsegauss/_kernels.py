@@ -50,17 +50,20 @@ __all__ = ["ZIGGURAT", "adam_step", "antithetic_pairs", "apply_stencil", "choles
 # unlike ``fastmath=True`` it keeps NaN/inf semantics ("nnan"/"ninf" stay off), so
 # ``np.isnan`` still tells the truth. Results differ from sequential sums by rounding only.
 _REASSOC = {"reassoc", "contract"}
-# Samples per pass over a thread's accumulator in ``pattern_moments``: the accumulator is
-# loaded and stored once per block instead of once per sample.
+# Samples a block of the centred, zero-padded buffer (:func:`_accumulate_block`: a
+# pass's last rows, the pixels at a row's end, shift sets not read in place): the
+# accumulator is loaded and stored once per block instead of once per sample.
 _BLOCK = 4
-# Rows a block of the quadratic forms read in place (:func:`_rows_forms`, in
-# :func:`quadratic_forms` and the logistic pass): each field and centre value is loaded
-# once for eight rows, whose eight sums stay in registers. The 4-neighbour form pass over
+# Rows a block read in place (:func:`_rows_forms`, :func:`_rows_terms`, in
+# :func:`quadratic_forms`, the moment pass and the logistic pass): each field, centre
+# value and accumulator is loaded once for eight rows. The 4-neighbour form pass over
 # MNIST on 2 threads of an Intel Xeon, alternated five times with blocks of four: float32
 # 13.5–14.4 against 13.9–15.6 ms, float64 15.7–16.2 against 16.6–17.4 ms; minibatches of
-# 256 rows 71–75 against 83–87 µs (README, Performance). The moment products
-# (:func:`_rows_terms`) stay four rows a block: they store their accumulators at every
-# pixel, and with eight rows the float32 moment pass took 15.0–16.3 ms against 13.3–13.9.
+# 256 rows 71–75 against 83–87 µs (README, Performance). The moment products took eight
+# rows only once a block's rows were spaced apart (:func:`_moments_of_rows`): with
+# neighbouring rows eight were slower than four (float32 15.0–16.3 against 13.3–13.9 ms),
+# spaced they are faster (9.6–10.2 against 11.1–12.2 ms; NCE's logistic pass, 256 + 256
+# rows, 263–277 against 278–292 µs).
 _WIDE = 8
 
 
@@ -197,29 +200,30 @@ def pattern_moments(X, rows, center, weights, shifts, n_chunks, sums):
 
 
 @njit(fastmath=_REASSOC, inline="always")
-def _partner_sum(x0, x1, x2, x3, t, c, v0, v1, v2, v3):
-    """``Σ_b v_b (x_b[t] − c)`` over four rows: one term's products at one pixel."""
-    return v0 * (x0[t] - c) + v1 * (x1[t] - c) + v2 * (x2[t] - c) + v3 * (x3[t] - c)
+def _partner_sum(x0, x1, x2, x3, x4, x5, x6, x7, t, c, v0, v1, v2, v3, v4, v5, v6, v7):
+    """``Σ_b v_b (x_b[t] − c)`` over eight rows: one term's products at one pixel."""
+    return (v0 * (x0[t] - c) + v1 * (x1[t] - c) + v2 * (x2[t] - c) + v3 * (x3[t] - c)
+            + v4 * (x4[t] - c) + v5 * (x5[t] - c) + v6 * (x6[t] - c) + v7 * (x7[t] - c))
 
 
 @njit(fastmath=_REASSOC, inline="always")
-def _rows_terms(x0, x1, x2, x3, center, w, r0, r1, r2, total, s1, s2, stop):
-    """``r_k[p] += Σ_b w_b (x_b[p] − c_p)(x_b[p + s_k] − c_{p+s_k})`` for ``p < stop``,
-    the diagonal (``s_0 = 0``) into ``r0`` and two shifted terms, read straight from four
-    rows (the caller keeps ``p + s_k`` inside the row); and the first moments
-    ``total[p] += Σ_b w_b (x_b[p] − c_p)`` (a scratch row when they are not wanted: a
-    test inside the loop stopped LLVM from vectorizing it, 2.5× slower).
+def _rows_terms(x0, x1, x2, x3, x4, x5, x6, x7, center, w, r0, r1, r2, total, s1, s2,
+                stop):
+    """``r_k[p] += Σ_b w_b (x_b[p] − c_p)(x_b[p + s_k] − c_{p+s_k})`` for ``p < stop``
+    over eight rows, the diagonal (``s_0 = 0``) into ``r0`` and two shifted terms, read
+    straight from the rows (the caller keeps ``p + s_k`` inside the row); and the first
+    moments ``total[p] += Σ_b w_b (x_b[p] − c_p)`` (a scratch row when they are not
+    wanted: a test inside the loop stopped LLVM from vectorizing it, 2.5× slower).
 
     Centring the rows into a buffer first (:func:`_center_into`) made the pass two
     passes in time: a memory-bound copy (10 ms of float32 MNIST) and then the
     arithmetic in L1 (5 ms), never overlapped. Here the loads of the rows and the
     arithmetic on them share one loop, and the out-of-order core overlaps them; the
-    centring is recomputed for each partner, which costs less than the copy.
+    centring is recomputed for each partner, which costs less than the copy. Eight rows
+    load and store each accumulator once for eight products (see ``_WIDE``).
     """
-    w0 = w[0]
-    w1 = w[1]
-    w2 = w[2]
-    w3 = w[3]
+    w0, w1, w2, w3 = w[0], w[1], w[2], w[3]
+    w4, w5, w6, w7 = w[4], w[5], w[6], w[7]
     for p in range(stop):
         q = np.uint64(p)
         c0 = center[q]
@@ -227,24 +231,33 @@ def _rows_terms(x0, x1, x2, x3, center, w, r0, r1, r2, total, s1, s2, stop):
         u1 = x1[q] - c0
         u2 = x2[q] - c0
         u3 = x3[q] - c0
+        u4 = x4[q] - c0
+        u5 = x5[q] - c0
+        u6 = x6[q] - c0
+        u7 = x7[q] - c0
         v0 = w0 * u0
         v1 = w1 * u1
         v2 = w2 * u2
         v3 = w3 * u3
-        r0[p] += v0 * u0 + v1 * u1 + v2 * u2 + v3 * u3
-        total[p] += v0 + v1 + v2 + v3
-        r1[p] += _partner_sum(x0, x1, x2, x3, q + s1, center[q + s1], v0, v1, v2, v3)
-        r2[p] += _partner_sum(x0, x1, x2, x3, q + s2, center[q + s2], v0, v1, v2, v3)
+        v4 = w4 * u4
+        v5 = w5 * u5
+        v6 = w6 * u6
+        v7 = w7 * u7
+        r0[p] += (v0 * u0 + v1 * u1 + v2 * u2 + v3 * u3
+                  + v4 * u4 + v5 * u5 + v6 * u6 + v7 * u7)
+        total[p] += v0 + v1 + v2 + v3 + v4 + v5 + v6 + v7
+        r1[p] += _partner_sum(x0, x1, x2, x3, x4, x5, x6, x7, q + s1, center[q + s1],
+                              v0, v1, v2, v3, v4, v5, v6, v7)
+        r2[p] += _partner_sum(x0, x1, x2, x3, x4, x5, x6, x7, q + s2, center[q + s2],
+                              v0, v1, v2, v3, v4, v5, v6, v7)
 
 
 @njit(fastmath=_REASSOC, inline="always")
-def _rows_pair(x0, x1, x2, x3, center, w, r1, r2, s1, s2, stop):
+def _rows_pair(x0, x1, x2, x3, x4, x5, x6, x7, center, w, r1, r2, s1, s2, stop):
     """:func:`_rows_terms` for two shifted terms without the diagonal (the rest of the
     8-neighbour stencil's five)."""
-    w0 = w[0]
-    w1 = w[1]
-    w2 = w[2]
-    w3 = w[3]
+    w0, w1, w2, w3 = w[0], w[1], w[2], w[3]
+    w4, w5, w6, w7 = w[4], w[5], w[6], w[7]
     for p in range(stop):
         q = np.uint64(p)
         c0 = center[q]
@@ -252,8 +265,14 @@ def _rows_pair(x0, x1, x2, x3, center, w, r1, r2, s1, s2, stop):
         v1 = w1 * (x1[q] - c0)
         v2 = w2 * (x2[q] - c0)
         v3 = w3 * (x3[q] - c0)
-        r1[p] += _partner_sum(x0, x1, x2, x3, q + s1, center[q + s1], v0, v1, v2, v3)
-        r2[p] += _partner_sum(x0, x1, x2, x3, q + s2, center[q + s2], v0, v1, v2, v3)
+        v4 = w4 * (x4[q] - c0)
+        v5 = w5 * (x5[q] - c0)
+        v6 = w6 * (x6[q] - c0)
+        v7 = w7 * (x7[q] - c0)
+        r1[p] += _partner_sum(x0, x1, x2, x3, x4, x5, x6, x7, q + s1, center[q + s1],
+                              v0, v1, v2, v3, v4, v5, v6, v7)
+        r2[p] += _partner_sum(x0, x1, x2, x3, x4, x5, x6, x7, q + s2, center[q + s2],
+                              v0, v1, v2, v3, v4, v5, v6, v7)
 
 
 @njit(inline="always")
@@ -304,21 +323,23 @@ def _moments_of_rows(X, rows, start, stop, center, weights, shifts, acc, sums):
     added into ``acc`` (shape ``(n_terms, D)``) and, when ``sums`` has D entries (not
     0), their first moments into ``sums``.
 
-    For the stencils (:func:`_reads_in_place`) full blocks of rows are read in place
+    For the stencils (:func:`_reads_in_place`) blocks of eight rows are read in place
     (:func:`_rows_terms`) on the pixels whose partners all lie inside the row, and only
     the last ``max(shifts)`` pixels of each row (whose partners may lie past D, where
     they count as zero) go through a centred, zero-padded buffer; the last rows (fewer
-    than a block), and any other set of shifts, go through the buffer whole.
+    than eight), and any other set of shifts, go through the buffer whole, four rows at
+    a time.
 
-    A block takes rows spaced ``m = (stop − start) // 4`` apart (``first``,
-    ``first + m``, …), not four neighbours: each of its four cursors then walks on to the
-    next row, which follows in memory, so the thread reads four long sequential streams
-    in pages of their own instead of four short ones crossing the same pages, and the
+    A block takes eight rows spaced ``m = (stop − start) // 8`` apart (``first``,
+    ``first + m``, …), not eight neighbours: each of its cursors then walks on to the
+    next row, which follows in memory, so the thread reads eight long sequential streams
+    in pages of their own instead of short ones crossing the same pages, and the
     hardware prefetcher keeps up (Intel's L2 streamer follows one stream a 4 KiB page).
     Eight rows summed a block over float32 MNIST (scratch ``/tmp/exp24/streams.py``, 2
     threads of an Intel Xeon): 6.9–7.9 ms for neighbouring rows, 5.3–5.4 ms spaced; the
-    4-neighbour moment pass 13.3–14.5 → 10.4–11.8 ms in float32, 16.2–17.9 → 14.8–16.0 ms
-    in float64 (README, Performance). The sums change only by rounding.
+    4-neighbour moment pass, then four rows a block, 13.3–14.5 → 10.4–11.8 ms in float32,
+    16.2–17.9 → 14.8–16.0 ms in float64, and with eight rows 9.6–10.2 ms in float32
+    (README, Performance). The sums change only by rounding.
     """
     d = X.shape[1]
     pad = _padding(shifts)
@@ -330,30 +351,39 @@ def _moments_of_rows(X, rows, start, stop, center, weights, shifts, acc, sums):
     first = start
     if _reads_in_place(shifts, d):
         inner = d - pad                  # pixels whose partners are all inside the row
-        edge = np.zeros((_BLOCK, 2 * pad))
+        edge = np.zeros((_WIDE, 2 * pad))
         edge_acc = np.zeros((shifts.size, pad))
         edge_sums = np.zeros(pad if sums.size else 0)
-        # Row b of a block is first + b·m: four long streams (see the docstring).
-        m = (stop - start) // _BLOCK
+        wide = np.zeros(_WIDE)
+        # Row b of a block is first + b·m: eight long streams (see the docstring).
+        m = (stop - start) // _WIDE
         for first in range(start, start + m):
-            for b in range(_BLOCK):
-                w[b] = weights[first + b * m]
+            for b in range(_WIDE):
+                wide[b] = weights[first + b * m]
             x0 = _row_of(X, rows, first)
             x1 = _row_of(X, rows, first + m)
             x2 = _row_of(X, rows, first + 2 * m)
             x3 = _row_of(X, rows, first + 3 * m)
-            _rows_terms(x0, x1, x2, x3, center, w, acc[0], acc[1], acc[2],
-                        sums if sums.size else scratch[0], unsigned[1], unsigned[2], inner)
+            x4 = _row_of(X, rows, first + 4 * m)
+            x5 = _row_of(X, rows, first + 5 * m)
+            x6 = _row_of(X, rows, first + 6 * m)
+            x7 = _row_of(X, rows, first + 7 * m)
+            _rows_terms(x0, x1, x2, x3, x4, x5, x6, x7, center, wide, acc[0], acc[1],
+                        acc[2], sums if sums.size else scratch[0], unsigned[1], unsigned[2],
+                        inner)
             if shifts.size == 5:
-                _rows_pair(x0, x1, x2, x3, center, w, acc[3], acc[4],
+                _rows_pair(x0, x1, x2, x3, x4, x5, x6, x7, center, wide, acc[3], acc[4],
                            unsigned[3], unsigned[4], inner)
-            for b in range(_BLOCK):
+            for b in range(_WIDE):
                 _center_into(edge[b], _row_of(X, rows, first + b * m)[inner:],
                              center[inner:], pad)
-            if sums.size:
-                _add_block(edge_sums, edge, w, pad)
-            _accumulate_block(edge, w, edge_acc, shifts, unsigned, scratch, pad)
-        first = start + _BLOCK * m
+            for half in range(0, _WIDE, _BLOCK):        # the buffer takes four rows
+                block, block_weights = edge[half:half + _BLOCK], wide[half:half + _BLOCK]
+                if sums.size:
+                    _add_block(edge_sums, block, block_weights, pad)
+                _accumulate_block(block, block_weights, edge_acc, shifts, unsigned, scratch,
+                                  pad)
+        first = start + _WIDE * m
         for k in range(shifts.size):
             for p in range(pad):
                 acc[k, inner + p] += edge_acc[k, p]
@@ -460,7 +490,7 @@ def _forms_of_rows(X, rows, start, stop, center, scaled, edge_scaled, unsigned, 
     ``inner < D``, the rest row by row through the buffer.
 
     A block's rows are spaced ``m = (stop − start) // 8`` apart, eight sequential
-    streams as in :func:`_moments_of_rows`: the 4-neighbour pass over float32 MNIST
+    streams (see :func:`_moments_of_rows`): the 4-neighbour pass over float32 MNIST
     13.6–14.7 → 8.9–9.2 ms, float64 14.7–16.7 → 13.8–14.6 ms (each row's form is summed
     as before, to the bit)."""
     d = X.shape[1]
@@ -758,7 +788,8 @@ def _logistic_block(A, rows, center, offsets, label, first, scaled, edge_scaled,
     (:func:`_rows_forms`, the last ``D − inner`` pixels through the zero-padded
     ``edge``), losses and weights ``w``, then their weighted pattern products
     (:func:`_rows_terms` re-reads the rows from cache) into ``acc`` and, for the last
-    pixels, ``edge_acc``. Returns ``(Σ loss, Σ weight)`` of the eight."""
+    pixels, ``edge_acc``. Returns ``(Σ loss, Σ weight)`` of the eight. (Minibatch rows
+    are scattered, so they are taken as they come, not spaced as in the full passes.)"""
     x0, x1 = _row_of(A, rows, first), _row_of(A, rows, first + 1)
     x2, x3 = _row_of(A, rows, first + 2), _row_of(A, rows, first + 3)
     x4, x5 = _row_of(A, rows, first + 4), _row_of(A, rows, first + 5)
@@ -774,15 +805,10 @@ def _logistic_block(A, rows, center, offsets, label, first, scaled, edge_scaled,
         loss += _softplus(z)
         w[b] = -label * _sigmoid(z)
         weight += w[b]
-    # The products four rows at a time, as in the moment pass (see _WIDE).
-    _rows_terms(x0, x1, x2, x3, center, w[:_BLOCK], acc[0], acc[1], acc[2], scratch[0],
-                unsigned[1], unsigned[2], inner)
-    _rows_terms(x4, x5, x6, x7, center, w[_BLOCK:], acc[0], acc[1], acc[2], scratch[0],
-                unsigned[1], unsigned[2], inner)
+    _rows_terms(x0, x1, x2, x3, x4, x5, x6, x7, center, w, acc[0], acc[1], acc[2],
+                scratch[0], unsigned[1], unsigned[2], inner)
     if unsigned.size == 5:
-        _rows_pair(x0, x1, x2, x3, center, w[:_BLOCK], acc[3], acc[4], unsigned[3],
-                   unsigned[4], inner)
-        _rows_pair(x4, x5, x6, x7, center, w[_BLOCK:], acc[3], acc[4], unsigned[3],
+        _rows_pair(x0, x1, x2, x3, x4, x5, x6, x7, center, w, acc[3], acc[4], unsigned[3],
                    unsigned[4], inner)
     for half in range(0, _WIDE, _BLOCK):       # _accumulate_block takes four rows
         _accumulate_block(edge[half:half + _BLOCK], w[half:half + _BLOCK], edge_acc, shifts,
