@@ -39,7 +39,7 @@ __all__ = ["ZIGGURAT", "adam_step", "antithetic_pairs", "apply_stencil", "choles
            "cholesky_supernodal_split", "copy_rows_where",
            "first_non_finite_row", "gaussian_term_and_score", "gibbs_sweeps",
            "logistic_pattern_moments", "lower_positions", "lower_transposed_solve",
-           "mala_propose", "mala_reverse",
+           "mala_propose", "mala_reverse", "pair_hessian",
            "pattern_cross_moments", "pattern_moments", "pattern_moments_tiled", "quadratic_forms",
            "sandwich_on_pattern", "sandwich_terms", "scatter_transposed", "subtree_schedule",
            "standard_normal_rows", "symbolic_supernodal", "symmetric_planes",
@@ -1796,6 +1796,31 @@ def symmetric_planes(fields, offsets, height, width):
                 owner = r * width + c if sign > 0 else pr * width + pc
                 planes[j, r + 1, c + 1] = fields[k, owner]
     return planes, full_offsets
+
+
+@njit(parallel=True, cache=True)
+def pair_hessian(covariance, rows, cols, weights):
+    """``H_jl = c_j c_l (Σ_pr Σ_qs + Σ_ps Σ_qr)`` for the pairs ``j = (p, q)``,
+    ``l = (r, s)`` (``p = rows[j]``, ``q = cols[j]``, ``c = weights``): the dense exact
+    Hessian of the Gaussian's negative log-likelihood (or of ``−½ log det Λ``) in its
+    pair parameters, in parallel over rows of H.
+
+    One read of two rows of Σ per row of H, which stay in cache, instead of four NumPy
+    gathers into p × p temporaries: for MNIST's 8-neighbour model (p = 3,754) the gathers
+    took 0.68–1.1 s, more than the Cholesky factorization of H (0.25 s).
+    """
+    n = rows.size
+    out = np.empty((n, n))
+    for j in prange(n):
+        sigma_p = covariance[rows[j]]
+        sigma_q = covariance[cols[j]]
+        cj = weights[j]
+        h = out[j]
+        for l in range(n):
+            r = rows[l]
+            s = cols[l]
+            h[l] = cj * weights[l] * (sigma_p[r] * sigma_q[s] + sigma_p[s] * sigma_q[r])
+    return out
 
 
 @njit(cache=True)

@@ -33,7 +33,7 @@ to :data:`DENSE_HESSIAN_MAX_PARAMS` parameters).
 
 import numpy as np
 
-from .._kernels import sandwich_on_pattern, sandwich_terms, symmetric_planes
+from .._kernels import pair_hessian, sandwich_on_pattern, sandwich_terms, symmetric_planes
 from ..normalization import GridNormalizer
 from ..optimize import forward_difference_hessp, minimize, truncated_cg
 
@@ -243,7 +243,9 @@ def dense_hessian(covariance, grid):
 
     With ``Λ(θ) = Σ_j θ_j A_j``, ``A_j = c_j (E_pq + E_qp)`` (``c = ½`` on the diagonal,
     where p = q, and 1 on an edge), ``H_jl = ½ tr(Σ A_j Σ A_l) = c_j c_l (Σ_pr Σ_qs +
-    Σ_ps Σ_qr)`` for ``j = (p, q)``, ``l = (r, s)``: four gathers of Σ.
+    Σ_ps Σ_qr)`` for ``j = (p, q)``, ``l = (r, s)``, assembled by a compiled loop
+    (:func:`~sparsegauss._kernels.pair_hessian`; four NumPy gathers took 0.7–1.1 s at
+    p = 3,754, more than the Cholesky factorization of H).
 
     Parameters
     ----------
@@ -260,8 +262,7 @@ def dense_hessian(covariance, grid):
         raise ValueError("dense_hessian needs an untied grid.")
     rows, cols = grid.pair_indices()
     c = np.where(rows == cols, 0.5, 1.0)
-    return np.outer(c, c) * (covariance[np.ix_(rows, rows)] * covariance[np.ix_(cols, cols)]
-                             + covariance[np.ix_(rows, cols)] * covariance[np.ix_(cols, rows)])
+    return pair_hessian(np.ascontiguousarray(covariance, dtype=np.float64), rows, cols, c)
 
 
 def fit_mle(moments, grid, *, theta0=None, tol=1e-8, max_iter=100, solver="newton-cg",
