@@ -9,6 +9,9 @@ log-likelihood of its precision matrix and by KL(truth ‖ estimate), computed d
 * ``dense-numpy``: the same MLE and the same solver on dense NumPy (``np.linalg.cholesky``
   and ``np.linalg.inv`` of the D×D precision at every evaluation): what the exercise's
   students write. Same stopping accuracy, so the same answer.
+* ``dense-newton``: the strongest dense MLE we could write
+  (:func:`benchmarks.bench_core.dense_newton_mle`: damped Newton with the exact p × p
+  Hessian, about ten steps); the ratio that says what the sparse engine gains.
 * ``graphical-lasso``: scikit-learn's ``GraphicalLasso`` (what a scikit-learn user picks
   for a sparse precision). It estimates a *dense-pattern* L1-penalized precision, not the
   grid model, so it answers a different question; ``alpha`` is small (0.01) so that it is
@@ -42,9 +45,10 @@ from sparsegauss.estimators.mle import fit_mle
 from sparsegauss.grid import GridParameterization
 from sparsegauss.stats import pattern_moments
 
-from .bench_core import DenseNormalizer
+from .bench_core import DenseNormalizer, dense_newton_mle
 
-ENGINES = ["sparsegauss", "dense-numpy", "graphical-lasso", "sparsegauss-nce", "torch-nce"]
+ENGINES = ["sparsegauss", "dense-numpy", "dense-newton", "graphical-lasso", "sparsegauss-nce",
+           "torch-nce"]
 N_TRAIN, N_TEST = 2000, 1000
 NCE_STEPS = 2000
 #: Adam steps of the NCE engines' warm-up (JIT, autograd graph): a full fit would triple
@@ -129,7 +133,8 @@ class Peers:
 
     params = [[16, 32, 48], ENGINES]
     param_names = ["side", "engine"]
-    quick_params = [[8], ["sparsegauss", "dense-numpy", "graphical-lasso", "torch-nce"]]
+    quick_params = [[8], ["sparsegauss", "dense-numpy", "dense-newton", "graphical-lasso",
+                          "torch-nce"]]
     budget_seconds = 60.0
 
     def setup(self, side, engine):
@@ -165,6 +170,10 @@ class Peers:
             moments = pattern_moments(self.X, self.grid) / len(self.X)
             result = fit_mle(moments, self.grid, normalizer=DenseNormalizer(self.grid))
             self.precision = self.grid.precision(result.x).toarray()
+        elif engine == "dense-newton":
+            moments = pattern_moments(self.X, self.grid) / len(self.X)
+            theta, _, _ = dense_newton_mle(moments, self.grid)
+            self.precision = self.grid.precision(theta).toarray()
         elif engine == "graphical-lasso":
             from sklearn.covariance import GraphicalLasso
 

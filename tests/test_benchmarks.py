@@ -57,6 +57,9 @@ def test_quick_peers_agree_and_torch_is_skipped_or_run(quick_run):
     # The dense NumPy MLE is the same estimator: the same answer.
     assert math.isclose(kl["side=8, engine=dense-numpy"], kl["side=8, engine=sparsegauss"],
                         rel_tol=1e-6)
+    # So is the exact-Hessian dense Newton peer.
+    assert math.isclose(kl["side=8, engine=dense-newton"], kl["side=8, engine=sparsegauss"],
+                        rel_tol=1e-6)
     assert kl["side=8, engine=graphical-lasso"] > 0
     table = (out / "results.md").read_text()
     assert "| 8×8 | dense-numpy |" in table and "× sparsegauss" in table
