@@ -158,6 +158,16 @@ def _row_of(X, rows, i):
     return X[rows[i]] if rows.size else X[i]
 
 
+@njit(inline="always")
+def _eight_rows(X, rows, first, step):
+    """Rows ``first, first + step, …, first + 7·step`` of the samples (see
+    :func:`_row_of`): a block of :data:`_WIDE` rows read in place."""
+    return (_row_of(X, rows, first), _row_of(X, rows, first + step),
+            _row_of(X, rows, first + 2 * step), _row_of(X, rows, first + 3 * step),
+            _row_of(X, rows, first + 4 * step), _row_of(X, rows, first + 5 * step),
+            _row_of(X, rows, first + 6 * step), _row_of(X, rows, first + 7 * step))
+
+
 @njit(parallel=True, fastmath=_REASSOC, cache=True, nogil=True)
 def pattern_moments(X, rows, center, weights, shifts, n_chunks, sums):
     """Weighted second moments on the stencil pattern.
@@ -346,7 +356,7 @@ def _moments_of_rows(X, rows, start, stop, center, weights, shifts, acc, sums):
     # Unsigned offsets (see the module docstring); negative shifts take their own loop.
     unsigned = np.maximum(shifts, 0).astype(np.uint64)
     y = np.zeros((_BLOCK, d + pad))      # zero padding: partners past D contribute 0
-    w = np.zeros(_BLOCK)
+    w = np.zeros(_WIDE)                  # a block's weights; the first _BLOCK in the tail
     scratch = np.zeros((2, d))           # the unused accumulators of a short group
     first = start
     if _reads_in_place(shifts, d):
@@ -354,31 +364,23 @@ def _moments_of_rows(X, rows, start, stop, center, weights, shifts, acc, sums):
         edge = np.zeros((_WIDE, 2 * pad))
         edge_acc = np.zeros((shifts.size, pad))
         edge_sums = np.zeros(pad if sums.size else 0)
-        wide = np.zeros(_WIDE)
         # Row b of a block is first + b·m: eight long streams (see the docstring).
         m = (stop - start) // _WIDE
         for first in range(start, start + m):
             for b in range(_WIDE):
-                wide[b] = weights[first + b * m]
-            x0 = _row_of(X, rows, first)
-            x1 = _row_of(X, rows, first + m)
-            x2 = _row_of(X, rows, first + 2 * m)
-            x3 = _row_of(X, rows, first + 3 * m)
-            x4 = _row_of(X, rows, first + 4 * m)
-            x5 = _row_of(X, rows, first + 5 * m)
-            x6 = _row_of(X, rows, first + 6 * m)
-            x7 = _row_of(X, rows, first + 7 * m)
-            _rows_terms(x0, x1, x2, x3, x4, x5, x6, x7, center, wide, acc[0], acc[1],
+                w[b] = weights[first + b * m]
+            x0, x1, x2, x3, x4, x5, x6, x7 = _eight_rows(X, rows, first, m)
+            _rows_terms(x0, x1, x2, x3, x4, x5, x6, x7, center, w, acc[0], acc[1],
                         acc[2], sums if sums.size else scratch[0], unsigned[1], unsigned[2],
                         inner)
             if shifts.size == 5:
-                _rows_pair(x0, x1, x2, x3, x4, x5, x6, x7, center, wide, acc[3], acc[4],
+                _rows_pair(x0, x1, x2, x3, x4, x5, x6, x7, center, w, acc[3], acc[4],
                            unsigned[3], unsigned[4], inner)
             for b in range(_WIDE):
                 _center_into(edge[b], _row_of(X, rows, first + b * m)[inner:],
                              center[inner:], pad)
             for half in range(0, _WIDE, _BLOCK):        # the buffer takes four rows
-                block, block_weights = edge[half:half + _BLOCK], wide[half:half + _BLOCK]
+                block, block_weights = edge[half:half + _BLOCK], w[half:half + _BLOCK]
                 if sums.size:
                     _add_block(edge_sums, block, block_weights, pad)
                 _accumulate_block(block, block_weights, edge_acc, shifts, unsigned, scratch,
@@ -398,8 +400,8 @@ def _moments_of_rows(X, rows, start, stop, center, weights, shifts, acc, sums):
                 w[b] = 0.0
                 y[b, :d] = 0.0
         if sums.size:
-            _add_block(sums, y, w, d)
-        _accumulate_block(y, w, acc, shifts, unsigned, scratch, d)
+            _add_block(sums, y, w[:_BLOCK], d)
+        _accumulate_block(y, w[:_BLOCK], acc, shifts, unsigned, scratch, d)
 
 
 #: Pixels per tile of :func:`pattern_moments_tiled`: five float64 accumulators of 4,096
@@ -459,8 +461,9 @@ def quadratic_forms(X, rows, center, fields, shifts, multiplicity, n_chunks):
 
     ``q_n = Σ_k m_k Σ_p F[k, p] (x_np − c_p)(x_n,p+δ_k − c_{p+δ_k})``; ``fields`` must
     be zero on pairs that leave the grid. For the stencils (:func:`_reads_in_place`)
-    blocks of eight rows (spaced apart, see :func:`_forms_of_rows`) are read in place on the pixels whose partners lie inside the
-    row (:func:`_rows_forms`, one load of the weights for eight rows) and their last
+    blocks of eight rows (spaced apart, see :func:`_forms_of_rows`) are read in place on
+    the pixels whose partners lie inside the row (:func:`_rows_forms`, one load of the
+    weights for eight rows) and their last
     ``max(shifts)`` pixels through a zero-padded buffer; the last rows (fewer than
     eight) and other shift sets are centred into a zero-padded copy of the row first
     (:func:`_stencil_form`).
@@ -499,11 +502,8 @@ def _forms_of_rows(X, rows, start, stop, center, scaled, edge_scaled, unsigned, 
     # Row b of a block is i + b·m, not i + b: eight long streams (see the docstring).
     m = (stop - start) // _WIDE if inner < d else 0
     for i in range(start, start + m):
-        forms = _rows_forms(_row_of(X, rows, i), _row_of(X, rows, i + m),
-                            _row_of(X, rows, i + 2 * m), _row_of(X, rows, i + 3 * m),
-                            _row_of(X, rows, i + 4 * m), _row_of(X, rows, i + 5 * m),
-                            _row_of(X, rows, i + 6 * m), _row_of(X, rows, i + 7 * m),
-                            center, scaled, unsigned, inner)
+        x0, x1, x2, x3, x4, x5, x6, x7 = _eight_rows(X, rows, i, m)
+        forms = _rows_forms(x0, x1, x2, x3, x4, x5, x6, x7, center, scaled, unsigned, inner)
         for b in range(_WIDE):
             _center_into(edge, _row_of(X, rows, i + b * m)[inner:], center[inner:], pad)
             out[i + b * m] = forms[b] + _stencil_form(edge, edge_scaled, unsigned, pad)
@@ -790,10 +790,7 @@ def _logistic_block(A, rows, center, offsets, label, first, scaled, edge_scaled,
     (:func:`_rows_terms` re-reads the rows from cache) into ``acc`` and, for the last
     pixels, ``edge_acc``. Returns ``(Σ loss, Σ weight)`` of the eight. (Minibatch rows
     are scattered, so they are taken as they come, not spaced as in the full passes.)"""
-    x0, x1 = _row_of(A, rows, first), _row_of(A, rows, first + 1)
-    x2, x3 = _row_of(A, rows, first + 2), _row_of(A, rows, first + 3)
-    x4, x5 = _row_of(A, rows, first + 4), _row_of(A, rows, first + 5)
-    x6, x7 = _row_of(A, rows, first + 6), _row_of(A, rows, first + 7)
+    x0, x1, x2, x3, x4, x5, x6, x7 = _eight_rows(A, rows, first, 1)
     forms = _rows_forms(x0, x1, x2, x3, x4, x5, x6, x7, center, scaled, unsigned, inner)
     pad = edge.shape[1] // 2
     loss = 0.0
@@ -1806,8 +1803,10 @@ def pair_hessian(covariance, rows, cols, weights):
     pair parameters, in parallel over rows of H.
 
     One read of two rows of Σ per row of H, which stay in cache, instead of four NumPy
-    gathers into p × p temporaries: for MNIST's 8-neighbour model (p = 3,754) the gathers
-    took 0.68–1.1 s, more than the Cholesky factorization of H (0.25 s).
+    gathers into p × p temporaries: for MNIST's 4- and 8-neighbour models (p = 2,296 and
+    3,754) 0.011–0.016 and 0.030–0.032 s against the gathers' 0.10 and 0.24 s (medians
+    of 7 in a loop, scratch ``/tmp/exp24/dh2.py``); a process's first call at p = 3,754,
+    page faults on the fresh arrays included, 0.16 against 0.68–1.1 s.
     """
     n = rows.size
     out = np.empty((n, n))

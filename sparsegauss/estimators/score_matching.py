@@ -31,7 +31,7 @@ from ..normalization import GridNormalizer
 from ..optimize import minimize
 from ..stats import as_float_array, moment_sums
 from ._driver import OptimizerOptions, run, whole_data
-from .mle import DENSE_HESSIAN_MAX_PARAMS, dense_hessian, hessian_diagonal
+from .mle import dense_hessian_at, hessian_diagonal
 
 __all__ = ["extended_moment_sums", "extended_offset_index", "fit_score_matching",
            "fit_score_matching_barrier", "fit_sm_gradient", "score_matching_system",
@@ -321,11 +321,13 @@ def fit_score_matching_barrier(X, grid, *, theta0, final_weight=1e-6, tol=1e-8,
                                  / max(abs(loss), 1e-300)))
 
         def hessian(t, mu=mu):
-            if grid.tying != "untied" or grid.n_params > DENSE_HESSIAN_MAX_PARAMS:
-                return None
-            covariance = np.linalg.inv(grid.precision(t).toarray())
             # −μ log det Λ has Hessian 2μ × the likelihood's (dense_hessian).
-            return dense_a() + 2.0 * mu * dense_hessian(covariance, grid)
+            barrier = dense_hessian_at(t, grid)
+            if barrier is None:
+                return None
+            barrier *= 2.0 * mu
+            barrier += dense_a()
+            return barrier
 
         result = minimize(loss_grad, theta, method="newton-cg", tol=tol, maxiter=max_iter,
                           callback=callback, precondition=precondition, convergence=decrement,
