@@ -1875,21 +1875,42 @@ def sandwich_on_pattern(lam_planes, g, offsets, full_offsets, terms, counts, hei
     """
     n_terms = offsets.shape[0]
     g_planes, _ = symmetric_planes(g, offsets, height, width)
-    out = np.zeros((n_terms, height, width))
-    # Term-outer, pixel-inner: each triple streams three shifted planes row by row,
-    # which LLVM vectorizes (3.5x faster than summing the triples pixel by pixel, 8-nbr).
+    # Each plane is read flat: the pixels (r, c) of padded rows 1..height form one run
+    # of indices (with the two border columns between rows, where every Λ plane is zero,
+    # so they add nothing), and a shift by (dr, dc) is a shift by dr·(width + 2) + dc.
+    # One long vectorized loop per triple instead of a short one per row: 2.3–2.6× faster
+    # (28×28: 24 → 11 µs with 4 neighbours, 121 → 46 µs with 8, which a Newton-CG fit
+    # applies about 160 times).
+    padded = width + 2
+    size = (height + 2) * padded
+    lam = lam_planes.reshape(lam_planes.shape[0], size)
+    g_flat = g_planes.reshape(g_planes.shape[0], size)
+    first = padded + 1
+    last = height * padded + width + 1
+    n = last - first
+    total = np.empty(n)
+    out = np.empty((n_terms, height * width))
     for k in range(n_terms):
-        kr, kc = offsets[k, 0], offsets[k, 1]
+        shift_k = offsets[k, 0] * padded + offsets[k, 1]
+        total[:] = 0.0
         for t in range(counts[k]):
             i, j, m = terms[k, t, 0], terms[k, t, 1], terms[k, t, 2]
-            ar, ac = full_offsets[i, 0], full_offsets[i, 1]
-            for r in range(1, height + 1):
-                for c in range(1, width + 1):
-                    # An off-grid partner q has Λ_bq = 0 in every plane: no test needed.
-                    out[k, r - 1, c - 1] += (lam_planes[i, r, c]
-                                             * g_planes[m, r + ar, c + ac]
-                                             * lam_planes[j, r + kr, c + kc])
-    return out.reshape(n_terms, height * width)
+            shift_a = full_offsets[i, 0] * padded + full_offsets[i, 1]
+            # An off-grid partner q has Λ_bq = 0 in every plane: no test needed.
+            _add_triple_product(total, lam[i, first:last],
+                                g_flat[m, first + shift_a:last + shift_a],
+                                lam[j, first + shift_k:last + shift_k])
+        for r in range(height):
+            for c in range(width):
+                out[k, r * width + c] = total[r * padded + c]
+    return out
+
+
+@njit(cache=True, inline="always")
+def _add_triple_product(total, a, b, c):
+    """``total += a ⊙ b ⊙ c`` for contiguous vectors of one length."""
+    for x in range(total.size):
+        total[x] += a[x] * b[x] * c[x]
 
 @njit(parallel=True, cache=True)
 def lower_positions(indptr, indices, rows, cols):
