@@ -74,6 +74,12 @@ class GridNormalizer:
         with one_blas_thread():     # once for both kernels
             return self.value_and_grad_of(self.factorize(theta))
 
+    def value_and_grad_pairs(self, theta):
+        """:meth:`value_and_grad` with Σ on the pattern's pairs, not scattered into the
+        stencil layout (:meth:`value_and_grad_pairs_of`)."""
+        with one_blas_thread():
+            return self.value_and_grad_pairs_of(self.factorize(theta))
+
     def value_and_grad_beside(self, theta, operands):
         """:meth:`value_and_grad`'s ``log Z(θ)`` and gradient, and a pass of pattern
         moments run beside the factorization and selected inversion

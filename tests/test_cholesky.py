@@ -219,7 +219,7 @@ def test_takahashi_runs_on_one_blas_thread_and_restores_the_counts():
     user's thread counts are restored afterwards, also after an error."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from sparsegauss._blas import one_blas_thread
+    from sparsegauss._blas import all_blas_threads, one_blas_thread
 
     def blas_threads():
         return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
@@ -240,6 +240,23 @@ def test_takahashi_runs_on_one_blas_thread_and_restores_the_counts():
                 assert set(blas_threads()) == {1}
             assert set(blas_threads()) == {1}
         assert blas_threads() == before
+        # A dense step inside a long one-thread run gets the user's counts back for
+        # itself, and one thread again after (also after an error); outside any
+        # one-thread context it changes nothing.
+        with one_blas_thread():
+            with all_blas_threads():
+                assert blas_threads() == before
+                with one_blas_thread():
+                    assert set(blas_threads()) == {1}
+                assert blas_threads() == before
+            assert set(blas_threads()) == {1}
+            with pytest.raises(RuntimeError):
+                with all_blas_threads():
+                    raise RuntimeError
+            assert set(blas_threads()) == {1}
+        assert blas_threads() == before
+        with all_blas_threads():
+            assert blas_threads() == before
 
 
 @pytest.mark.parametrize("mode", ["simplicial", "supernodal"])
