@@ -36,7 +36,7 @@ from numba import njit, prange
 from numba.extending import get_cython_function_address
 
 __all__ = ["ZIGGURAT", "adam_step", "antithetic_pairs", "apply_stencil", "cholesky_supernodal",
-           "cholesky_supernodal_split", "copy_rows_where",
+           "cholesky_supernodal_split", "copy_rows_where", "factor_and_select",
            "first_non_finite_row", "gaussian_term_and_score", "gibbs_sweeps",
            "logistic_pattern_moments", "lower_positions", "lower_transposed_solve",
            "mala_propose", "mala_reverse", "pair_hessian",
@@ -1210,6 +1210,48 @@ def takahashi_supernodal_split(indptr, indices, ldata, starts, z, order, bounds,
     for g in prange(2):
         _invert_supernodes(indptr, indices, ldata, starts, z, owner, max_block, max_below,
                            order[bounds[g]:bounds[g + 1]])
+
+
+@njit(cache=True, nogil=True)
+def factor_and_select(indptr, indices, ldata, starts, positions, values, z, selected,
+                      out):
+    """:func:`cholesky_supernodal`, ``log det A`` and :func:`takahashi_supernodal` in one
+    call, reading ``Z = A⁻¹`` at ``selected`` positions into ``out``: a gradient of
+    ``log Z`` without returning to Python between the kernels (on a 28×28 grid the
+    Python around them was 35–45 µs of a 0.38–0.47 ms gradient).
+
+    Parameters
+    ----------
+    indptr, indices, ldata, starts, positions, values
+        As for :func:`cholesky_supernodal`.
+    z : ndarray, like ``ldata``
+        Receives the selected inverse, as for :func:`takahashi_supernodal`.
+    selected : ndarray of int64
+        Positions in ``z`` to read.
+    out : ndarray of float64, like ``selected``
+        Receives ``z[selected]``.
+
+    Returns
+    -------
+    failed : int
+        ``-1``, or the first (permuted) column whose pivot is not positive or not
+        finite (then ``z`` and ``out`` are not written).
+    logdet : float
+        ``Σ_j log L_jj²`` (0 when ``failed >= 0``).
+    """
+    failed = cholesky_supernodal(indptr, indices, ldata, starts, positions, values)
+    if failed >= 0:
+        return failed, 0.0
+    logdet = 0.0
+    for j in range(indptr.size - 1):
+        pivot = ldata[indptr[j]]
+        if not np.isfinite(pivot):
+            return j, 0.0
+        logdet += 2.0 * np.log(pivot)
+    takahashi_supernodal(indptr, indices, ldata, starts, z)
+    for t in range(selected.size):
+        out[t] = z[selected[t]]
+    return -1, logdet
 
 
 @njit(parallel=True, cache=True, nogil=True)

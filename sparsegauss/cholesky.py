@@ -363,6 +363,48 @@ class SparseCholesky:
                 self._inverse, X, rows, center, weights, shifts, moments)
         return self._new_factor(failed, matrix, inverted=True), moments
 
+    def logdet_and_selected_inverse(self, values, positions, rows, cols):
+        """``log det A`` and entries of ``A⁻¹`` for a matrix given as in
+        :meth:`factorize_values`, in one kernel call where the factor runs on one thread
+        (:func:`sparsegauss._kernels.factor_and_select`): what a gradient of ``log Z``
+        needs, without a :class:`CholeskyFactor`. Earlier factors of this object become
+        stale, as after :meth:`factorize_values`.
+
+        Parameters
+        ----------
+        values, positions
+            As for :meth:`factorize_values`.
+        rows, cols : ndarray of int64
+            As for :meth:`CholeskyFactor.selected_inverse`.
+
+        Returns
+        -------
+        logdet : float
+        selected : ndarray, shape (len(rows),)
+
+        Raises
+        ------
+        NotPositiveDefiniteError
+            As :meth:`factorize_values`.
+        """
+        if self._schedule is not None:
+            factor = self.factorize_values(values, positions, None)
+            return factor.logdet(), factor.selected_inverse(rows, cols)
+        _check_finite_values(values)
+        selected = self._positions(rows, cols)
+        if self._inverse is None:
+            self._inverse = np.empty(self.indices.size)
+        out = np.empty(selected.size)
+        with one_blas_thread():
+            failed, logdet = _kernels.factor_and_select(
+                self.indptr, self.indices, self._values, self.starts, positions, values,
+                self._inverse, selected, out)
+        self._generation += 1
+        if failed >= 0:
+            self._raise_not_pd(failed)
+        self._inverse_generation = self._generation
+        return logdet, out
+
     @property
     def splits_over_threads(self):
         """Whether the factorization and selected inversion split over two threads

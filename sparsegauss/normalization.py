@@ -76,9 +76,12 @@ class GridNormalizer:
 
     def value_and_grad_pairs(self, theta):
         """:meth:`value_and_grad` with Σ on the pattern's pairs, not scattered into the
-        stencil layout (:meth:`value_and_grad_pairs_of`)."""
-        with one_blas_thread():
-            return self.value_and_grad_pairs_of(self.factorize(theta))
+        stencil layout (:meth:`value_and_grad_pairs_of`), in one kernel call
+        (:meth:`~sparsegauss.cholesky.SparseCholesky.logdet_and_selected_inverse`): the
+        gradient a fit evaluates hundreds of times."""
+        logdet, pairs = self.analysis.logdet_and_selected_inverse(
+            self.grid.precision_data(theta), self._positions, self._rows, self._cols)
+        return self._value_and_grad_from(logdet, pairs)
 
     def value_and_grad_beside(self, theta, operands):
         """:meth:`value_and_grad`'s ``log Z(θ)`` and gradient, and a pass of pattern
@@ -117,6 +120,9 @@ class GridNormalizer:
         """``log Z``, its gradient and Σ on the pattern's pairs (in
         :meth:`GridParameterization.pair_indices` order, not scattered into the stencil
         layout: callers that need only the gradient skip that)."""
-        pairs = self._covariance_pairs(factor)
+        return self._value_and_grad_from(factor.logdet(), self._covariance_pairs(factor))
+
+    def _value_and_grad_from(self, logdet, pairs):
+        """``log Z``, ``−½ adjoint(m ⊙ Σ)`` and Σ's pairs, from ``log det Λ`` and Σ."""
         grad = -0.5 * self.grid.adjoint_pairs(self._pair_weights * pairs)
-        return self.log_partition_of(factor), grad, pairs
+        return 0.5 * self.grid.n_pixels * LOG_2PI - 0.5 * logdet, grad, pairs

@@ -601,3 +601,41 @@ def test_shared_cholmod_factor_is_held_during_a_solve(rng):
     for thread in threads:
         thread.join()
     assert not errors
+
+
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("shape, stencil", [((6, 7), 4), ((24, 26), 8)])
+def test_logdet_and_selected_inverse_in_one_call(shape, stencil, split, monkeypatch, rng):
+    """The one-call gradient path (one thread) and its fallback (two-thread split): log
+    det and Σ on the pattern against dense NumPy; an indefinite matrix raises with the
+    failing pixel; factors made earlier become stale, and the normalizer's gradient by
+    this path equals the one through a CholeskyFactor."""
+    import sparsegauss.cholesky as cholesky
+
+    if split:
+        monkeypatch.setattr(cholesky, "PARALLEL_MIN_ENTRIES", 0)
+    grid = GridParameterization(shape, stencil)
+    normalizer = GridNormalizer(grid)
+    analysis = SparseCholesky(grid.pattern, mode="supernodal")
+    assert analysis.splits_over_threads == split
+    positions = analysis.value_positions(grid.precision(np.ones(grid.n_params)))
+    rows, cols = grid.pair_indices()
+    theta = random_spd_theta(grid, rng)
+    earlier = analysis.factorize(grid.precision(theta))
+    logdet, pairs = analysis.logdet_and_selected_inverse(grid.precision_data(theta),
+                                                          positions, rows, cols)
+    dense = dense_precision(grid, theta)
+    np.testing.assert_allclose(logdet, np.linalg.slogdet(dense)[1], rtol=1e-12)
+    np.testing.assert_allclose(pairs, np.linalg.inv(dense)[rows, cols], rtol=1e-10,
+                               atol=1e-13)
+    with pytest.raises(RuntimeError, match="overwritten"):
+        earlier.selected_inverse(rows, cols)
+    bad = theta.copy()
+    bad[:grid.n_pixels] *= -1.0                  # negative diagonal: not PD at once
+    with pytest.raises(NotPositiveDefiniteError, match="pixel"):
+        analysis.logdet_and_selected_inverse(grid.precision_data(bad), positions, rows, cols)
+    log_z, grad, pairs_again = normalizer.value_and_grad_pairs(theta)
+    log_z_ref, grad_ref, pairs_ref = normalizer.value_and_grad_pairs_of(
+        normalizer.factorize(theta))
+    np.testing.assert_allclose([log_z, *grad, *pairs_again],
+                               [log_z_ref, *grad_ref, *pairs_ref], rtol=1e-12, atol=1e-15)
