@@ -245,11 +245,10 @@ class _Run:
         self.nfev += 1
         return _checked(self.fun, x, self.iteration)
 
-    def line_search(self, direction, first=1.0):
-        """Backtracking from a step of ``first``; returns the accepted (x, loss, grad) or
-        None."""
+    def line_search(self, direction):
+        """Backtracking from a unit step; returns the accepted (x, loss, grad) or None."""
         slope = self.grad @ direction
-        step = first
+        step = 1.0
         for _ in range(_MAX_BACKTRACKS):
             trial = self.x + step * direction
             try:
@@ -390,14 +389,12 @@ def _newton_cg(fun, x, tol, maxiter, callback, convergence, precondition, hessp,
     initial_norm = max(np.linalg.norm(run.grad), np.finfo(float).tiny)
     direct = False                 # solve by the exact Hessian, after CG has stalled once
     n_direct = 0
-    first_step = 1.0
     capacity = min(max_cg, _RECYCLE_BYTES // (16 * x.size))
     deflations = []                # Ritz layers of the last solves, oldest first
     while not run.success and run.iteration < maxiter:
         run.iteration += 1
         direction = _direct_newton_step(hessian, run.x, run.grad) if direct else None
-        exact = direction is not None
-        if not exact:
+        if direction is None:
             apply_m = precondition(run.x) if precondition is not None else (lambda v: v)
             # Eisenstat & Walker's forcing term, made scale-free with the first gradient,
             # and floored so that the last steps do not solve more accurately than
@@ -427,17 +424,9 @@ def _newton_cg(fun, x, tol, maxiter, callback, convergence, precondition, hessp,
             direct = stalled and hessian is not None
         else:
             n_direct += 1
-        accepted = run.line_search(direction, first=1.0 if exact else first_step)
+        accepted = run.line_search(direction)
         if accepted is None:
             break
-        # While the steps are damped (far from the optimum, or by the cone's boundary)
-        # the next search starts at twice the last accepted step, not at 1: two of the
-        # three MNIST steps that backtracked to ¼ had first tried 1 and ½ in vain (3–5
-        # gradients saved per fit on 11 of 12 cases of benchmarks.one_off.
-        # mle_solver_cases; the twelfth, a chaotic path through 8 direct steps, took
-        # 587 instead of 523). Direct (exact-Hessian) steps start at 1.
-        taken = float(np.linalg.norm(accepted[0] - run.x) / np.linalg.norm(direction))
-        first_step = min(1.0, 2.0 * taken)
         if not run.accept(*accepted):
             break
     result = run.result(maxiter)
