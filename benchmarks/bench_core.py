@@ -86,6 +86,11 @@ class DenseNormalizer:
         grad = -0.5 * self.grid.adjoint(self.grid.multiplicity[:, None] * covariance)
         return 0.5 * self.grid.n_pixels * LOG_2PI - 0.5 * logdet, grad, covariance
 
+    def value_and_grad_pairs(self, theta):
+        """:meth:`value_and_grad` with Σ in pair order (what ``fit_mle`` asks for)."""
+        log_z, grad, covariance = self.value_and_grad(theta)
+        return log_z, grad, covariance.reshape(-1)[self.grid._valid_flat]
+
 
 def dense_newton_mle(moments, grid, *, tol=1e-8, max_iter=50):
     """The strongest dense MLE we could write: damped Newton with the exact Hessian.
