@@ -1931,17 +1931,25 @@ def sandwich_on_pattern(lam_planes, g, offsets, full_offsets, terms, counts, hei
     last = height * padded + width + 1
     n = last - first
     total = np.empty(n)
+    partial = np.empty(n)
     out = np.empty((n_terms, height * width))
     for k in range(n_terms):
         shift_k = offsets[k, 0] * padded + offsets[k, 1]
         total[:] = 0.0
-        for t in range(counts[k]):
-            i, j, m = terms[k, t, 0], terms[k, t, 1], terms[k, t, 2]
+        # The triples come grouped by i (sandwich_terms' outer loop): Λ_pa is factored
+        # out of each group, Y[k] = Σ_i Λ_i ⊙ (Σ_(j,m) G_m ⊙ Λ_j), two reads a triple.
+        t = 0
+        while t < counts[k]:
+            i = terms[k, t, 0]
             shift_a = full_offsets[i, 0] * padded + full_offsets[i, 1]
-            # An off-grid partner q has Λ_bq = 0 in every plane: no test needed.
-            _add_triple_product(total, lam[i, first:last],
-                                g_flat[m, first + shift_a:last + shift_a],
-                                lam[j, first + shift_k:last + shift_k])
+            partial[:] = 0.0
+            while t < counts[k] and terms[k, t, 0] == i:
+                j, m = terms[k, t, 1], terms[k, t, 2]
+                # An off-grid partner q has Λ_bq = 0 in every plane: no test needed.
+                _add_product(partial, g_flat[m, first + shift_a:last + shift_a],
+                             lam[j, first + shift_k:last + shift_k])
+                t += 1
+            _add_product(total, lam[i, first:last], partial)
         for r in range(height):
             for c in range(width):
                 out[k, r * width + c] = total[r * padded + c]
@@ -1949,10 +1957,10 @@ def sandwich_on_pattern(lam_planes, g, offsets, full_offsets, terms, counts, hei
 
 
 @njit(cache=True, inline="always")
-def _add_triple_product(total, a, b, c):
-    """``total += a ⊙ b ⊙ c`` for contiguous vectors of one length."""
+def _add_product(total, a, b):
+    """``total += a ⊙ b`` for contiguous vectors of one length."""
     for x in range(total.size):
-        total[x] += a[x] * b[x] * c[x]
+        total[x] += a[x] * b[x]
 
 @njit(parallel=True, cache=True)
 def lower_positions(indptr, indices, rows, cols):
