@@ -1451,7 +1451,8 @@ def cholesky_supernodal(indptr, indices, ldata, starts, positions, values):
 
     The scatter uses the same relative indices as :func:`takahashi_supernodal`'s gather
     (``R`` is a clique of the filled graph). Tiny supernodes (block ≤ ``_SMALL_BLOCK``
-    entries) are done in loops.
+    entries) are done in loops; narrow ones (≤ ``_PANEL_LOOP_MAX_WIDTH`` columns) factor
+    their panel in loops and call only ``dsyrk`` (:func:`_panel_in_loops`).
 
     Parameters
     ----------
@@ -1540,6 +1541,40 @@ def cholesky_supernodal_split(indptr, indices, ldata, starts, positions, values,
                               np.arange(chain_first, n_super), ldata.size, private)
 
 
+#: Supernodes at most this many columns wide have their panel ``[L_JJ; L_RJ]``
+#: factored in loops (:func:`_panel_in_loops`) rather than by ``dpotrf`` and ``dtrsm``;
+#: only the Schur update stays a BLAS call. On a 28×28 grid (most supernodes 16 wide) the
+#: factorization took 107 → 85 µs with 4 neighbours and 129 → 106 µs with 8.
+_PANEL_LOOP_MAX_WIDTH = 32
+
+
+@njit(cache=True, inline="always")
+def _panel_in_loops(block, ld, s):
+    """Cholesky factorization of a supernode's panel in place, column by column:
+    ``L_JJ = chol(B_JJ)`` and ``L_RJ = B_RJ L_JJ⁻ᵀ`` together (each column scaled by its
+    pivot, then subtracted from the later columns: contiguous updates that vectorize).
+    Returns ``-1``, or the first column (within the supernode) whose pivot is not
+    positive or not finite."""
+    u_s = np.uint64(s)
+    u_ld = np.uint64(ld)
+    for c in range(u_s):
+        column = c * u_ld
+        pivot = block[column + c]
+        if not pivot > 0.0 or not np.isfinite(pivot):
+            return np.int64(c)
+        pivot = np.sqrt(pivot)
+        block[column + c] = pivot
+        inverse = 1.0 / pivot
+        for i in range(c + np.uint64(1), u_ld):
+            block[column + i] *= inverse
+        for c2 in range(c + np.uint64(1), u_s):
+            factor = block[column + c2]
+            column2 = c2 * u_ld
+            for i in range(c2, u_ld):
+                block[column2 + i] -= block[column + i] * factor
+    return np.int64(-1)
+
+
 @njit(cache=True)
 def _factor_supernodes(indptr, indices, ldata, starts, owner, max_block, max_below,
                        supernodes, shared_start, private):
@@ -1555,18 +1590,9 @@ def _factor_supernodes(indptr, indices, ldata, starts, owner, max_block, max_bel
     for sn in supernodes:
         f, s, p0, ld, r = _load_supernode(indptr, ldata, starts, sn, block)
         if s * ld <= _SMALL_BLOCK:
-            for c in range(s):
-                pivot = block[c * ld + c]
-                if not pivot > 0.0 or not np.isfinite(pivot):
-                    return f + c
-                pivot = np.sqrt(pivot)
-                block[c * ld + c] = pivot
-                for i in range(c + 1, ld):
-                    block[c * ld + i] /= pivot
-                for c2 in range(c + 1, s):
-                    factor = block[c * ld + c2]
-                    for i in range(c2, ld):
-                        block[c2 * ld + i] -= block[c * ld + i] * factor
+            failed = _panel_in_loops(block, ld, s)
+            if failed >= 0:
+                return f + failed
             if s == 1:      # most supernodes of small grids: an outer product, no sum
                 for b in range(r):
                     x = block[1 + b]
@@ -1579,6 +1605,16 @@ def _factor_supernodes(indptr, indices, ldata, starts, owner, max_block, max_bel
                         for c in range(s):
                             v += block[c * ld + s + a] * block[c * ld + s + b]
                         update[b * r + a] = v
+        elif s <= _PANEL_LOOP_MAX_WIDTH:
+            failed = _panel_in_loops(block, ld, s)
+            if failed >= 0:
+                return f + failed
+            if r > 0:
+                dims[0], dims[1], dims[2] = r, s, ld
+                m_r, m_s, m_ld = dims[0:1], dims[1:2], dims[2:3]
+                _dsyrk(lower.ctypes, no_trans.ctypes, m_r.ctypes, m_s.ctypes, one.ctypes,
+                       block[s:].ctypes, m_ld.ctypes, zero.ctypes, update.ctypes,
+                       m_r.ctypes)
         else:
             dims[0], dims[1], dims[2] = r, s, ld
             m_r, m_s, m_ld = dims[0:1], dims[1:2], dims[2:3]
