@@ -1610,11 +1610,14 @@ def _factor_supernodes(indptr, indices, ldata, starts, owner, max_block, max_bel
             if failed >= 0:
                 return f + failed
             if r > 0:
+                # dgemm, not dsyrk: twice the flops, but OpenBLAS's dsyrk costs more per
+                # call than they do on narrow blocks (28×28 factorization 87 → 74 µs).
                 dims[0], dims[1], dims[2] = r, s, ld
                 m_r, m_s, m_ld = dims[0:1], dims[1:2], dims[2:3]
-                _dsyrk(lower.ctypes, no_trans.ctypes, m_r.ctypes, m_s.ctypes, one.ctypes,
-                       block[s:].ctypes, m_ld.ctypes, zero.ctypes, update.ctypes,
-                       m_r.ctypes)
+                tail = block[s:]
+                _dgemm(no_trans.ctypes, trans.ctypes, m_r.ctypes, m_r.ctypes, m_s.ctypes,
+                       one.ctypes, tail.ctypes, m_ld.ctypes, tail.ctypes, m_ld.ctypes,
+                       zero.ctypes, update.ctypes, m_r.ctypes)
         else:
             dims[0], dims[1], dims[2] = r, s, ld
             m_r, m_s, m_ld = dims[0:1], dims[1:2], dims[2:3]
