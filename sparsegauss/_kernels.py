@@ -1166,7 +1166,7 @@ def _supernode_stacked(block, ld, s, r, z_rr, z_rj, stacked, triangle, dims, low
     in three BLAS calls:
 
         [W; Y] = [I; L_RJ] L_JJ⁻¹                          (one dtrsm: W = L_JJ⁻¹)
-        Z_JJ = Wᵀ W + (Z_RR Y)ᵀ Y = [W; Z_RR Y]ᵀ [W; Y]      (dsymm, then one dgemm)
+        Z_JJ = Wᵀ W + (Z_RR Y)ᵀ Y = [W; Z_RR Y]ᵀ [W; Y]      (two dgemm)
         Z_RJ = −Z_RR Y
 
     (the same as ``(L_JJ L_JJᵀ)⁻¹ − Z_RJᵀ Y``: ``(L_JJ L_JJᵀ)⁻¹ = Wᵀ W``). Leaves ``Z_JJ``
@@ -1193,9 +1193,14 @@ def _supernode_stacked(block, ld, s, r, z_rr, z_rj, stacked, triangle, dims, low
         column = c * u_ld
         for i in range(u_s):
             stacked[column + i] = block[column + i]
-    _dsymm(lower.ctypes, lower.ctypes, m_r.ctypes, m_s.ctypes, one.ctypes, z_rr.ctypes,
-           m_r.ctypes, block[s:].ctypes, m_ld.ctypes, zero.ctypes, stacked[s:].ctypes,
-           m_ld.ctypes)
+    # Z_RR's upper triangle filled in, for dgemm: OpenBLAS's dsymm costs more per call
+    # on these sizes (28×28 selected inversion 130 → 123 µs).
+    for b in range(u_r):
+        for a in range(b + np.uint64(1), u_r):
+            z_rr[a * u_r + b] = z_rr[b * u_r + a]
+    _dgemm(no_trans.ctypes, no_trans.ctypes, m_r.ctypes, m_s.ctypes, m_r.ctypes, one.ctypes,
+           z_rr.ctypes, m_r.ctypes, block[s:].ctypes, m_ld.ctypes, zero.ctypes,
+           stacked[s:].ctypes, m_ld.ctypes)
     # Z_JJ into z_rj first (s × s, leading dimension s): block is an operand.
     _dgemm(trans.ctypes, no_trans.ctypes, m_s.ctypes, m_s.ctypes, m_ld.ctypes, one.ctypes,
            stacked.ctypes, m_ld.ctypes, block.ctypes, m_ld.ctypes, zero.ctypes,
