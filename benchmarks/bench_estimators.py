@@ -40,23 +40,24 @@ CASES = {
     "cd (defaults)": dict(method="cd"),
     "cd-1 gibbs": dict(method="cd", sampler="gibbs"),
 }
-#: Where each case starts and what it is given besides the data (the README's column).
+#: Where each case starts and what it is given besides the data (the column of docs/performance.md's table).
 GIVEN = {
     "mle (defaults)": "starts at the independent model diag(1/S_pp)",
     PEER: "data pass + damped exact-Hessian Newton in dense NumPy (bench_core)",
     "sm closed form (defaults)": "closed form (one sparse solve)",
     "sm barrier": "starts at the independent model",
     "nce (defaults)": ("noise (adaptive): N(0, diag S), then a frozen copy of the current "
-                       "estimate at each step of the first half (its exact expectation "
-                       "∇ log Z in place of noise samples), then fixed; starts at the "
-                       "independent model"),
+                       "estimate at each of the first 2,500 of 3,500 steps (its exact "
+                       "expectation ∇ log Z in place of noise samples), then fixed; starts "
+                       "at the independent model"),
     "nce fresh noise": ("as nce (defaults), with a fresh noise sample at every step "
                         "instead of one pool"),
     "nce diagonal noise": "noise: N(0, diag S); starts at the noise",
     "nce grid (tied) noise": "noise: tied 4-nbr grid MLE; starts at the noise",
     "nce 4-nbr MLE noise": ("noise: untied 4-nbr grid MLE (= the 4-nbr answer; the default "
                             "until 2026-12-01); starts at the noise"),
-    "rnce (defaults)": "as nce (defaults)",
+    "rnce (defaults)": ("as nce (defaults), the first 2,000 of 4,000 steps adapting the "
+                        "noise"),
     "rnce 4-nbr MLE noise": "as nce 4-nbr MLE noise",
     "cnce (defaults)": ("perturbations ε = √(2/D)·z, z from the pilot (the adaptive "
                         "noise's first phase, given only the data); starts at the pilot, "
@@ -140,7 +141,7 @@ class EstimatorFit:
 
 
 def summarize(results):
-    """The README's table: one row per stencil and case."""
+    """docs/performance.md's table: one row per stencil and case."""
     values = {}
     for r in results:
         if r["benchmark"].startswith("EstimatorFit."):

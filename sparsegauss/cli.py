@@ -40,13 +40,14 @@ __all__ = ["get_parser", "main"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 #: The demo's estimators and their settings. Conditional NCE is left out: at its defaults
-#: it ends indefinite on MNIST with both stencils (README, "Estimators"). NCE runs with
+#: it ends indefinite on MNIST with both stencils (docs/performance.md, "Estimators on MNIST"). NCE runs with
 #: the adaptive noise (its default since 2026-12-01; named here so the report can say
 #: so), which needs only the data's variances; the former default ("grid-untied") is the
 #: 4-neighbour MLE itself, so a 4-neighbour NCE would start at the answer it is scored
-#: against, and the 8-neighbour one ended KL 13.5 from its MLE. With its default 4,000
-#: Adam steps, on the demo's 8,000 training images: KL to the MLE 0.39 / 1.28 (4 / 8
-#: neighbours; 2.0 / 3.8 at 2,000 steps), 8.5 s a fit (one run each).
+#: against, and the 8-neighbour one ended KL 13.5 from its MLE. (With 4,000 Adam steps,
+#: its default until 2026-12-04, on the demo's 8,000 training images: KL to the MLE
+#: 0.39 / 1.28, 4 / 8 neighbours; 2.0 / 3.8 at 2,000 steps; 8.5 s a fit, one run each.
+#: Its default is now 3,500, 2,500 of them adapting the noise.)
 DEMO_SETTINGS = {
     "mle": dict(method="mle"),
     "nce": dict(method="nce", noise="adaptive"),

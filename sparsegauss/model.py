@@ -46,12 +46,16 @@ METHOD_DEFAULTS = {"cd": dict(max_iter=4000, learning_rate=2e-2),
 #: Noise samples per data sample (ranking NCE), unless ``METHOD_DEFAULTS`` says
 #: otherwise; CNCE sizes its own from the data (see ``n_noise``).
 DEFAULT_N_NOISE = 10
-#: Steps of NCE and ranking NCE with ``noise="adaptive"`` (half adapting the noise), by
-#: measurement on MNIST (60,000 images, one fit each, 2026-12-01): at 2,000 the
-#: 8-neighbour NCE ended KL 3.3 from the MLE and not converged (sampled negatives) and
-#: 0.77 (the model expectation, learning rate 0.05); at 4,000 NCE reached KL 0.035 /
-#: 0.18 (4 / 8 neighbours) in 7.4 / 9.1 s, ranking NCE 0.028 / 0.11 in 14.1 / 14.7 s.
-ADAPTIVE_MAX_ITER = 4000
+#: Steps of the fits that start with the adaptive schedule's pilot (NCE and ranking NCE
+#: with ``noise="adaptive"``, CNCE's default perturbations), by measurement on MNIST
+#: (60,000 images, one fit each, 2026-12-01): at 2,000 (half adapting) the 8-neighbour
+#: NCE ended KL 3.3 from the MLE and not converged (sampled negatives) and 0.77 (the
+#: model expectation, learning rate 0.05); at 4,000 NCE reached KL 0.035 / 0.18 (4 / 8
+#: neighbours), ranking NCE 0.028 / 0.11 in 14.1 / 14.7 s. NCE's 3,500 (2,500 adapting;
+#: 2026-12-04, random states 0–9) are better than its 4,000 (2,000 adapting) on every
+#: 8-neighbour figure and an eighth faster: see
+#: :data:`sparsegauss.estimators.adaptive.NCE_ADAPT_FRACTION`.
+ADAPTIVE_MAX_ITER = {"nce": 3500, "rnce": 4000, "cnce": 4000}
 DEFAULT_LEARNING_RATE = 1e-2
 #: Largest D for dense symmetric-square-root sampling (a 4096² eigendecomposition, ~20 s).
 SYMMETRIC_SAMPLING_MAX_PIXELS = 4096
@@ -144,7 +148,8 @@ class GridGaussian(DensityMixin, BaseEstimator):
         full-batch optimizers and 5000 minibatch steps for the stochastic ones (4000 for
         ``"cd"``, see ``sampler``; 2000 for ``"nce"`` and ``"rnce"``: on MNIST NCE's
         held-out likelihood moved by 0.002 nats/image between 2000 and 5000 steps with a
-        fixed noise; 4000 with the adaptive noise, the default, half of them adapting it).
+        fixed noise; with the adaptive noise, the default, 3500 for NCE, 2500 of them
+        adapting it, and 4000 for ranking NCE and CNCE's pilot, half adapting).
     random_state : None, int or numpy.random.Generator, default=None
         Default source of randomness for :meth:`sample`.
     verbose : bool, default=False
@@ -179,15 +184,17 @@ class GridGaussian(DensityMixin, BaseEstimator):
         data (no finite estimate), and the empirical one saturates the loss.
         ``"auto"`` (the default) is ``"adaptive"``, which needs nothing but the data's
         variances: from the diagonal noise, the noise is a frozen copy of the current
-        estimate at every step of the first half of ``max_iter`` (NCE against the
+        estimate at every step of a first phase of ``max_iter`` (NCE against the
         estimate itself with infinitely many noise samples, i.e. stochastic-gradient
         maximum likelihood with the model's exact expectation ``∇ log Z``), then fixed at
-        the estimate reached for the second half, where NCE learns log Z as usual
-        (learning rate 0.03 and 4,000 steps by default; see
-        :mod:`sparsegauss.estimators.adaptive`). On MNIST (60,000 images; runs of
-        2026-12-01 on 2 cores) it reaches KL 0.035 to the exact MLE with 4 neighbours
-        (held-out 0.034 nats/image below the MLE, learned log Z 0.035 nats from the exact
-        value) in 7.4 s, and KL 0.18 with 8 (0.25 below, log Z 0.017 off) in 9.1 s. It
+        the estimate reached for the rest, where NCE learns log Z as usual (learning
+        rate 0.03; NCE 3,500 steps by default, 2,500 of them adapting, ranking NCE
+        4,000, half adapting; see :mod:`sparsegauss.estimators.adaptive`). On MNIST
+        (60,000 images, random states 0–9, 2026-12-04 on 2 cores) NCE reaches KL
+        0.032–0.036 to the exact MLE with 4 neighbours (held-out at most 0.039
+        nats/image below the MLE, learned log Z within 0.06 nats of the exact value) in
+        about 1.8 s, and KL 0.09–0.14 with 8 (at most 0.18 below, log Z within 0.1) in
+        about 2.2 s. It
         fails on strongly correlated data, and says so: on 50,000 28×28
         patches of the bundled photographs its first phase (like CD's defaults) ends
         hundreds of nats from the MLE (KL 401 with 4 neighbours at 2,000 steps; not
@@ -210,7 +217,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
         served in minibatches like the data, which is NCE as Gutmann & Hyvärinen define
         it. ``"fresh"``: new noise at every step, never reused. On MNIST both reach the
         same held-out log-likelihood; drawing fresh grid noise is two thirds of the
-        fit's time (see the README's estimator table).
+        fit's time (see the estimator table in docs/performance.md).
     normalization : {"learned", "exact"}, default="learned"
         NCE's log Z: a free parameter (reported as ``log_partition_estimate_``) or the
         exact value from the Cholesky factor.
@@ -925,7 +932,7 @@ class GridGaussian(DensityMixin, BaseEstimator):
         default = DEFAULT_MAX_ITER[kind]
         if kind == "stochastic":
             if self._runs_pilot():
-                return ADAPTIVE_MAX_ITER
+                return ADAPTIVE_MAX_ITER[self.method]
             default = METHOD_DEFAULTS.get(self.method, {}).get("max_iter", default)
         return default
 

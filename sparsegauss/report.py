@@ -65,7 +65,8 @@ def _noise_section(noise_rows):
               "But for the 4-neighbour model that noise *is* the model family's MLE and NCE "
               "starts at it, so the estimate would mostly measure how well NCE keeps an "
               "answer it was handed; for the 8-neighbour model the classifier tells it from "
-              "the data by the diagonal couplings it lacks (the README's estimator table). "
+              "the data by the diagonal couplings it lacks (the estimator table in "
+              "sparsegauss's docs/performance.md). "
               "That is why NCE's default (`noise=\"auto\"`), and the NCE rows above, use "
               "the adaptive noise, which is given only the pixel variances.", ""]
     return lines
@@ -104,9 +105,10 @@ def render(summary):
         lines += ["## NCE's log Z against the truth", "",
                   "NCE here is given nothing but the data: its noise starts as N(0, diag S) "
                   "(the pixel variances), is replaced by a frozen copy of the current "
-                  "estimate at every step of the first half of its Adam steps (contrastive "
-                  "divergence with exact samples), then stays fixed for the second half, "
-                  "where NCE learns log Z against it (`noise=\"adaptive\"`). "
+                  "estimate at every step of the first 2,500 of its 3,500 Adam steps "
+                  "(stochastic maximum likelihood with the model's exact expectation), "
+                  "then stays fixed for the last 1,000, where NCE learns log Z against it "
+                  "(`noise=\"adaptive\"`). "
                   "With `normalization=\"learned\"` NCE treats log Z as a free parameter. "
                   "The exact value for its own estimate Λ̂ is (D/2) log 2π + ½ log |Σ̂| = "
                   "(D/2) log 2π − ½ log det Λ̂, from the sparse Cholesky factor "

@@ -25,6 +25,7 @@ from ..models import GridGaussianEnergy
 from ..noise import DiagonalNoise, GridNoise, IsotropicNoise, make_noise
 from ..stats import pattern_moments
 from .adaptive import (ADAPT_FRACTION, ADAPT_LEARNING_RATE, ADAPT_STEPS_FULL_BATCH,
+                       NCE_ADAPT_FRACTION,
                        adapt_noise, join_phases)
 from .cd import CD_BETAS, CDOptions, fit_cd
 from .cnce import CNCEOptions, ScaledPerturbation, fit_cnce, whitened_perturbation_scale
@@ -143,7 +144,8 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
     if method in ("nce", "rnce"):
         if noise in ("auto", "adaptive"):
             frozen, adapted, common["optimizer"] = pilot_phase(
-                model, X, theta0=theta0, scale=scale, options=run_options, rng=rng)
+                model, X, theta0=theta0, scale=scale, options=run_options, rng=rng,
+                fraction=NCE_ADAPT_FRACTION if method == "nce" else ADAPT_FRACTION)
             noise_model = GridNoise(frozen)
             start = adapted.x
         else:
@@ -202,11 +204,12 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
     return result
 
 
-def pilot_phase(model, X, *, theta0, scale, options, rng):
+def pilot_phase(model, X, *, theta0, scale, options, rng, fraction=ADAPT_FRACTION):
     """The adaptive schedule's first phase (:func:`.adaptive.adapt_noise`): stochastic
     maximum likelihood from ``theta0`` with the model's exact expectation.
 
-    A stochastic optimizer spends ``ADAPT_FRACTION`` of its ``max_iter`` steps here and
+    A stochastic optimizer spends ``fraction`` of its ``max_iter`` steps here (NCE's
+    ``NCE_ADAPT_FRACTION``, otherwise ``ADAPT_FRACTION``) and
     keeps the rest; a full-batch one keeps its ``max_iter`` for the second phase, after
     ``ADAPT_STEPS_FULL_BATCH`` Adam steps at ``ADAPT_LEARNING_RATE``. The first phase
     takes all its steps: a plateau of its minibatch loss (tol > 0) came early, at KL 5
@@ -223,7 +226,7 @@ def pilot_phase(model, X, *, theta0, scale, options, rng):
         The options of the second phase.
     """
     if options.stochastic:
-        steps = max(1, int(round(ADAPT_FRACTION * options.max_iter)))
+        steps = max(1, int(round(fraction * options.max_iter)))
         adapting = dataclasses.replace(options, tol=0.0, betas=CD_BETAS)
         second = dataclasses.replace(options, max_iter=max(1, options.max_iter - steps))
     else:
