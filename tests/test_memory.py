@@ -51,3 +51,31 @@ def test_the_outcome_is_reported():
     assert set(state) == {"tuned", "reason"}
     if platform.libc_ver()[0] == "glibc" and "SPARSEGAUSS_TUNE_MALLOC" not in os.environ:
         assert state["tuned"] and state["reason"] == "at import"
+
+
+def _resident_bytes():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="MAP_POPULATE and /proc are Linux's")
+def test_a_populated_array_is_resident_at_once_and_returned_when_freed():
+    """populated_empty: a large array's pages are mapped before it is written (NCE's noise
+    pool; see its docstring), it behaves as np.empty's, and freeing it gives the memory
+    back; a small one is np.empty's own."""
+    import numpy as np
+
+    from sparsegauss._memory import POPULATE_MIN_BYTES, populated_empty
+
+    small = populated_empty((3, 4), np.float32)
+    assert small.shape == (3, 4) and small.dtype == np.float32 and small.base is None
+    n_bytes = 4 * POPULATE_MIN_BYTES
+    before = _resident_bytes()
+    large = populated_empty((n_bytes // 8 // 1000, 1000))
+    assert large.shape == (n_bytes // 8 // 1000, 1000) and large.dtype == np.float64
+    assert large.flags.c_contiguous and large.flags.writeable
+    assert _resident_bytes() - before > 0.9 * n_bytes        # populated, not yet written
+    large[:] = 2.0
+    assert large.sum() == 2.0 * large.size
+    del large
+    assert _resident_bytes() - before < 0.1 * n_bytes
