@@ -367,7 +367,7 @@ class ExactSampling:
 
 
 def summarize(results):
-    """Ratios the README quotes, from one run's medians."""
+    """Ratios docs/performance.md quotes, from one run's medians."""
     lines = []
     med = {(r["benchmark"], r["params"]): r["median"] for r in results}
     for stencil in (4, 8):

@@ -160,7 +160,7 @@ class DEMEpoch:
 
 
 def summarize(results):
-    """Epoch against floor, per method (the README's table)."""
+    """Epoch against floor, per method (docs/performance.md's table)."""
     values = {}
     for r in results:
         if r["benchmark"].startswith("DEMEpoch."):

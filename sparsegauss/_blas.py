@@ -27,7 +27,7 @@ def one_blas_thread():
     called from Numba) are mostly small, and OpenBLAS's threads spin while they wait:
     with another CPU-bound process on one of two cores, the earlier kernel took 2.9×
     (256²) and 2.0× (512²) its idle time with the default two BLAS threads, and 1.01×
-    and 1.10× with one; the present one 1.08× and 1.00× (see the README's performance
+    and 1.10× with one; the present one 1.08× and 1.00× (see docs/performance.md,
     notes). The libraries are found once (threadpoolctl) and their thread counts set and
     restored directly: ``ThreadpoolController.limit`` re-reads every library's state on
     each call, 70 µs, a quarter of the kernel's time on a 28×28 grid.

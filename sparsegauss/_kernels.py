@@ -26,7 +26,7 @@ With a signed index Numba emits a negative-index wraparound test on every access
 that select stops LLVM from vectorizing the loop: a one-line ``row[p] += w*y[p]*y[p+s]``
 kernel compiled to 3 AVX instructions with the signed index and 20 with an unsigned one,
 and the pattern-moment and quadratic-form passes over MNIST ran twice as fast after the
-change (the README's Performance section).
+change (docs/performance.md).
 """
 
 import llvmlite.binding as llvm_binding
@@ -59,7 +59,7 @@ _BLOCK = 4
 # value and accumulator is loaded once for eight rows. The 4-neighbour form pass over
 # MNIST on 2 threads of an Intel Xeon, alternated five times with blocks of four: float32
 # 13.5–14.4 against 13.9–15.6 ms, float64 15.7–16.2 against 16.6–17.4 ms; minibatches of
-# 256 rows 71–75 against 83–87 µs (README, Performance). The moment products took eight
+# 256 rows 71–75 against 83–87 µs (docs/performance.md). The moment products took eight
 # rows only once a block's rows were spaced apart (:func:`_moments_of_rows`): with
 # neighbouring rows eight were slower than four (float32 15.0–16.3 against 13.3–13.9 ms),
 # spaced they are faster (9.6–10.2 against 11.1–12.2 ms; NCE's logistic pass, 256 + 256
@@ -349,7 +349,7 @@ def _moments_of_rows(X, rows, start, stop, center, weights, shifts, acc, sums):
     threads of an Intel Xeon): 6.9–7.9 ms for neighbouring rows, 5.3–5.4 ms spaced; the
     4-neighbour moment pass, then four rows a block, 13.3–14.5 → 10.4–11.8 ms in float32,
     16.2–17.9 → 14.8–16.0 ms in float64, and with eight rows 9.6–10.2 ms in float32
-    (README, Performance). The sums change only by rounding.
+    (docs/performance.md). The sums change only by rounding.
     """
     d = X.shape[1]
     pad = _padding(shifts)

@@ -176,9 +176,9 @@ def test_exact_sampling_benchmark_times_the_same_draw_on_both_paths():
             "CHOLMOD's solve 3.50 ms (**7.0x**)") in summarize(results)
 
 
-def test_scaling_figure_reads_every_row_of_the_readme_table(tmp_path):
-    """The README's scaling figure is drawn from its large-grid table: every size from
-    64² to 2048² for each of the three methods, marked rows (†, ‡, §) included."""
+def test_scaling_figure_reads_every_row_of_the_large_grid_table(tmp_path):
+    """The scaling figure is drawn from docs/performance.md's large-grid table: every size
+    from 64² to 2048² for each of the three methods, marked rows (†, ‡, §) included."""
     from benchmarks.one_off.scaling_figure import table_results
 
     records = table_results()
@@ -188,11 +188,11 @@ def test_scaling_figure_reads_every_row_of_the_readme_table(tmp_path):
                 for method in ("mle", "sm", "nce")}
     assert set(times) == expected
     assert all(value > 0 for value in times.values())
-    readme = tmp_path / "README.md"
-    readme.write_text("| 2048×2048 ‡ | 4,194,304 | 3 | nce | 12.5 ‡ | 100 | 42 | 1.0 |\n")
-    (row_time, row_memory) = table_results(readme)
+    document = tmp_path / "performance.md"
+    document.write_text("| 2048×2048 ‡ | 4,194,304 | 3 | nce | 12.5 ‡ | 100 | 42 | 1.0 |\n")
+    (row_time, row_memory) = table_results(document)
     assert row_time["params"] == "side=2048, method=nce" and row_time["median"] == 12.5
     assert row_memory["median"] == 42 * 2**20
-    readme.write_text("| 512×512 | 262,144 | 785,408 | mle | 11.0 § | 1180 | 436 | 153.3 |\n")
-    (row_time, row_memory) = table_results(readme)
+    document.write_text("| 512×512 | 262,144 | 785,408 | mle | 11.0 § | 1180 | 436 | 153.3 |\n")
+    (row_time, row_memory) = table_results(document)
     assert row_time["params"] == "side=512, method=mle" and row_time["median"] == 11.0
