@@ -188,13 +188,14 @@ class GridGaussian(DensityMixin, BaseEstimator):
         estimate itself with infinitely many noise samples, i.e. stochastic-gradient
         maximum likelihood with the model's exact expectation ``∇ log Z``), then fixed at
         the estimate reached for the rest, where NCE learns log Z as usual (learning
-        rate 0.03; NCE 3,500 steps by default, 2,500 of them adapting, ranking NCE
-        4,000, half adapting; see :mod:`sparsegauss.estimators.adaptive`). On MNIST
+        rate 0.03; NCE 3,500 steps by default, 2,500 of them adapting, its estimate the
+        mean of the last 500 iterates; ranking NCE 4,000, half adapting; see
+        :mod:`sparsegauss.estimators.adaptive`). On MNIST
         (60,000 images, random states 0–9, 2026-12-04 on 2 cores) NCE reaches KL
-        0.032–0.036 to the exact MLE with 4 neighbours (held-out at most 0.039
+        0.036–0.037 to the exact MLE with 4 neighbours (held-out at most 0.037
         nats/image below the MLE, learned log Z within 0.06 nats of the exact value) in
-        about 1.8 s, and KL 0.09–0.14 with 8 (at most 0.18 below, log Z within 0.1) in
-        about 2.2 s. It
+        about 1.8 s, and KL at most 0.15 with 8 (at most 0.19 below, log Z within 0.12)
+        in about 2.1 s. It
         fails on strongly correlated data, and says so: on 50,000 28×28
         patches of the bundled photographs its first phase (like CD's defaults) ends
         hundreds of nats from the MLE (KL 401 with 4 neighbours at 2,000 steps; not

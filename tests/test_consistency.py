@@ -87,7 +87,11 @@ def test_nce_learned_log_partition_matches_the_exact_value(truth):
     assert not hasattr(model, "log_partition_stderr_")
     assert abs(model.log_partition_estimate_ - model.log_partition_) < tolerance
     estimates = [row["log_partition_estimate"] for row in model.history_]
-    assert len(estimates) == model.n_iter_ + 1 and estimates[-1] == model.log_partition_estimate_
+    assert len(estimates) == model.n_iter_ + 1
+    # The history holds every iterate's ζ; the estimate is the mean of the last 500
+    # (half of the second phase, NCE_TAIL_AVERAGE).
+    assert np.isclose(np.mean(estimates[-500:]), model.log_partition_estimate_, rtol=0,
+                      atol=1e-9)
 
 
 def test_nce_exact_normalization_and_optimizers_agree(truth):
@@ -145,7 +149,11 @@ def test_adaptive_noise_recovers_the_truth_from_the_variances_alone(truth, metho
     if method == "nce":
         estimates = [row["log_partition_estimate"] for row in model.history_]
         assert np.all(np.isnan(estimates[:sum(adapting)]))
-        assert estimates[-1] == model.log_partition_estimate_
+        # The estimate is the mean of the last half of the second phase's iterates
+        # (NCE_TAIL_AVERAGE), ζ among them.
+        second_phase = len(estimates) - sum(adapting)
+        tail = estimates[-second_phase // 2:]
+        assert np.isclose(np.mean(tail), model.log_partition_estimate_, rtol=0, atol=1e-9)
     assert [row["iteration"] for row in model.history_] == list(range(model.n_iter_ + 1))
     # The fixed noise of the second phase is the estimate the first phase reached, in
     # the model family: not the MLE (its KL to the truth differs from the MLE's).
