@@ -49,7 +49,8 @@ GIVEN = {
     "nce (defaults)": ("noise (adaptive): N(0, diag S), then a frozen copy of the current "
                        "estimate at each of the first 2,500 of 3,500 steps (its exact "
                        "expectation ∇ log Z in place of noise samples), then fixed; starts "
-                       "at the independent model"),
+                       "at the independent model; returns the mean of the last 500 "
+                       "iterates"),
     "nce fresh noise": ("as nce (defaults), with a fresh noise sample at every step "
                         "instead of one pool"),
     "nce diagonal noise": "noise: N(0, diag S); starts at the noise",
