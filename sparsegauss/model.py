@@ -12,7 +12,7 @@ from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import validate_data
 
-from .estimators.adaptive import ADAPT_LEARNING_RATE
+from .estimators.adaptive import ADAPT_LEARNING_RATE, ADAPTIVE_STEPS
 from .estimators.cd import SAMPLERS
 from .estimators.fitting import DEFAULT_OPTIMIZER, fit_estimator, score_matching_closed_form
 from .estimators.nce import default_nu, noise_points_needed
@@ -54,8 +54,8 @@ DEFAULT_N_NOISE = 10
 #: neighbours), ranking NCE 0.028 / 0.11 in 14.1 / 14.7 s. NCE's 3,500 (2,500 adapting;
 #: 2026-12-04, random states 0–9) are better than its 4,000 (2,000 adapting) on every
 #: 8-neighbour figure and an eighth faster: see
-#: :data:`sparsegauss.estimators.adaptive.NCE_ADAPT_FRACTION`.
-ADAPTIVE_MAX_ITER = {"nce": 3500, "rnce": 4000, "cnce": 4000}
+#: :data:`sparsegauss.estimators.adaptive.ADAPTIVE_STEPS`, which this sums.
+ADAPTIVE_MAX_ITER = {method: sum(steps) for method, steps in ADAPTIVE_STEPS.items()}
 DEFAULT_LEARNING_RATE = 1e-2
 #: Largest D for dense symmetric-square-root sampling (a 4096² eigendecomposition, ~20 s).
 SYMMETRIC_SAMPLING_MAX_PIXELS = 4096

@@ -89,7 +89,7 @@ def test_nce_learned_log_partition_matches_the_exact_value(truth):
     estimates = [row["log_partition_estimate"] for row in model.history_]
     assert len(estimates) == model.n_iter_ + 1
     # The history holds every iterate's ζ; the estimate is the mean of the last 500
-    # (half of the second phase, NCE_TAIL_AVERAGE).
+    # (half of the second phase, SECOND_PHASE_AVERAGE).
     assert np.isclose(np.mean(estimates[-500:]), model.log_partition_estimate_, rtol=0,
                       atol=1e-9)
 
@@ -150,7 +150,7 @@ def test_adaptive_noise_recovers_the_truth_from_the_variances_alone(truth, metho
         estimates = [row["log_partition_estimate"] for row in model.history_]
         assert np.all(np.isnan(estimates[:sum(adapting)]))
         # The estimate is the mean of the last half of the second phase's iterates
-        # (NCE_TAIL_AVERAGE), ζ among them.
+        # (SECOND_PHASE_AVERAGE), ζ among them.
         second_phase = len(estimates) - sum(adapting)
         tail = estimates[-second_phase // 2:]
         assert np.isclose(np.mean(tail), model.log_partition_estimate_, rtol=0, atol=1e-9)
@@ -176,7 +176,8 @@ def test_cnce_lands_on_its_own_estimate_not_its_pilots(truth):
     options = OptimizerOptions(optimizer="adam", tol=0.0, max_iter=4000,
                                learning_rate=ADAPT_LEARNING_RATE)
     frozen, pilot, second = pilot_phase(model, X, theta0=theta0, scale=scale,
-                                        options=options, rng=np.random.default_rng(0))
+                                        options=options, rng=np.random.default_rng(0),
+                                        method="cnce")
     perturbation = ScaledPerturbation(frozen, whitened_perturbation_scale(grid.n_pixels))
     ends = [fit_cnce(model, X, theta0=start, scale=scale, perturbation=perturbation,
                      optimizer=second, rng=np.random.default_rng(1)).x

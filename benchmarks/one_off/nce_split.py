@@ -4,8 +4,9 @@
 ``python -m benchmarks.one_off.nce_split 8 10 2000+2000,2500+1000``: for random states
 0, …, STATES − 1 and each split, fits ``GridGaussian((28, 28), stencil=STENCIL,
 method="nce", max_iter=P + Q, random_state=r)`` to the 60,000 training images with P
-steps adapting the noise (:data:`sparsegauss.estimators.adaptive.NCE_ADAPT_FRACTION` set
-to P / (P + Q)) and Q against the fixed noise; every other parameter at its default. It
+steps adapting the noise (``sparsegauss.estimators.adaptive.ADAPTIVE_STEPS["nce"]`` set
+to (P, Q)) and Q against the fixed noise; every other parameter at its default (so the
+estimate is the mean of the last half of the Q steps, ``SECOND_PHASE_AVERAGE``). It
 prints, per fit, the time, the KL divergence from the exact MLE, how far the held-out
 log-likelihood (10,000 test images) is below the MLE's (nats/image), the learned minus
 the exact log Z of the estimate, whether it converged and how many warnings it raised;
@@ -20,7 +21,7 @@ import warnings
 
 import numpy as np
 
-import sparsegauss.estimators.fitting as fitting
+from sparsegauss.estimators.adaptive import ADAPTIVE_STEPS
 from benchmarks._data import mnist
 from sparsegauss import GridGaussian
 from sparsegauss.divergence import kl_divergence
@@ -41,12 +42,12 @@ def main(stencil=8, states=10, splits="2500+1000"):
     with warnings.catch_warnings():          # compile and warm up
         warnings.simplefilter("ignore")
         GridGaussian((28, 28), stencil=stencil, method="nce", max_iter=20).fit(X[:3000])
-    shipped = fitting.NCE_ADAPT_FRACTION
+    shipped = ADAPTIVE_STEPS["nce"]
     rows = []
     try:
         for random_state in range(states):
             for pilot, rest in splits:
-                fitting.NCE_ADAPT_FRACTION = pilot / (pilot + rest)
+                ADAPTIVE_STEPS["nce"] = (pilot, rest)
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     start = time.perf_counter()
@@ -62,7 +63,7 @@ def main(stencil=8, states=10, splits="2500+1000"):
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     finally:
-        fitting.NCE_ADAPT_FRACTION = shipped
+        ADAPTIVE_STEPS["nce"] = shipped
     for pilot, rest in splits:
         chosen = [row for row in rows if row["split"] == f"{pilot}+{rest}"]
 

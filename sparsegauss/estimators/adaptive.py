@@ -57,11 +57,11 @@ Those fits used random state 0. Over random states 0–9 (2026-12-02, 8 neighbou
 now runs Adam with β₂ = 0.99 (:data:`~sparsegauss.estimators.cd.CD_BETAS`, as CD): KL
 0.10–0.33 (median 0.12), at most 0.42 nats below; 4 neighbours 0.029–0.030.
 Since 2026-12-04 NCE (not ranking NCE or CNCE) splits its default 3,500 steps 2,500 +
-1,000 (:data:`NCE_ADAPT_FRACTION`): the pilot's steps are what the estimate's quality
+1,000 (:data:`ADAPTIVE_STEPS`): the pilot's steps are what the estimate's quality
 rests on, and over random states 0–9 the 8-neighbour fit ended at KL 0.09–0.14 (at most
 0.18 nats/image below the MLE held out) in an eighth fewer steps; returning the mean of
 the last 500 iterates rather than the last keeps NCE's efficiency on a known grid
-Gaussian (see ``NCE_TAIL_AVERAGE`` in :mod:`.fitting`), at KL at most 0.15 on MNIST.
+Gaussian (see ``SECOND_PHASE_AVERAGE`` in :mod:`.fitting`), at KL at most 0.15 on MNIST.
 Conditional NCE uses the same first phase as a pilot: its default perturbations are
 drawn from the frozen pilot (scaled), see :mod:`.cnce`.
 It is NCE's and ranking NCE's default (``noise="auto"``) since 2026-12-01, because the
@@ -96,17 +96,16 @@ from scipy.optimize import OptimizeResult
 
 from .cd import CDOptions, fit_cd
 
-__all__ = ["ADAPT_FRACTION", "ADAPT_LEARNING_RATE", "ADAPT_STEPS_FULL_BATCH",
-           "NCE_ADAPT_FRACTION", "adapt_noise", "join_phases"]
+__all__ = ["ADAPTIVE_STEPS", "ADAPT_LEARNING_RATE", "ADAPT_STEPS_FULL_BATCH",
+           "adapt_noise", "adapting_share", "join_phases"]
 
-#: Share of a stochastic optimizer's steps spent adapting the noise (the rest run against
-#: the fixed noise): ranking NCE's and conditional NCE's pilot.
-ADAPT_FRACTION = 0.5
-#: NCE's share (5/7: 2,500 of its 3,500 default steps adapt the noise, 1,000 run NCE
-#: against it), by measurement on MNIST (60,000 training images, random states 0–9, one
-#: fit each, 2026-12-04, ``GridGaussian(method="nce", max_iter=P + Q)`` with P adapting
-#: steps; KL to the exact MLE median / largest, held-out log-likelihood below the MLE's at
-#: most, in nats/image):
+#: Default minibatch steps of the fits that start with the adaptive pilot, as (adapting
+#: the noise, after it): the default ``max_iter`` is their sum, and a ``max_iter`` a
+#: user gives is split in the same proportion (:func:`adapting_share`). Ranking NCE and
+#: CNCE's pilot keep 2,000 + 2,000. NCE's 2,500 + 1,000 by measurement on MNIST (60,000
+#: training images, random states 0–9, one fit each, 2026-12-04, ``GridGaussian(
+#: method="nce", max_iter=P + Q)`` with P adapting steps; KL to the exact MLE median /
+#: largest, held-out log-likelihood below the MLE's at most, in nats/image):
 #:
 #: ==============  =============================  =============================
 #: P + Q           8 neighbours                   4 neighbours
@@ -125,17 +124,28 @@ ADAPT_FRACTION = 0.5
 #: The first phase is what the estimate's quality rests on (the noise NCE then needs only
 #: to refine against); 2,500 + 1,000 beats the former 2,000 + 2,000 on every 8-neighbour
 #: figure with an eighth fewer steps, and every learned log Z was within 0.1 nats of the
-#: exact value. (Script: ``benchmarks.one_off.nce_split``.) These fits returned the last
-#: iterate; the shipped fit returns the mean of the second phase's last 500
-#: (``estimators.fitting.NCE_TAIL_AVERAGE``), which keeps a known 16×16 grid Gaussian's
+#: exact value. These fits returned the last iterate (a scratch loop, the same fits as
+#: ``benchmarks.one_off.nce_split`` before the tail mean); the shipped fit returns the
+#: mean of the second phase's last 500
+#: (``estimators.fitting.SECOND_PHASE_AVERAGE``), which keeps a known 16×16 grid Gaussian's
 #: KL to the truth at 2.6–2.9× the MLE's (4.5–4.8× for the last of 1,000 iterates) at
-#: KL 0.036–0.037 / ≤ 0.151 from MNIST's MLE (4 / 8 neighbours).
-NCE_ADAPT_FRACTION = 2500 / 3500
+#: KL 0.036–0.037 / ≤ 0.151 from MNIST's MLE (4 / 8 neighbours; ``python -m
+#: benchmarks.one_off.nce_split {4,8} 10 2500+1000``: held-out at most 0.037 / 0.191
+#: nats/image below the MLE's, learned log Z within 0.059 / 0.117 nats of exact, medians
+#: 1.68 / 2.07 s).
+ADAPTIVE_STEPS = {"nce": (2500, 1000), "rnce": (2000, 2000), "cnce": (2000, 2000)}
 #: Adam's rate for both phases, by measurement (MNIST, 8 neighbours, 4,000 steps in all:
 #: KL to the MLE 0.56 at 0.02, 0.18 at 0.03, 0.23 at 0.05; see the module docstring).
 ADAPT_LEARNING_RATE = 3e-2
 #: Adam steps of the first phase before a full-batch optimizer's second phase.
 ADAPT_STEPS_FULL_BATCH = 1000
+
+
+def adapting_share(method):
+    """The share of a stochastic fit's steps that adapt the noise (or make CNCE's
+    pilot): ``P / (P + Q)`` of ``ADAPTIVE_STEPS[method]``."""
+    adapting, after = ADAPTIVE_STEPS[method]
+    return adapting / (adapting + after)
 
 
 def adapt_noise(model, X, *, theta0, scale, optimizer, rng, steps):

@@ -24,8 +24,7 @@ from .._blas import one_blas_thread
 from ..models import GridGaussianEnergy
 from ..noise import DiagonalNoise, GridNoise, IsotropicNoise, make_noise
 from ..stats import pattern_moments
-from .adaptive import (ADAPT_FRACTION, ADAPT_LEARNING_RATE, ADAPT_STEPS_FULL_BATCH,
-                       NCE_ADAPT_FRACTION,
+from .adaptive import (ADAPT_LEARNING_RATE, ADAPT_STEPS_FULL_BATCH, adapting_share,
                        adapt_noise, join_phases)
 from .cd import CD_BETAS, CDOptions, fit_cd
 from .cnce import CNCEOptions, ScaledPerturbation, fit_cnce, whitened_perturbation_scale
@@ -45,15 +44,15 @@ METHODS = ("nce", "rnce", "cnce", "sm", "cd")
 DEFAULT_OPTIMIZER = {"nce": "adam", "rnce": "adam", "cnce": "adam", "sm": "lbfgs",
                      "cd": "adam"}
 
-#: Share of CNCE's second-phase (stochastic) steps, after the pilot, averaged into its
-#: estimate, by measurement (16×16 grid Gaussian, 10⁵ samples, KL to the truth over the
-#: MLE's, 4 neighbours): K = 10, last iterate 25x, average of the last half 14x; K = 30, 10x →
+#: Share of a second phase's (stochastic) steps, after the adaptive pilot, averaged into
+#: the estimate (none for ranking NCE). CNCE, by measurement (16×16 grid Gaussian, 10⁵
+#: samples, KL to the truth over the MLE's, 4 neighbours): K = 10, last iterate 25x, average of the last half 14x; K = 30, 10x →
 #: 5.5x; K = 64, average of the last half 3.0x, of 75% 2.4x, of all 2.1x. MNIST, 4 / 8
 #: neighbours, K = 21: held-out log-likelihood 0.21 / 0.45 nats/image below the MLE's
 #: averaging half, 0.09 / 0.34 averaging all. CNCE's gradient noise is ≈ D/K times the
 #: data's; the average spreads it over the phase instead of its last few hundred steps.
-CNCE_TAIL_AVERAGE = 1.0
-#: Share of NCE's second-phase steps after the adaptive pilot (1,000 of its default
+#:
+#: NCE: the share of its second-phase steps after the adaptive pilot (1,000 of its default
 #: 3,500) averaged into its estimate (θ and the learned log Z), by measurement
 #: (2026-12-04, one fit per random state): on a 16×16 grid Gaussian with 10⁵ samples the
 #: last iterate of 1,000 steps was 4.5–4.8× the MLE's KL to the truth (4 and 8
@@ -62,7 +61,7 @@ CNCE_TAIL_AVERAGE = 1.0
 #: largest 0.101 / 0.138 for the last iterate, 0.115 / 0.151 averaging half, 0.157 /
 #: 0.202 averaging all (the first steps still move away from the pilot), held-out at
 #: most 0.18 / 0.19 / 0.25 nats/image below the MLE's; 4 neighbours 0.034 / 0.036 / —.
-NCE_TAIL_AVERAGE = 0.5
+SECOND_PHASE_AVERAGE = {"nce": 0.5, "cnce": 1.0}
 
 
 def gaussian_start(moments, grid):
@@ -155,12 +154,7 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
         if noise in ("auto", "adaptive"):
             frozen, adapted, common["optimizer"] = pilot_phase(
                 model, X, theta0=theta0, scale=scale, options=run_options, rng=rng,
-                fraction=NCE_ADAPT_FRACTION if method == "nce" else ADAPT_FRACTION)
-            if method == "nce":
-                # Its short second phase, started at the pilot, is averaged (see
-                # NCE_TAIL_AVERAGE; full-batch optimizers ignore it).
-                common["optimizer"] = dataclasses.replace(common["optimizer"],
-                                                          average=NCE_TAIL_AVERAGE)
+                method=method)
             noise_model = GridNoise(frozen)
             start = adapted.x
         else:
@@ -190,14 +184,12 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
             # MLE's covariance; see the cnce module). On MNIST isotropic ε (the former
             # default) ended indefinite, and so did per-pixel ε of 0.1 and 0.3 × each
             # pixel's std (at 1 × the std: PD, but KL 202 from the MLE after 1,000 steps).
-            frozen, adapted, second = pilot_phase(
-                model, X, theta0=theta0, scale=scale, options=run_options, rng=rng)
+            frozen, adapted, common["optimizer"] = pilot_phase(
+                model, X, theta0=theta0, scale=scale, options=run_options, rng=rng,
+                method=method)
             perturbation = ScaledPerturbation(frozen,
                                               whitened_perturbation_scale(grid.n_pixels))
             start = adapted.x
-            # Started at the pilot, every iterate of the second phase is worth averaging
-            # (from the independent model the first ones would be a transient).
-            common["optimizer"] = dataclasses.replace(second, average=CNCE_TAIL_AVERAGE)
         else:
             perturbation = IsotropicNoise(float(perturbation_std) ** 2, grid.n_pixels)
             start = theta0
@@ -219,13 +211,13 @@ def fit_estimator(method, X, grid, *, random_state=None, optimizer=None, tol=1e-
     return result
 
 
-def pilot_phase(model, X, *, theta0, scale, options, rng, fraction=ADAPT_FRACTION):
+def pilot_phase(model, X, *, theta0, scale, options, rng, method):
     """The adaptive schedule's first phase (:func:`.adaptive.adapt_noise`): stochastic
     maximum likelihood from ``theta0`` with the model's exact expectation.
 
-    A stochastic optimizer spends ``fraction`` of its ``max_iter`` steps here (NCE's
-    ``NCE_ADAPT_FRACTION``, otherwise ``ADAPT_FRACTION``) and
-    keeps the rest; a full-batch one keeps its ``max_iter`` for the second phase, after
+    A stochastic optimizer spends ``adapting_share(method)`` of its ``max_iter`` steps
+    here and keeps the rest, whose iterates it averages by ``SECOND_PHASE_AVERAGE``
+    (started at the pilot, the second phase has no transient to leave out); a full-batch one keeps its ``max_iter`` for the second phase, after
     ``ADAPT_STEPS_FULL_BATCH`` Adam steps at ``ADAPT_LEARNING_RATE``. The first phase
     takes all its steps: a plateau of its minibatch loss (tol > 0) came early, at KL 5
     from the MLE instead of 2.8 (4,000 MNIST images, tol 1e-4), and NCE against that
@@ -241,9 +233,10 @@ def pilot_phase(model, X, *, theta0, scale, options, rng, fraction=ADAPT_FRACTIO
         The options of the second phase.
     """
     if options.stochastic:
-        steps = max(1, int(round(fraction * options.max_iter)))
+        steps = max(1, int(round(adapting_share(method) * options.max_iter)))
         adapting = dataclasses.replace(options, tol=0.0, betas=CD_BETAS)
-        second = dataclasses.replace(options, max_iter=max(1, options.max_iter - steps))
+        second = dataclasses.replace(options, max_iter=max(1, options.max_iter - steps),
+                                     average=SECOND_PHASE_AVERAGE.get(method, 0.0))
     else:
         steps = ADAPT_STEPS_FULL_BATCH
         adapting = dataclasses.replace(options, optimizer="adam",
