@@ -6,6 +6,7 @@ first and failing later takes minutes and can push the machine into swap. The ch
 compares the request with the kernel's estimate of memory available without swapping.
 """
 
+import math
 import mmap
 import os
 
@@ -147,8 +148,9 @@ def populated_empty(shape, dtype=np.float64):
     :data:`POPULATE_MIN_BYTES`, this is ``np.empty``.
     """
     dtype = np.dtype(dtype)
-    shape = tuple(int(n) for n in np.atleast_1d(shape))
-    n_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(n) for n in shape)
+    # Asked at every step of fresh-noise NCE (minibatch draws): plain integer arithmetic.
+    n_bytes = math.prod(shape) * dtype.itemsize
     flags = getattr(mmap, "MAP_POPULATE", None)
     if n_bytes < POPULATE_MIN_BYTES or flags is None:
         return np.empty(shape, dtype=dtype)
