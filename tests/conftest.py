@@ -53,6 +53,26 @@ def rng():
     return np.random.default_rng(12345)
 
 
+@pytest.fixture
+def split_threshold(monkeypatch):
+    """Set ``sparsegauss.cholesky.PARALLEL_MIN_ENTRIES`` for one test, with a cache of
+    symbolic analyses of its own: an analysis records its split when it is made and is
+    shared by every later SparseCholesky of the same pattern while it lives, so one made
+    under another threshold by an earlier test (alive until the garbage collector breaks
+    its cycles) would otherwise be reused (seen once in ``make test``:
+    ``test_logdet_and_selected_inverse_in_one_call[shape1-8-False]`` got a split one)."""
+    import weakref
+
+    import sparsegauss.cholesky as cholesky
+
+    def set_threshold(entries):
+        monkeypatch.setattr(cholesky, "PARALLEL_MIN_ENTRIES", entries)
+        monkeypatch.setattr(cholesky._SymbolicAnalysis, "_cache",
+                            weakref.WeakValueDictionary())
+
+    return set_threshold
+
+
 @pytest.fixture(scope="session")
 def mnist_dir():
     if not (SHARED_MNIST / "train-images-idx3-ubyte.gz").is_file():

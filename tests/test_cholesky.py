@@ -411,16 +411,15 @@ def _supernodal_parents(analysis):
 
 @pytest.mark.parametrize("shape, stencil", [((7, 9), 4), ((30, 30), 4), ((24, 26), 8),
                                             ((40, 3), 8), ((1, 40), 4)])
-def test_two_subtrees_at_once_give_the_one_thread_results(shape, stencil, monkeypatch, rng):
+def test_two_subtrees_at_once_give_the_one_thread_results(shape, stencil, split_threshold, rng):
     """With the supernodes split between two threads by subtrees (the second group's
     updates of the shared top chain kept in a private copy and added in after), the
     factor, the selected inverse and the first failing pivot are those of the dense
     oracle. The split itself: every supernode once, a group's supernodes have their
     ancestors in their own group or the chain, and both groups have work."""
-    import sparsegauss.cholesky as cholesky
     from sparsegauss import _kernels
 
-    monkeypatch.setattr(cholesky, "PARALLEL_MIN_ENTRIES", 0)
+    split_threshold(0)
     grid = GridParameterization(shape, stencil)
     theta = random_spd_theta(grid, rng)
     analysis = SparseCholesky(grid.pattern, mode="supernodal")
@@ -605,15 +604,15 @@ def test_shared_cholmod_factor_is_held_during_a_solve(rng):
 
 @pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("shape, stencil", [((6, 7), 4), ((24, 26), 8)])
-def test_logdet_and_selected_inverse_in_one_call(shape, stencil, split, monkeypatch, rng):
+def test_logdet_and_selected_inverse_in_one_call(shape, stencil, split, split_threshold,
+                                                 rng):
     """The one-call gradient path (one thread) and its fallback (two-thread split): log
     det and Σ on the pattern against dense NumPy; an indefinite matrix raises with the
     failing pixel; factors made earlier become stale, and the normalizer's gradient by
     this path equals the one through a CholeskyFactor."""
     import sparsegauss.cholesky as cholesky
 
-    if split:
-        monkeypatch.setattr(cholesky, "PARALLEL_MIN_ENTRIES", 0)
+    split_threshold(0 if split else cholesky.PARALLEL_MIN_ENTRIES)
     grid = GridParameterization(shape, stencil)
     normalizer = GridNormalizer(grid)
     analysis = SparseCholesky(grid.pattern, mode="supernodal")

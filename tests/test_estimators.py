@@ -277,14 +277,13 @@ def test_cd_expectation_step_raises_outside_the_cone_and_recovers(problem):
 
 @pytest.mark.parametrize("shape, stencil", [((7, 9), 4), ((24, 26), 8)])
 def test_expectation_step_on_a_factor_split_over_two_threads(shape, stencil, rng,
-                                                             monkeypatch):
+                                                             split_threshold):
     """A factor large enough for the two-subtree kernels has no thread to spare: the grid
     Gaussian takes the generic two passes in turn (the same values), and the fused call
     refuses it."""
-    import sparsegauss.cholesky as cholesky
     from sparsegauss.models.base import EnergyModel
 
-    monkeypatch.setattr(cholesky, "PARALLEL_MIN_ENTRIES", 0)
+    split_threshold(0)
     grid = GridParameterization(shape, stencil)
     theta = random_spd_theta(grid, rng, margin=0.4)
     data = rng.normal(size=(50, grid.n_pixels))
