@@ -55,7 +55,7 @@ from scipy.optimize import OptimizeResult
 
 from . import _kernels
 from ._blas import all_blas_threads, one_blas_thread
-from ._threads import ThreadChooser
+from ._threads import ThreadChooser, last_choice
 from .exceptions import NotPositiveDefiniteError, SparseGaussError
 
 __all__ = ["minimize", "METHODS", "truncated_cg", "forward_difference_hessp"]
@@ -643,7 +643,7 @@ def _stochastic(fun, x, method, tol, maxiter, callback, learning_rate, schedule,
                 betas, window, average=0.0):
     # Thousands of short steps: each on the Numba thread count its last probe found
     # faster (all, or one when another process holds a core; see _threads).
-    with ThreadChooser() as chooser:
+    with ThreadChooser(start=last_choice()) as chooser:
         return _stochastic_steps(fun, x, method, tol, maxiter, callback, learning_rate,
                                  schedule, momentum, betas, window, average, chooser)
 

@@ -404,6 +404,51 @@ def test_thread_chooser_runs_the_faster_count_and_follows_a_change():
         ThreadChooser(period=6, probe_steps=3)
 
 
+def test_thread_chooser_backs_off_from_optimistic_probes_and_starts_where_the_last_ended():
+    """Beside a busy process a probe on all threads after a stretch on one can be fast
+    for its few steps and slow for the period after it. A switch to all threads that is
+    undone after one period gives one thread twice the length it had, so such probes
+    come at doubling intervals instead of every period; and the count a loop ends on
+    is where the next loop (``start=last_choice()``, as the optimizer passes) begins."""
+    import time
+
+    import numba
+
+    from sparsegauss._threads import ThreadChooser, last_choice
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs a machine with two or more cores")
+    numba.set_num_threads(2)
+    run_on_two = {"steps": 0}
+    seen = []
+
+    def step():
+        count = numba.get_num_threads()
+        seen.append(count)
+        if count == 1:
+            run_on_two["steps"] = 0
+            time.sleep(0.005)
+        else:
+            run_on_two["steps"] += 1
+            time.sleep(0.001 if run_on_two["steps"] <= 3 else 0.02)
+
+    with ThreadChooser(period=10, probe_steps=3, max_period=80) as chooser:
+        for _ in range(110):
+            chooser.run(step)
+    # 0–9: two threads are slow after their third step, one wins (a switch to one
+    # thread: the next period is the short one). 10–19: the probe on two (17–19) is
+    # fast, so two are chosen; 20–29 on two are slow, and one thread comes back for
+    # twice its period (30–49), then 40 steps (60–99) after the next such round.
+    assert chooser.choices == [(10, 1), (20, 2), (30, 1), (50, 2), (60, 1), (100, 2),
+                               (110, 1)]
+    assert seen[30:47] == [1] * 17 and seen[60:97] == [1] * 37
+    assert last_choice() == 1 and numba.get_num_threads() == 2
+    with ThreadChooser(period=10, probe_steps=3, start=last_choice()) as chooser:
+        for _ in range(10):
+            chooser.run(step)
+    assert seen[110:117] == [1] * 7 and seen[117:120] == [2] * 3
+
+
 def test_stochastic_fits_do_not_depend_on_the_thread_count(rng, monkeypatch):
     """The passes split their work by the process's thread limit, not the count in use,
     so that ThreadChooser's switches change no number: NCE at its defaults (data passes,
