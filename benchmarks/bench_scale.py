@@ -174,8 +174,8 @@ def summarize(results):
 
 def plot(results, info, out):
     """Log–log fit time and the fit's own peak memory (peak resident minus resident
-    before the call) against pixels, with the n^{3/2} line of nested-dissection Cholesky
-    on a 2-D grid for reference."""
+    before the call; points of zero left out) against pixels, with the n^{3/2} line of
+    nested-dissection Cholesky on a 2-D grid for reference."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -202,7 +202,11 @@ def plot(results, info, out):
             if bench != name:
                 continue
             pixels, value = np.array(sorted(points)).T
-            ax.loglog(pixels, value, "o-", label=method)
+            # Small fits can stay below the resident-size resolution (a page the
+            # set-up already touched is not counted again): a zero has no place on a
+            # log axis, so such points are left out rather than drawn at the bottom.
+            shown = value > 0
+            ax.loglog(pixels[shown], value[shown], "o-", label=method)
             anchor = anchor or (pixels, value[-1])
         if anchor is not None:
             pixels, last = anchor
