@@ -53,7 +53,8 @@ DEFAULT_N_NOISE = 10
 #: model expectation, learning rate 0.05); at 4,000 NCE reached KL 0.035 / 0.18 (4 / 8
 #: neighbours), ranking NCE 0.028 / 0.11 in 14.1 / 14.7 s. NCE's 3,500 (2,500 adapting;
 #: 2026-12-04, random states 0–9) are better than its 4,000 (2,000 adapting) on every
-#: 8-neighbour figure and an eighth faster: see
+#: 8-neighbour figure and an eighth faster, and ranking NCE's the same (2026-12-04
+#: evening) against its former 4,000: see
 #: :data:`sparsegauss.estimators.adaptive.ADAPTIVE_STEPS`, which this sums.
 ADAPTIVE_MAX_ITER = {method: sum(steps) for method, steps in ADAPTIVE_STEPS.items()}
 DEFAULT_LEARNING_RATE = 1e-2
@@ -148,8 +149,8 @@ class GridGaussian(DensityMixin, BaseEstimator):
         full-batch optimizers and 5000 minibatch steps for the stochastic ones (4000 for
         ``"cd"``, see ``sampler``; 2000 for ``"nce"`` and ``"rnce"``: on MNIST NCE's
         held-out likelihood moved by 0.002 nats/image between 2000 and 5000 steps with a
-        fixed noise; with the adaptive noise, the default, 3500 for NCE, 2500 of them
-        adapting it, and 4000 for ranking NCE and CNCE's pilot, half adapting).
+        fixed noise; with the adaptive noise, the default, 3500 for NCE and ranking NCE,
+        2500 of them adapting it, and 4000 for CNCE's pilot, half adapting).
     random_state : None, int or numpy.random.Generator, default=None
         Default source of randomness for :meth:`sample`.
     verbose : bool, default=False
@@ -188,8 +189,8 @@ class GridGaussian(DensityMixin, BaseEstimator):
         estimate itself with infinitely many noise samples, i.e. stochastic-gradient
         maximum likelihood with the model's exact expectation ``∇ log Z``), then fixed at
         the estimate reached for the rest, where NCE learns log Z as usual (learning
-        rate 0.03; NCE 3,500 steps by default, 2,500 of them adapting, its estimate the
-        mean of the last 500 iterates; ranking NCE 4,000, half adapting; see
+        rate 0.03; NCE and ranking NCE 3,500 steps by default, 2,500 of them adapting,
+        the estimate the mean of the last 500 iterates; see
         :mod:`sparsegauss.estimators.adaptive`). On MNIST
         (60,000 images, random states 0–9, 2026-12-04 on 2 cores) NCE reaches KL
         0.036–0.037 to the exact MLE with 4 neighbours (held-out at most 0.037

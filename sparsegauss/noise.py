@@ -18,7 +18,7 @@ are zero-mean Gaussians fitted to the (centred) data, from far to near:
 * ``"adaptive"`` (GridGaussian's NCE and ranking NCE; their ``"auto"``, the default) no
   fixed distribution but a schedule fitted from nothing but the data's variances: from
   the diagonal noise, the noise is a frozen copy of the current estimate at every step of
-  a first phase (NCE: 2,500 of its 3,500 default steps; ranking NCE: half of its 4,000),
+  a first phase (2,500 of NCE's and ranking NCE's 3,500 default steps),
   then fixed at the estimate reached (see
   :mod:`sparsegauss.estimators.adaptive`).
 

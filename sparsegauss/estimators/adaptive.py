@@ -101,8 +101,8 @@ __all__ = ["ADAPTIVE_STEPS", "ADAPT_LEARNING_RATE", "ADAPT_STEPS_FULL_BATCH",
 
 #: Default minibatch steps of the fits that start with the adaptive pilot, as (adapting
 #: the noise, after it): the default ``max_iter`` is their sum, and a ``max_iter`` a
-#: user gives is split in the same proportion (:func:`adapting_share`). Ranking NCE and
-#: CNCE's pilot keep 2,000 + 2,000. NCE's 2,500 + 1,000 by measurement on MNIST (60,000
+#: user gives is split in the same proportion (:func:`adapting_share`). CNCE's pilot
+#: keeps 2,000 + 2,000. NCE's 2,500 + 1,000 by measurement on MNIST (60,000
 #: training images, random states 0–9, one fit each, 2026-12-04, ``GridGaussian(
 #: method="nce", max_iter=P + Q)`` with P adapting steps; KL to the exact MLE median /
 #: largest, held-out log-likelihood below the MLE's at most, in nats/image):
@@ -133,7 +133,20 @@ __all__ = ["ADAPTIVE_STEPS", "ADAPT_LEARNING_RATE", "ADAPT_STEPS_FULL_BATCH",
 #: benchmarks.one_off.nce_split {4,8} 10 2500+1000``: held-out at most 0.037 / 0.191
 #: nats/image below the MLE's, learned log Z within 0.059 / 0.117 nats of exact, medians
 #: 1.68 / 2.07 s).
-ADAPTIVE_STEPS = {"nce": (2500, 1000), "rnce": (2000, 2000), "cnce": (2000, 2000)}
+#:
+#: Ranking NCE (5 noise images a data image) takes the same 2,500 + 1,000 and the same
+#: mean of the last 500 iterates since 2026-12-04 evening (it had 2,000 + 2,000 and the
+#: last iterate). MNIST (AMD EPYC): before, random states 0–4 (``python -m
+#: benchmarks.one_off.nce_split {8,4} 5 2000+2000 rnce``), 8 neighbours KL to the MLE
+#: median / largest 0.107 / 0.147, held-out at most 0.181 nats/image below the MLE's,
+#: median time 3.66 s, 4 neighbours 0.026 / 0.027, 0.031 below, 2.96 s; now, random
+#: states 0–9 (``... {8,4} 10 2500+1000 rnce``), 0.081 / 0.093, 0.099 below, 2.61 s and
+#: 0.033 / 0.034, 0.021 below, 2.19 s (the last iterate instead of the mean, states
+#: 0–4: 0.073 / 0.083 and 0.033 / 0.034). On the known 16×16 grid
+#: Gaussian (10⁵ samples, ``benchmarks.one_off.synthetic_defaults``) its KL to the truth
+#: is 2.39× / 2.56× the MLE's (4 / 8 neighbours; 2.55× / 2.53× before; the last of
+#: 1,000 iterates 3.18× / 3.10×). CNCE's pilot keeps 2,000 + 2,000 (not studied).
+ADAPTIVE_STEPS = {"nce": (2500, 1000), "rnce": (2500, 1000), "cnce": (2000, 2000)}
 #: Adam's rate for both phases, by measurement (MNIST, 8 neighbours, 4,000 steps in all:
 #: KL to the MLE 0.56 at 0.02, 0.18 at 0.03, 0.23 at 0.05; see the module docstring).
 ADAPT_LEARNING_RATE = 3e-2

@@ -45,7 +45,7 @@ DEFAULT_OPTIMIZER = {"nce": "adam", "rnce": "adam", "cnce": "adam", "sm": "lbfgs
                      "cd": "adam"}
 
 #: Share of a second phase's (stochastic) steps, after the adaptive pilot, averaged into
-#: the estimate (none for ranking NCE). CNCE, by measurement (16×16 grid Gaussian, 10⁵
+#: the estimate. CNCE, by measurement (16×16 grid Gaussian, 10⁵
 #: samples, KL to the truth over the MLE's, 4 neighbours): K = 10, last iterate 25x, average of the last half 14x; K = 30, 10x →
 #: 5.5x; K = 64, average of the last half 3.0x, of 75% 2.4x, of all 2.1x. MNIST, 4 / 8
 #: neighbours, K = 21: held-out log-likelihood 0.21 / 0.45 nats/image below the MLE's
@@ -61,7 +61,10 @@ DEFAULT_OPTIMIZER = {"nce": "adam", "rnce": "adam", "cnce": "adam", "sm": "lbfgs
 #: largest 0.101 / 0.138 for the last iterate, 0.115 / 0.151 averaging half, 0.157 /
 #: 0.202 averaging all (the first steps still move away from the pilot), held-out at
 #: most 0.18 / 0.19 / 0.25 nats/image below the MLE's; 4 neighbours 0.034 / 0.036 / —.
-SECOND_PHASE_AVERAGE = {"nce": 0.5, "cnce": 1.0}
+#:
+#: Ranking NCE: the same half of its 1,000 second-phase steps (see ``ADAPTIVE_STEPS`` in
+#: :mod:`.adaptive` for its figures).
+SECOND_PHASE_AVERAGE = {"nce": 0.5, "rnce": 0.5, "cnce": 1.0}
 
 
 def gaussian_start(moments, grid):
