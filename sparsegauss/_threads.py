@@ -66,16 +66,16 @@ class ThreadChooser:
             for ...:
                 loss, grad = chooser.run(fun, x)
 
-    Each period runs its steps on the chosen count (``start`` at first) but for its last
-    ``probe_steps``, which run on the other; at its end the count with the smaller mean step time is
-    chosen. A probe that has already cost more than its whole length would on the
-    chosen count ends the period at once. The first period has ``period`` steps; a
-    choice that stood doubles the next period's length up to ``max_period``, a change
-    resets it; but a switch from one thread to all that is undone after one period gives
-    one thread twice the length it had (probes on all threads can be optimistic beside
-    a busy process, and the loop would flap). The
-    first step after a switch is not counted: it pays for the switch
-    (waking a sleeping worker, or sharing the core with one that still spins).
+    Each period runs its steps on the chosen count (``start`` at first) but for its
+    last ``probe_steps``, which run on the other; at its end the count with the smaller
+    mean step time is chosen. A probe that has already cost more than its whole length
+    would on the chosen count ends the period at once. The first period has ``period``
+    steps; a choice that stood doubles the next period's length up to ``max_period``,
+    a change resets it; but a switch from one thread to all that is undone after one
+    period gives one thread twice the length it had (probes on all threads can be
+    optimistic beside a busy process, and the loop would flap). The first step after a
+    switch is not counted: it pays for the switch (waking a sleeping worker, or sharing
+    the core with one that still spins).
 
     Parameters
     ----------

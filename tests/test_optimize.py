@@ -357,7 +357,18 @@ def test_adam_step_kernel_is_numpy_adam_to_the_bit():
         np.testing.assert_array_equal(step, expected)
 
 
-def test_thread_chooser_runs_the_faster_count_and_follows_a_change():
+@pytest.fixture
+def two_numba_threads():
+    """Two Numba threads in use (the chooser's two counts are 2 and 1); skips on a
+    machine with fewer."""
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs a machine with two or more cores")
+    numba.set_num_threads(2)
+
+
+def test_thread_chooser_runs_the_faster_count_and_follows_a_change(two_numba_threads):
     """ThreadChooser runs the chosen count (all threads at first) but for the last
     steps of each period, which run on the other; a step that is slow on two threads
     (as beside a busy process) moves the loop to one; a probe that cannot win any more
@@ -370,9 +381,6 @@ def test_thread_chooser_runs_the_faster_count_and_follows_a_change():
 
     from sparsegauss._threads import ThreadChooser
 
-    if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("needs a machine with two or more cores")
-    numba.set_num_threads(2)
     slow_on = {"count": 2}
     seen = []
 
@@ -404,7 +412,8 @@ def test_thread_chooser_runs_the_faster_count_and_follows_a_change():
         ThreadChooser(period=6, probe_steps=3)
 
 
-def test_thread_chooser_backs_off_from_optimistic_probes_and_starts_where_the_last_ended():
+def test_thread_chooser_backs_off_from_optimistic_probes_and_starts_where_the_last_ended(
+        two_numba_threads):
     """Beside a busy process a probe on all threads after a stretch on one can be fast
     for its few steps and slow for the period after it. A switch to all threads that is
     undone after one period gives one thread twice the length it had, so such probes
@@ -416,9 +425,6 @@ def test_thread_chooser_backs_off_from_optimistic_probes_and_starts_where_the_la
 
     from sparsegauss._threads import ThreadChooser, last_choice
 
-    if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("needs a machine with two or more cores")
-    numba.set_num_threads(2)
     run_on_two = {"steps": 0}
     seen = []
 
