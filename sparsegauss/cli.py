@@ -704,7 +704,8 @@ def _demo_natural(args, out, say):
 
 def _run_natural(args):
     from .natural import run_study
-    from .photos import NATURAL_IMAGES, load_images, load_natural_images
+    from .photos import (NATURAL_IMAGES, UnreadableImageError, load_images,
+                         load_natural_images)
 
     out = _prepare_output(args.out)
     say = (lambda *a: None) if args.quiet else print
@@ -715,9 +716,14 @@ def _run_natural(args):
     else:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            images, paths = load_images(args.images, max_side=max_side,
-                                        on_error="skip" if args.skip_unreadable else "raise",
-                                        return_paths=True)
+            try:
+                images, paths = load_images(
+                    args.images, max_side=max_side,
+                    on_error="skip" if args.skip_unreadable else "raise", return_paths=True)
+            except UnreadableImageError as exc:
+                raise UnreadableImageError(
+                    exc.path, exc.reason,
+                    " Pass --skip-unreadable to leave such files out.") from None
         for warning in caught:
             say(f"warning: {warning.message}")
         # The report names the user's files; by path where two share a name.

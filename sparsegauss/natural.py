@@ -243,8 +243,11 @@ def run_study(images, *, image_names=None, licences=None, settings=StudySettings
     X_test = extract_patches([images[i] for i in test_idx], settings.n_test, shape,
                              random_state=rng)
     patch_seconds = time.perf_counter() - start
-    say(f"Patches: {len(X):,} training ({len(train_idx)} photographs), {len(X_test):,} "
-        f"held out ({len(test_idx)} photographs), {shape[0]}×{shape[1]}; "
+    def photographs(n):
+        return f"{n} photograph{'s' if n != 1 else ''}"
+
+    say(f"Patches: {len(X):,} training ({photographs(len(train_idx))}), {len(X_test):,} "
+        f"held out ({photographs(len(test_idx))}), {shape[0]}×{shape[1]}; "
         f"{patch_seconds:.1f} s")
     X3, X3_test = X.reshape((-1,) + shape), X_test.reshape((-1,) + shape)
     flat, flat_test = X.astype(np.float64), X_test.astype(np.float64)

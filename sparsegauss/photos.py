@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["IMAGE_SUFFIXES", "NATURAL_IMAGES", "extract_patches", "load_images",
-           "load_natural_images", "split_images", "to_luminance"]
+__all__ = ["IMAGE_SUFFIXES", "ImageError", "NATURAL_IMAGES", "UnreadableImageError",
+           "extract_patches", "load_images", "load_natural_images", "split_images",
+           "to_luminance"]
 
 #: scikit-image's bundled photographs and their licences (from each loader's docstring).
 NATURAL_IMAGES = {
@@ -51,6 +52,15 @@ _LUMA = np.array([0.299, 0.587, 0.114])
 
 class ImageError(ValueError):
     """A file that is not a readable image, or images too small for the patches."""
+
+
+class UnreadableImageError(ImageError):
+    """A file that cannot be read as an image: ``path`` and ``reason`` (the reader's
+    own error), so that a caller can say how to skip such files in its own terms."""
+
+    def __init__(self, path, reason, hint=""):
+        self.path, self.reason = path, reason
+        super().__init__(f"{path} is not a readable image ({reason}).{hint}")
 
 
 def to_luminance(array):
@@ -175,8 +185,7 @@ def _read_image(path):
                                       or image.mode in ("PA", "RGBa", "La") else "RGB")
             return to_luminance(np.asarray(image))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{path} is not a readable image ({type(exc).__name__}: {exc}).") \
-            from exc
+        raise UnreadableImageError(path, f"{type(exc).__name__}: {exc}") from exc
 
 
 def load_images(path, *, max_side=None, on_error="raise", return_paths=False):
@@ -210,10 +219,13 @@ def load_images(path, *, max_side=None, on_error="raise", return_paths=False):
         try:
             images.append(_downsample(_read_image(file), max_side))
             paths.append(Path(file))
-        except ImageError as exc:
+        except UnreadableImageError as exc:
             if on_error == "raise":
-                raise
-            warnings.warn(f"Skipped {exc}", UserWarning, stacklevel=2)
+                raise UnreadableImageError(
+                    exc.path, exc.reason,
+                    " Pass on_error='skip' to leave such files out.") from exc.__cause__
+            warnings.warn(f"Skipped {exc.path}: not a readable image ({exc.reason}).",
+                          UserWarning, stacklevel=2)
     if not images:
         raise ImageError(f"None of the files at {path} could be read as an image.")
     return (images, paths) if return_paths else images
