@@ -29,7 +29,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__, report
-from .datasets import DataError, is_idx_file, load_idx, load_mnist, scale_and_noise
+from .datasets import (DataError, integer_scale, is_idx_file, load_idx, load_mnist,
+                       scale_and_noise)
 from .exceptions import SparseGaussError
 from .divergence import kl_divergence
 from .model import METHODS, OPTIMIZERS, SM_SOLVERS, GridGaussian
@@ -518,9 +519,10 @@ def _read_array(path, key):
 def _load_images(args):
     """Images for ``fit`` as ``(n, H, W)`` floats, and a description of where from.
 
-    MNIST and integer images (8-bit IDX files, integer arrays) are scaled to [0, 1] by
-    their dtype's maximum and get N(0, s²) pixel noise (s = --noise-std, default 0.1),
-    as in the study; float arrays are used as given, plus noise only if --noise-std is set.
+    MNIST and integer images (8-bit IDX files, integer arrays) are scaled to [0, 1]
+    (:func:`sparsegauss.datasets.integer_scale`) and get N(0, s²) pixel noise (s =
+    --noise-std, default 0.1), as in the study; float arrays are used as given, plus
+    noise only if --noise-std is set.
     """
     rng = np.random.default_rng(args.seed)
     if args.data == "mnist":
@@ -550,10 +552,10 @@ def _load_images(args):
                         f"array of shape {X.shape}.")
     if np.issubdtype(X.dtype, np.integer):
         noise_std = _noise_std(args, DEFAULT_NOISE_STD)
-        scale = np.iinfo(X.dtype).max
+        dtype, scale = X.dtype, integer_scale(X)
         X = scale_and_noise(X, noise_std, rng).reshape(X.shape)
-        return X, (f"{path} ({scale}-scaled integers in [0, 1], pixel noise std "
-                   f"{noise_std})")
+        return X, (f"{path} ({dtype} integers divided by {scale:,.0f} into [0, 1], pixel "
+                   f"noise std {noise_std})")
     if not np.issubdtype(X.dtype, np.floating):
         raise DataError(f"{path} holds {X.dtype} values; expected numbers (float images, or "
                         "integer images that are scaled to [0, 1]).")

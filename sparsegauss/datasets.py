@@ -24,14 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .photos import (NATURAL_IMAGES, ImageError, extract_patches, load_images,  # noqa: F401
-                     load_natural_images, split_images, to_luminance)
+from .photos import (NATURAL_IMAGES, ImageError, extract_patches,  # noqa: F401
+                     integer_scale, load_images, load_natural_images, split_images,
+                     to_luminance)
 from .synthetic import make_grid_gaussian
 
 __all__ = ["DataError", "IDX_DTYPES", "ImageError", "MNIST_SHA256", "NATURAL_IMAGES",
-           "extract_patches", "is_idx_file", "load_idx", "load_images", "load_mnist",
-           "load_natural_images", "make_grid_gaussian", "parse_idx", "preprocess",
-           "scale_and_noise", "split_images", "to_luminance"]
+           "extract_patches", "integer_scale", "is_idx_file", "load_idx", "load_images",
+           "load_mnist", "load_natural_images", "make_grid_gaussian", "parse_idx",
+           "preprocess", "scale_and_noise", "split_images", "to_luminance"]
 
 #: SHA-256 of the decompressed IDX files.
 MNIST_SHA256 = {
@@ -321,8 +322,9 @@ def scale_and_noise(images, noise_std=0.1, random_state=None):
     Parameters
     ----------
     images : array-like, shape (n, H, W) or (n, D)
-        Integer images (divided by their dtype's maximum, 255 for uint8) or floats
-        already in [0, 1].
+        Integer images (divided by :func:`integer_scale`: 255 for uint8, 65,535 for
+        uint16, else the smallest ``2ᵏ − 1`` holding their maximum) or floats already
+        in [0, 1].
     noise_std : float, default=0.1
     random_state : None, int or numpy.random.Generator
 
@@ -338,7 +340,7 @@ def scale_and_noise(images, noise_std=0.1, random_state=None):
         raise ValueError("The 'noise_std' parameter must be >= 0. "
                          f"Got {noise_std!r} instead.")
     if np.issubdtype(images.dtype, np.integer):
-        X = images.reshape(len(images), -1) / float(np.iinfo(images.dtype).max)
+        X = images.reshape(len(images), -1) / integer_scale(images)
     elif np.issubdtype(images.dtype, np.floating):
         X = images.reshape(len(images), -1).astype(np.float64)
         if not np.all(np.isfinite(X)) or X.min() < 0 or X.max() > 1:
@@ -356,8 +358,7 @@ def preprocess(images, noise_std=0.1, random_state=None):
     Parameters
     ----------
     images : array-like, shape (n, H, W) or (n, D)
-        Integer images (divided by their dtype's maximum, 255 for uint8) or floats
-        already in [0, 1].
+        Integer images (divided by :func:`integer_scale`) or floats already in [0, 1].
     noise_std : float, default=0.1
         Standard deviation of the independent N(0, noise_std²) noise added to every pixel
         (it makes the data's covariance full rank: MNIST's border pixels are always 0).

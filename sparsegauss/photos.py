@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["IMAGE_SUFFIXES", "ImageError", "NATURAL_IMAGES", "UnreadableImageError",
-           "extract_patches", "load_images", "load_natural_images", "split_images",
-           "to_luminance"]
+           "extract_patches", "integer_scale", "load_images", "load_natural_images",
+           "split_images", "to_luminance"]
 
 #: scikit-image's bundled photographs and their licences (from each loader's docstring).
 NATURAL_IMAGES = {
@@ -63,14 +63,51 @@ class UnreadableImageError(ImageError):
         super().__init__(f"{path} is not a readable image ({reason}).{hint}")
 
 
+def integer_scale(images):
+    """The number integer images are divided by to lie in [0, 1].
+
+    8- and 16-bit unsigned images (``uint8``, ``uint16``) by their dtype's maximum (255,
+    65,535), as image libraries do. Any other integer type says nothing of the bit
+    depth (NumPy's default ``int64`` would divide by 2⁶³ − 1, leaving every pixel below
+    10⁻¹⁶ and the added noise as the only signal), so its images are divided by the
+    smallest ``2ᵏ − 1 ≥`` their maximum, with ``k ≥ 8``: 255 for values up to 255, 1,023
+    for 10-bit values.
+
+    Parameters
+    ----------
+    images : ndarray of an integer dtype
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        Negative values (other than in ``uint8``/``uint16``, which have none): such
+        images have no [0, 1] scale to guess.
+    """
+    images = np.asarray(images)
+    if images.dtype in (np.uint8, np.uint16):
+        return float(np.iinfo(images.dtype).max)
+    if images.size == 0:
+        return 255.0
+    low, high = int(images.min()), int(images.max())
+    if low < 0:
+        raise ValueError(f"These {images.dtype} images hold negative values (the least is "
+                         f"{low}), so they have no [0, 1] scale to guess: convert them to "
+                         "floats in [0, 1] first.")
+    return float(2 ** max(8, high.bit_length()) - 1)
+
+
 def to_luminance(array):
     """Greyscale float64 in [0, 1] from an image array of any common layout.
 
     Parameters
     ----------
     array : ndarray, shape (H, W), (H, W, 1), (H, W, 2), (H, W, 3) or (H, W, 4)
-        Greyscale, greyscale + alpha, RGB or RGBA; bool, unsigned integer (scaled by
-        its type's maximum) or float (taken to be in [0, 1] already).
+        Greyscale, greyscale + alpha, RGB or RGBA; bool, integer (scaled by
+        :func:`integer_scale`) or float (taken to be in [0, 1] already).
 
     Returns
     -------
@@ -80,7 +117,7 @@ def to_luminance(array):
     if array.dtype == bool:
         array = array.astype(np.float64)
     elif np.issubdtype(array.dtype, np.integer):
-        array = array.astype(np.float64) / np.iinfo(array.dtype).max
+        array = array.astype(np.float64) / integer_scale(array)
     else:
         array = array.astype(np.float64)
     if array.ndim == 3 and array.shape[2] in (3, 4):

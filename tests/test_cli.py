@@ -144,6 +144,7 @@ def test_fit_user_array_and_sample_roundtrip(tmp_path, capsys):
     (["fit", "{tmp}/cube.npy"], "expected images of shape"),
     (["fit", "{tmp}/two.npz"], "choose one with --key"),
     (["fit", "{tmp}/nan.npy"], "NaN"),
+    (["fit", "{tmp}/negative.npy"], "hold negative values (the least is -3)"),
     (["sample", "{tmp}/nothing.npz", "--png", "{tmp}/x.png"], "There is no model file"),
     (["sample", "{tmp}/flat.npy", "--png", "{tmp}/x.png"], "Could not read a GridGaussian"),
     (["sample", "{tmp}/flat.npy"], "Nothing to write"),
@@ -156,6 +157,7 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys, argv, message):
     nan = np.random.default_rng(0).standard_normal((20, 4, 4))
     nan[3, 1, 1] = np.nan
     np.save(tmp_path / "nan.npy", nan)
+    np.save(tmp_path / "negative.npy", np.arange(-3, 29).reshape(2, 4, 4))
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert main(argv + ["--out", str(tmp_path / "o")] if argv[0] == "fit" else argv) == 1
     assert message in capsys.readouterr().err
@@ -299,3 +301,20 @@ def test_saved_models_and_load_errors(tmp_path):
         GridGaussian.load(tmp_path / "missing.npz")
     with pytest.raises(OSError, match=r"Could not save the model to .*nowhere.*m\.npz"):
         model.save(tmp_path / "nowhere" / "m.npz")
+
+
+def test_integer_arrays_of_any_type_are_scaled_by_their_bit_depth(tmp_path, capsys):
+    """An int64 array of 8-bit values (NumPy's default integer) is divided by 255, not by
+    2⁶³ − 1, which left the pixel noise as the only signal; the fit says what it did."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(200, 5, 6))
+    np.save(tmp_path / "int64.npy", images)
+    np.save(tmp_path / "uint8.npy", images.astype(np.uint8))
+    for name in ("int64", "uint8"):
+        assert main(["fit", str(tmp_path / f"{name}.npy"), "--out", str(tmp_path / name),
+                     "--seed", "1"]) == 0
+        assert (f"({name} integers divided by 255 into [0, 1], pixel noise std 0.1)"
+                in capsys.readouterr().out)
+    same = [GridGaussian.load(tmp_path / name / "model.npz").theta_
+            for name in ("int64", "uint8")]
+    np.testing.assert_array_equal(same[0], same[1])

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from sparsegauss import datasets
-from sparsegauss.datasets import DataError, load_mnist, preprocess, scale_and_noise
+from sparsegauss.datasets import (DataError, integer_scale, load_mnist, preprocess,
+                                  scale_and_noise)
 
 
 @pytest.fixture(autouse=True)
@@ -191,3 +192,25 @@ def test_preprocess_rejects_bad_images(images, match):
         scale_and_noise(images)
     with pytest.raises(ValueError, match="noise_std"):
         scale_and_noise(np.zeros((2, 2)), noise_std=-1)
+
+
+@pytest.mark.parametrize("dtype, values, scale", [
+    (np.uint8, [0, 7], 255), (np.uint16, [0, 7], 65535), (np.int64, [0, 255], 255),
+    (np.int64, [3, 999], 1023), (np.int32, [0, 4095], 4095), (np.int16, [0, 4096], 8191),
+    (np.uint64, [0, 2 ** 40], 2 ** 41 - 1), (np.int8, [0, 1], 255),
+])
+def test_integer_images_are_scaled_by_their_bit_depth(dtype, values, scale):
+    """uint8/uint16 by their dtype's maximum; other integer types by the smallest
+    2ᵏ − 1 (k ≥ 8) holding their maximum, so an int64 array of 8-bit values lands in
+    [0, 1] as its uint8 copy does."""
+    images = np.array([values, values], dtype=dtype)
+    assert integer_scale(images) == scale
+    X = scale_and_noise(images, noise_std=0.0)
+    np.testing.assert_array_equal(X, np.array([values, values], dtype=float) / scale)
+    assert X.max() <= 1.0
+
+
+def test_negative_integer_images_are_refused():
+    with pytest.raises(ValueError, match=r"int32 images hold negative values \(the least is "
+                                         r"-1\).*floats in \[0, 1\]"):
+        scale_and_noise(np.array([[-1, 3]], dtype=np.int32))

@@ -17,6 +17,8 @@ def test_luminance_matches_pillow_and_handles_every_layout(rng):
     rgba = np.concatenate([rgb, rng.integers(0, 256, (6, 7, 1), dtype=np.uint8)], axis=2)
     np.testing.assert_array_equal(to_luminance(rgba), to_luminance(rgb))  # alpha ignored
     assert to_luminance(np.full((2, 2), 65535, np.uint16)).max() == 1.0
+    # An int64 array of 8-bit values (NumPy's default integer) as its uint8 copy.
+    np.testing.assert_array_equal(to_luminance(rgb.astype(np.int64)), to_luminance(rgb))
     np.testing.assert_array_equal(to_luminance(np.eye(3, dtype=bool)), np.eye(3))
     with pytest.raises(ImageError, match=r"Got shape \(2, 2, 5\)"):
         to_luminance(np.zeros((2, 2, 5)))
