@@ -17,38 +17,19 @@ before it (d0ccf87), busy / idle 2.20 and 2.39 against 3.36 and 4.24, and the bu
 5.1–5.7 s idle).
 """
 
-import subprocess
 import sys
-import time
-import warnings
 
 import numpy as np
 
 from benchmarks._data import mnist
+from benchmarks.one_off.busy_core_fit import measure
 from sparsegauss import GridGaussian
-
-
-def _fit(X, **options):
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        GridGaussian((28, 28), method="nce", random_state=0, **options).fit(X)
-    return time.perf_counter() - start
 
 
 def main(repeats=3):
     X, source = mnist("train")
-    _fit(X[:5000], max_iter=20)                 # compile or load every kernel first
-    idle = [_fit(X) for _ in range(repeats)]
-    busy_process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        time.sleep(0.5)
-        busy = [_fit(X) for _ in range(repeats)]
-    finally:
-        busy_process.kill()
-        busy_process.wait()
-    idle_again = [_fit(X) for _ in range(repeats)]
-    ratio = np.median(busy) / min(np.median(idle), np.median(idle_again))
+    idle, busy, idle_again, ratio = measure(
+        lambda: GridGaussian((28, 28), method="nce", random_state=0).fit(X), repeats)
     print(f"{source}, NCE at its defaults: idle {np.round(idle, 2)} s, busy "
           f"{np.round(busy, 2)} s, idle {np.round(idle_again, 2)} s; busy / idle {ratio:.2f}")
 
