@@ -243,6 +243,7 @@ def run_study(images, *, image_names=None, licences=None, settings=StudySettings
     X_test = extract_patches([images[i] for i in test_idx], settings.n_test, shape,
                              random_state=rng)
     patch_seconds = time.perf_counter() - start
+
     def photographs(n):
         return f"{n} photograph{'s' if n != 1 else ''}"
 
